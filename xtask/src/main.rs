@@ -1,0 +1,45 @@
+//! `cargo xtask`: hvkit's task runner.
+//!
+//! - `cargo xtask test`: everything CI checks (formatting, clippy, host tests, `no_std` builds,
+//!   MSRV, docs, packaging, the emulator scenario suite, fuzz smoke runs).
+//! - `cargo xtask run`: build the example hypervisor and boot it (see `--help`).
+//! - `cargo xtask fuzz`: run the fuzz targets.
+
+mod check;
+mod util;
+
+use std::process::ExitCode;
+
+const HELP: &str = "\
+cargo xtask <command> [options]
+
+commands:
+  test    run every check CI runs (fmt, clippy, tests, no_std builds, MSRV, docs, package,
+          emulator scenarios, fuzz smoke)
+          --no-emulators   skip the Bochs/QEMU scenario runs
+          --no-fuzz        skip the fuzz build and smoke runs
+  help    print this text
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let (command, rest) = match args.split_first() {
+        Some((command, rest)) => (command.as_str(), rest),
+        None => ("help", &[][..]),
+    };
+    let result = match command {
+        "test" => check::test(rest),
+        "help" | "--help" | "-h" => {
+            print!("{HELP}");
+            Ok(())
+        }
+        other => util::fail(format!("unknown command `{other}`\n\n{HELP}")),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(util::Failure(message)) => {
+            eprintln!("\nxtask: error: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
