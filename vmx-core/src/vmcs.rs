@@ -33,3 +33,525 @@ pub trait VmcsAccess {
         self.write_raw(field.encoding(), W::to_raw(value))
     }
 }
+
+use crate::error::VmInstructionError;
+use crate::exit::VmExit;
+use crate::field::{self, FieldInfo, FieldType, FieldWidth, ReadOnly};
+use core::cell::Cell;
+use core::marker::PhantomData;
+
+const CATALOG_LEN: usize = field::ALL.len();
+
+fn truncate(width: FieldWidth, value: u64) -> u64 {
+    match width {
+        FieldWidth::Bits16 => value & 0xFFFF,
+        FieldWidth::Bits32 => value & 0xFFFF_FFFF,
+        FieldWidth::Bits64 | FieldWidth::Natural => value,
+    }
+}
+
+/// An in-memory VMCS that answers like hardware.
+///
+/// - Reading or writing an encoding it does not support fails with VMfailValid and error 12
+///   ([`VmInstructionError::UnsupportedVmcsComponent`]); writing a read-only (exit-information)
+///   field fails with error 13 ([`VmInstructionError::VmwriteReadOnlyComponent`]). As on
+///   hardware, every VMfailValid also stores its number in the VM-instruction error field.
+/// - Writes to 16- and 32-bit fields keep only the field's width; the high-access encoding
+///   (bit 0 set) of a 64-bit field reads and writes bits 63:32.
+/// - Tests and fuzzers play the processor at a VM exit with [`SoftVmcs::set_exit_information`]
+///   and [`SoftVmcs::complete_exit`].
+///
+/// It models storage and access rules only: it does not run VM-entry checks (see
+/// [`entry_check`](crate::entry_check)) or guests.
+#[derive(Debug, Clone)]
+pub struct SoftVmcs {
+    values: [u64; CATALOG_LEN],
+    supported: [bool; CATALOG_LEN],
+    instruction_error: Cell<u32>,
+}
+
+impl Default for SoftVmcs {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl SoftVmcs {
+    /// A VMCS supporting every field of the catalog, all zero.
+    pub const fn new() -> Self {
+        Self {
+            values: [0; CATALOG_LEN],
+            supported: [true; CATALOG_LEN],
+            instruction_error: Cell::new(0),
+        }
+    }
+
+    /// A VMCS supporting only the catalog fields for which `supported` returns `true` (for
+    /// example to model a processor without FRED or CET fields).
+    pub fn with_supported(supported: impl Fn(&FieldInfo) -> bool) -> Self {
+        let mut vmcs = Self::new();
+        for (slot, info) in vmcs.supported.iter_mut().zip(field::ALL) {
+            *slot = supported(info);
+        }
+        vmcs
+    }
+
+    /// A VMCS supporting the fields whose index (encoding bits 9:1) is at most
+    /// `highest_index`, as IA32_VMX_VMCS_ENUM bits 9:1 report it.
+    pub fn with_highest_index(highest_index: u32) -> Self {
+        Self::with_supported(|info| info.field_encoding().index() <= highest_index)
+    }
+
+    /// `true` when this VMCS supports the (full or high-access) encoding.
+    pub fn supports(&self, encoding: u32) -> bool {
+        self.slot(encoding).is_some()
+    }
+
+    /// The VM-instruction error number of the last failed access (0 if none failed).
+    pub fn last_instruction_error(&self) -> u32 {
+        self.instruction_error.get()
+    }
+
+    /// Sets a read-only exit-information field, as the processor does at a VM exit.
+    pub fn set_exit_information<W: Width>(
+        &mut self,
+        field: Field<W, ReadOnly>,
+        value: W::Value,
+    ) -> Result<(), VmFail> {
+        let (index, info) = self.slot(field.encoding()).ok_or_else(|| self.unsupported())?;
+        if let Some(slot) = self.values.get_mut(index) {
+            *slot = truncate(info.width, W::to_raw(value));
+        }
+        if field.encoding() == field::VM_INSTRUCTION_ERROR.encoding() {
+            self.instruction_error.set(W::to_raw(value) as u32);
+        }
+        Ok(())
+    }
+
+    /// Completes a simulated VM exit: the exit-information fields now describe "this" exit and
+    /// the returned token lets [`ExitInfo`](crate::exit::ExitInfo) read them.
+    pub fn complete_exit(&mut self) -> VmExit {
+        VmExit::new()
+    }
+
+    /// Consumes the token of the previous exit, as a VM entry would.
+    pub fn enter(&mut self, exit: VmExit) {
+        let _consumed = exit;
+    }
+
+    fn slot(&self, encoding: u32) -> Option<(usize, &'static FieldInfo)> {
+        let index = field::ALL.binary_search_by_key(&(encoding & !1), |info| info.encoding).ok()?;
+        let info = field::ALL.get(index)?;
+        let high = encoding & 1 != 0;
+        let supported = self.supported.get(index).copied().unwrap_or(false);
+        (supported && (!high || info.width == FieldWidth::Bits64)).then_some((index, info))
+    }
+
+    fn fail(&self, error: VmInstructionError) -> VmFail {
+        // Hardware stores the number in the VM-instruction error field on VMfailValid.
+        self.instruction_error.set(error.number());
+        VmFail::Valid(error)
+    }
+
+    fn unsupported(&self) -> VmFail {
+        self.fail(VmInstructionError::UnsupportedVmcsComponent)
+    }
+}
+
+impl VmcsAccess for SoftVmcs {
+    fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
+        let (index, _) = self.slot(encoding).ok_or_else(|| self.unsupported())?;
+        if encoding == field::VM_INSTRUCTION_ERROR.encoding() {
+            return Ok(u64::from(self.instruction_error.get()));
+        }
+        let value = self.values.get(index).copied().unwrap_or(0);
+        Ok(if encoding & 1 != 0 { value >> 32 } else { value })
+    }
+
+    fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        let (index, info) = self.slot(encoding).ok_or_else(|| self.unsupported())?;
+        if info.field_encoding().field_type() == FieldType::ExitInformation {
+            return Err(self.fail(VmInstructionError::VmwriteReadOnlyComponent));
+        }
+        if let Some(slot) = self.values.get_mut(index) {
+            *slot = if encoding & 1 != 0 {
+                (*slot & 0xFFFF_FFFF) | (value << 32)
+            } else {
+                truncate(info.width, value)
+            };
+        }
+        Ok(())
+    }
+}
+
+/// The guest's general-purpose registers, saved and restored around VM entries by
+/// [`ActiveVmcs::run`] (RSP and RIP live in the VMCS guest-state area).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[repr(C)]
+#[allow(missing_docs, reason = "one field per register, named after it")]
+pub struct GuestRegisters {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+}
+
+static_assertions::const_assert_eq!(core::mem::size_of::<GuestRegisters>(), 15 * 8);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rax), 0);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rbx), 8);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rcx), 16);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rdx), 24);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rsi), 32);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rdi), 40);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rbp), 48);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, r8), 56);
+static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, r15), 112);
+
+/// Proof of VMX root operation on this logical processor.
+///
+/// Exists only after a successful VMXON ([`VmxRoot::enable`]) or when the caller vouches for it
+/// ([`VmxRoot::assume`]). It is neither `Send` nor `Sync`: VMX root operation belongs to one
+/// logical processor.
+#[derive(Debug)]
+pub struct VmxRoot {
+    _per_cpu: PhantomData<*mut ()>,
+}
+
+/// The current VMCS of this logical processor, reached with VMREAD/VMWRITE.
+///
+/// Obtained from [`VmxRoot::load`] (VMPTRLD) or [`ActiveVmcs::assume_current`]; borrows the
+/// [`VmxRoot`] so it cannot outlive VMX root operation. Not `Send`/`Sync`.
+#[derive(Debug)]
+pub struct ActiveVmcs<'root> {
+    launched: bool,
+    _root: PhantomData<&'root mut VmxRoot>,
+}
+
+impl VmxRoot {
+    /// Vouches for VMX root operation entered by other code.
+    ///
+    /// # Safety
+    ///
+    /// The logical processor must be in VMX root operation at CPL 0 for as long as the token
+    /// lives, and no other `VmxRoot` for it may exist.
+    pub const unsafe fn assume() -> Self {
+        Self { _per_cpu: PhantomData }
+    }
+
+    /// Executes VMXON with the VMXON region at physical address `region`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`instr::vmxon`](crate::instr::vmxon).
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn enable(region: u64) -> Result<Self, VmFail> {
+        // SAFETY: forwarded to the caller.
+        unsafe { crate::instr::vmxon(region) }?;
+        Ok(Self { _per_cpu: PhantomData })
+    }
+
+    /// Executes VMXOFF, consuming the token.
+    ///
+    /// # Safety
+    ///
+    /// As for [`instr::vmxoff`](crate::instr::vmxoff).
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn disable(self) -> Result<(), VmFail> {
+        // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
+        unsafe { crate::instr::vmxoff() }
+    }
+
+    /// VMCLEAR of the VMCS at physical address `vmcs`.
+    ///
+    /// # Safety
+    ///
+    /// As for [`instr::vmclear`](crate::instr::vmclear).
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn clear(&mut self, vmcs: u64) -> Result<(), VmFail> {
+        // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
+        unsafe { crate::instr::vmclear(vmcs) }
+    }
+
+    /// VMPTRLD of the VMCS at physical address `vmcs`, which the caller has just cleared (so
+    /// the first [`ActiveVmcs::run`] uses VMLAUNCH).
+    ///
+    /// # Safety
+    ///
+    /// As for [`instr::vmptrld`](crate::instr::vmptrld); the VMCS must be in the clear launch
+    /// state.
+    #[cfg(target_arch = "x86_64")]
+    pub unsafe fn load(&mut self, vmcs: u64) -> Result<ActiveVmcs<'_>, VmFail> {
+        // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
+        unsafe { crate::instr::vmptrld(vmcs) }?;
+        Ok(ActiveVmcs { launched: false, _root: PhantomData })
+    }
+}
+
+impl<'root> ActiveVmcs<'root> {
+    /// Vouches for a current VMCS loaded by other code.
+    ///
+    /// # Safety
+    ///
+    /// A VMCS must be current on this logical processor for as long as the value lives, and
+    /// `launched` must be its launch state.
+    pub unsafe fn assume_current(_root: &'root mut VmxRoot, launched: bool) -> Self {
+        Self { launched, _root: PhantomData }
+    }
+
+    /// `true` once a VM entry with VMLAUNCH has succeeded on this VMCS.
+    pub fn is_launched(&self) -> bool {
+        self.launched
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl VmcsAccess for ActiveVmcs<'_> {
+    #[inline(always)]
+    fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
+        // SAFETY: an ActiveVmcs exists only in VMX root operation with a current VMCS.
+        unsafe { crate::instr::vmread(encoding) }
+    }
+
+    #[inline(always)]
+    fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        // SAFETY: as above; writing host-state fields that break the caller's exit path is the
+        // caller's responsibility, documented on the trait.
+        unsafe { crate::instr::vmwrite(encoding, value) }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ActiveVmcs<'_> {
+    /// Enters the guest and returns at its next VM exit.
+    ///
+    /// Writes HOST_RSP and HOST_RIP so the VM exit lands back in this function, loads
+    /// `registers` into the general registers, executes VMLAUNCH (first entry) or VMRESUME, and at
+    /// the VM exit stores the guest's registers back into `registers`. Callee-saved host
+    /// registers are preserved. `previous_exit` is the token of the exit being ended (`None` only
+    /// before the first entry), so no exit-information snapshot of it can be used afterwards.
+    ///
+    /// Returns the new exit's token, or the VM-entry failure reported by VMLAUNCH/VMRESUME (or
+    /// by the HOST_RSP/HOST_RIP writes). A VM entry that fails *after* the checks on controls and
+    /// host state is a VM exit with bit 31 of the exit reason set: it returns `Ok`.
+    ///
+    /// # Safety
+    ///
+    /// 1. The VMCS holds a complete, valid guest and host state, and the host-state fields other
+    ///    than RSP/RIP (CR3, segment selectors, GDTR/IDTR/TR bases, FS/GS bases, EFER/PAT if
+    ///    loaded) describe the context this function is called in.
+    /// 2. Interrupts are disabled (RFLAGS.IF = 0); a VM exit clears RFLAGS anyway.
+    /// 3. The guest cannot reach host memory it must not touch (EPT or equivalent).
+    pub unsafe fn run(
+        &mut self,
+        registers: &mut GuestRegisters,
+        previous_exit: Option<VmExit>,
+    ) -> Result<VmExit, VmFail> {
+        let _consumed = previous_exit;
+        // SAFETY: the caller's contract covers the VMCS contents and interrupt state; the
+        // assembly preserves callee-saved registers and returns on the same stack.
+        let status = unsafe { vm_run(registers, u64::from(self.launched)) };
+        match status {
+            0 => {
+                self.launched = true;
+                Ok(VmExit::new())
+            }
+            1 => Err(VmFail::Invalid),
+            _ => Err(match self.read_raw(field::VM_INSTRUCTION_ERROR.encoding()) {
+                Ok(number) => VmFail::Valid(VmInstructionError::from_number(number as u32)),
+                Err(fail) => fail,
+            }),
+        }
+    }
+}
+
+/// The VM entry/exit trampoline: returns 0 after a VM exit, 1 for VMfailInvalid, 2 for
+/// VMfailValid (of VMLAUNCH/VMRESUME or of the HOST_RSP/HOST_RIP writes).
+///
+/// Stack at the VMWRITE of HOST_RSP (and so at the VM exit): `[rsp]` = the `registers`
+/// pointer, above it the six callee-saved registers and the return address.
+#[cfg(target_arch = "x86_64")]
+#[unsafe(naked)]
+unsafe extern "sysv64" fn vm_run(registers: *mut GuestRegisters, launched: u64) -> u64 {
+    core::arch::naked_asm!(
+        "push rbp",
+        "push rbx",
+        "push r12",
+        "push r13",
+        "push r14",
+        "push r15",
+        "push rdi",
+        // HOST_RSP = the current RSP, HOST_RIP = label 2.
+        "mov rax, 0x6C14",
+        "vmwrite rax, rsp",
+        "jc 5f",
+        "jz 6f",
+        "lea rbx, [rip + 2f]",
+        "mov rax, 0x6C16",
+        "vmwrite rax, rbx",
+        "jc 5f",
+        "jz 6f",
+        // ZF = (launched == 0); the MOVs below leave flags alone.
+        "test rsi, rsi",
+        "mov rax, [rdi + 0]",
+        "mov rbx, [rdi + 8]",
+        "mov rcx, [rdi + 16]",
+        "mov rdx, [rdi + 24]",
+        "mov rsi, [rdi + 32]",
+        "mov rbp, [rdi + 48]",
+        "mov r8, [rdi + 56]",
+        "mov r9, [rdi + 64]",
+        "mov r10, [rdi + 72]",
+        "mov r11, [rdi + 80]",
+        "mov r12, [rdi + 88]",
+        "mov r13, [rdi + 96]",
+        "mov r14, [rdi + 104]",
+        "mov r15, [rdi + 112]",
+        "mov rdi, [rdi + 40]",
+        "jnz 1f",
+        "vmlaunch",
+        "jmp 3f",
+        "1:",
+        "vmresume",
+        // VM entry failed: CF or ZF tells which. RSP is unchanged.
+        "3:",
+        "jc 5f",
+        "jmp 6f",
+        // VM exit: RSP = HOST_RSP, RFLAGS = 0x2. Save the guest registers.
+        "2:",
+        "push rax",
+        "mov rax, [rsp + 8]",
+        "mov [rax + 8], rbx",
+        "mov [rax + 16], rcx",
+        "mov [rax + 24], rdx",
+        "mov [rax + 32], rsi",
+        "mov [rax + 40], rdi",
+        "mov [rax + 48], rbp",
+        "mov [rax + 56], r8",
+        "mov [rax + 64], r9",
+        "mov [rax + 72], r10",
+        "mov [rax + 80], r11",
+        "mov [rax + 88], r12",
+        "mov [rax + 96], r13",
+        "mov [rax + 104], r14",
+        "mov [rax + 112], r15",
+        "pop rbx",
+        "mov [rax + 0], rbx",
+        "xor eax, eax",
+        "jmp 7f",
+        "5:",
+        "mov eax, 1",
+        "jmp 7f",
+        "6:",
+        "mov eax, 2",
+        "7:",
+        "pop rdi",
+        "pop r15",
+        "pop r14",
+        "pop r13",
+        "pop r12",
+        "pop rbx",
+        "pop rbp",
+        "ret",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::field::*;
+
+    const UNSUPPORTED: VmFail = VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent);
+    const READ_ONLY: VmFail = VmFail::Valid(VmInstructionError::VmwriteReadOnlyComponent);
+
+    #[test]
+    fn typed_round_trip_per_width() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.write(VIRTUAL_PROCESSOR_ID, 0xBEEF).unwrap();
+        vmcs.write(VM_ENTRY_INTERRUPTION_INFO, 0x8000_0202).unwrap();
+        vmcs.write(VMCS_LINK_POINTER, u64::MAX).unwrap();
+        vmcs.write(GUEST_RIP, 0xFFFF_8000_0000_1234).unwrap();
+        assert_eq!(vmcs.read(VIRTUAL_PROCESSOR_ID), Ok(0xBEEF));
+        assert_eq!(vmcs.read(VM_ENTRY_INTERRUPTION_INFO), Ok(0x8000_0202));
+        assert_eq!(vmcs.read(VMCS_LINK_POINTER), Ok(u64::MAX));
+        assert_eq!(vmcs.read(GUEST_RIP), Ok(0xFFFF_8000_0000_1234));
+        // Fields are independent.
+        assert_eq!(vmcs.read(GUEST_RSP), Ok(0));
+    }
+
+    #[test]
+    fn raw_writes_truncate_to_the_field_width() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.write_raw(GUEST_CS_SELECTOR.encoding(), 0xDEAD_BEEF_1234_5678).unwrap();
+        assert_eq!(vmcs.read_raw(GUEST_CS_SELECTOR.encoding()), Ok(0x5678));
+        vmcs.write_raw(EXCEPTION_BITMAP.encoding(), 0xDEAD_BEEF_1234_5678).unwrap();
+        assert_eq!(vmcs.read_raw(EXCEPTION_BITMAP.encoding()), Ok(0x1234_5678));
+        vmcs.write_raw(GUEST_CR0.encoding(), 0xDEAD_BEEF_1234_5678).unwrap();
+        assert_eq!(vmcs.read_raw(GUEST_CR0.encoding()), Ok(0xDEAD_BEEF_1234_5678));
+    }
+
+    #[test]
+    fn high_access_reaches_bits_63_32_of_64_bit_fields_only() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.write(TSC_OFFSET, 0x1111_2222_3333_4444).unwrap();
+        let high = TSC_OFFSET.high().raw();
+        assert_eq!(vmcs.read_raw(high), Ok(0x1111_2222));
+        vmcs.write_raw(high, 0xAAAA_BBBB).unwrap();
+        assert_eq!(vmcs.read(TSC_OFFSET), Ok(0xAAAA_BBBB_3333_4444));
+        // Bit 0 on a natural-width or 32-bit field is not an encoding.
+        assert_eq!(vmcs.read_raw(GUEST_RIP.encoding() | 1), Err(UNSUPPORTED));
+        assert_eq!(vmcs.read_raw(EXIT_REASON.encoding() | 1), Err(UNSUPPORTED));
+    }
+
+    #[test]
+    fn unsupported_and_read_only_fail_like_hardware() {
+        let mut vmcs = SoftVmcs::new();
+        assert_eq!(vmcs.read_raw(0x203C), Err(UNSUPPORTED));
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(12), "VMfailValid stores the number");
+        assert_eq!(vmcs.write_raw(EXIT_REASON.encoding(), 1), Err(READ_ONLY));
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(13));
+        assert_eq!(vmcs.last_instruction_error(), 13);
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(0), "the failed write changed nothing");
+        assert_eq!(vmcs.write_raw(0xFFFF_FFFF, 1), Err(UNSUPPORTED));
+        assert_eq!(vmcs.write_raw(VM_INSTRUCTION_ERROR.encoding(), 0), Err(READ_ONLY));
+    }
+
+    #[test]
+    fn restricted_field_sets_model_older_processors() {
+        let no_fred = SoftVmcs::with_supported(|info| !info.name.contains("FRED"));
+        assert_eq!(no_fred.read(GUEST_IA32_FRED_CONFIG), Err(UNSUPPORTED));
+        assert_eq!(no_fred.read(GUEST_RIP), Ok(0));
+        // VMCS_ENUM highest index 0x17 (an older part): index of GUEST_IA32_PKRS (0x2818) is 12,
+        // of HOST_IA32_FRED_SSP3 (0x2C16) 11, of PID_POINTER_TABLE_ADDRESS (0x2042) 0x21.
+        let old = SoftVmcs::with_highest_index(0x17);
+        assert!(old.supports(GUEST_IA32_PKRS.encoding()));
+        assert!(!old.supports(PID_POINTER_TABLE_ADDRESS.encoding()));
+        assert!(!old.supports(PID_POINTER_TABLE_ADDRESS.high().raw()));
+    }
+
+    #[test]
+    fn the_processor_side_sets_exit_information() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.set_exit_information(EXIT_REASON, 0x8000_0021).unwrap();
+        vmcs.set_exit_information(EXIT_QUALIFICATION, 4).unwrap();
+        vmcs.set_exit_information(VM_INSTRUCTION_ERROR, 7).unwrap();
+        let exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(0x8000_0021));
+        assert_eq!(vmcs.read(EXIT_QUALIFICATION), Ok(4));
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(7));
+        vmcs.enter(exit);
+        let no_event_data = SoftVmcs::with_supported(|info| info.name != "ORIGINAL_EVENT_DATA");
+        let mut no_event_data = no_event_data;
+        assert_eq!(no_event_data.set_exit_information(ORIGINAL_EVENT_DATA, 1), Err(UNSUPPORTED));
+    }
+}
