@@ -1,0 +1,591 @@
+//! Exit-qualification and instruction-information decoders (SDM Vol. 3C "Exit Qualification
+//! for ..." tables and "VM-Exit Instruction Information"). Every decoder accepts any value,
+//! never panics, keeps the raw bits (`raw()` returns the input) and reports unknown encodings
+//! as values.
+
+use super::BasicExitReason;
+
+macro_rules! raw_newtype {
+    ($(#[$doc:meta])* $name:ident: $ty:ty) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+        #[repr(transparent)]
+        pub struct $name($ty);
+
+        impl $name {
+            /// Wraps the raw value (any bits).
+            pub const fn from_raw(raw: $ty) -> Self {
+                Self(raw)
+            }
+
+            /// The raw value, unchanged.
+            pub const fn raw(self) -> $ty {
+                self.0
+            }
+
+            const fn bit(self, n: u32) -> bool {
+                (self.0 >> n) & 1 != 0
+            }
+
+            const fn bits(self, low: u32, width: u32) -> u64 {
+                ((self.0 as u64) >> low) & ((1u64 << width) - 1)
+            }
+        }
+    };
+}
+
+/// A general-purpose register number as used in qualifications (0 RAX ... 15 R15).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct GeneralRegister(pub u8);
+
+/// Control-register access type (bits 5:4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum CrAccessType {
+    /// 0: MOV to CR.
+    MovToCr,
+    /// 1: MOV from CR.
+    MovFromCr,
+    /// 2: CLTS.
+    Clts,
+    /// 3: LMSW.
+    Lmsw,
+}
+
+raw_newtype! {
+    /// Exit qualification for control-register accesses (reason 28).
+    CrAccess: u64
+}
+
+impl CrAccess {
+    /// Bits 3:0: the control register (0, 3, 4, 8).
+    pub const fn control_register(self) -> u8 {
+        self.bits(0, 4) as u8
+    }
+    /// Bits 5:4: the access type.
+    pub const fn access_type(self) -> CrAccessType {
+        match self.bits(4, 2) {
+            0 => CrAccessType::MovToCr,
+            1 => CrAccessType::MovFromCr,
+            2 => CrAccessType::Clts,
+            _ => CrAccessType::Lmsw,
+        }
+    }
+    /// Bit 6: LMSW operand type is memory (`false`: register).
+    pub const fn lmsw_memory_operand(self) -> bool {
+        self.bit(6)
+    }
+    /// Bits 11:8: the general register of MOV CR.
+    pub const fn register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(8, 4) as u8)
+    }
+    /// Bits 31:16: LMSW source data.
+    pub const fn lmsw_source_data(self) -> u16 {
+        self.bits(16, 16) as u16
+    }
+}
+
+raw_newtype! {
+    /// Exit qualification for MOV DR (reason 29).
+    MovDr: u64
+}
+
+impl MovDr {
+    /// Bits 2:0: the debug register.
+    pub const fn debug_register(self) -> u8 {
+        self.bits(0, 3) as u8
+    }
+    /// Bit 4: `true` for MOV from DR, `false` for MOV to DR.
+    pub const fn from_dr(self) -> bool {
+        self.bit(4)
+    }
+    /// Bits 11:8: the general register.
+    pub const fn register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(8, 4) as u8)
+    }
+}
+
+raw_newtype! {
+    /// Exit qualification for I/O instructions (reason 30).
+    IoInstruction: u64
+}
+
+impl IoInstruction {
+    /// Bits 2:0 plus one: the access size in bytes (1, 2 or 4; other encodings give 3, 5..8).
+    pub const fn size(self) -> u8 {
+        self.bits(0, 3) as u8 + 1
+    }
+    /// Bit 3: IN (`false`: OUT).
+    pub const fn is_in(self) -> bool {
+        self.bit(3)
+    }
+    /// Bit 4: string instruction.
+    pub const fn is_string(self) -> bool {
+        self.bit(4)
+    }
+    /// Bit 5: REP prefixed.
+    pub const fn is_rep(self) -> bool {
+        self.bit(5)
+    }
+    /// Bit 6: immediate port operand (`false`: DX).
+    pub const fn immediate_operand(self) -> bool {
+        self.bit(6)
+    }
+    /// Bits 31:16: the port.
+    pub const fn port(self) -> u16 {
+        self.bits(16, 16) as u16
+    }
+}
+
+raw_newtype! {
+    /// Exit qualification for EPT violations (reason 48).
+    EptViolation: u64
+}
+
+impl EptViolation {
+    /// Bit 0: the access was a data read.
+    pub const fn read(self) -> bool {
+        self.bit(0)
+    }
+    /// Bit 1: the access was a data write.
+    pub const fn write(self) -> bool {
+        self.bit(1)
+    }
+    /// Bit 2: the access was an instruction fetch.
+    pub const fn instruction_fetch(self) -> bool {
+        self.bit(2)
+    }
+    /// Bit 3: the guest-physical address was readable.
+    pub const fn readable(self) -> bool {
+        self.bit(3)
+    }
+    /// Bit 4: writable.
+    pub const fn writable(self) -> bool {
+        self.bit(4)
+    }
+    /// Bit 5: executable (supervisor-mode executable with MBEC).
+    pub const fn executable(self) -> bool {
+        self.bit(5)
+    }
+    /// Bit 6: user-mode executable (MBEC).
+    pub const fn user_mode_executable(self) -> bool {
+        self.bit(6)
+    }
+    /// Bit 7: the guest-linear-address field is valid.
+    pub const fn guest_linear_address_valid(self) -> bool {
+        self.bit(7)
+    }
+    /// Bit 8 (when bit 7 is set): the access was to the translated linear address, not a
+    /// paging-structure entry.
+    pub const fn translated_access(self) -> bool {
+        self.bit(8)
+    }
+    /// Bit 12: NMI unblocking due to IRET.
+    pub const fn nmi_unblocking_due_to_iret(self) -> bool {
+        self.bit(12)
+    }
+}
+
+/// APIC-access type (bits 15:12 of the APIC-access qualification).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ApicAccessType {
+    /// 0: linear access for a data read during instruction execution.
+    LinearRead,
+    /// 1: linear access for a data write during instruction execution.
+    LinearWrite,
+    /// 2: linear access for an instruction fetch.
+    LinearFetch,
+    /// 3: linear access (read or write) during event delivery.
+    LinearEventDelivery,
+    /// 10: guest-physical access during event delivery.
+    PhysicalEventDelivery,
+    /// 15: guest-physical access for an instruction fetch or during instruction execution.
+    PhysicalInstruction,
+    /// Any other value (kept).
+    Unknown(u8),
+}
+
+raw_newtype! {
+    /// Exit qualification for APIC-access exits (reason 44).
+    ApicAccess: u64
+}
+
+impl ApicAccess {
+    /// Bits 11:0: offset in the APIC page (linear accesses).
+    pub const fn offset(self) -> u16 {
+        self.bits(0, 12) as u16
+    }
+    /// Bits 15:12.
+    pub const fn access_type(self) -> ApicAccessType {
+        match self.bits(12, 4) as u8 {
+            0 => ApicAccessType::LinearRead,
+            1 => ApicAccessType::LinearWrite,
+            2 => ApicAccessType::LinearFetch,
+            3 => ApicAccessType::LinearEventDelivery,
+            10 => ApicAccessType::PhysicalEventDelivery,
+            15 => ApicAccessType::PhysicalInstruction,
+            other => ApicAccessType::Unknown(other),
+        }
+    }
+    /// Bit 16: asynchronous and not during event delivery (NMI unblocking semantics apply).
+    pub const fn asynchronous(self) -> bool {
+        self.bit(16)
+    }
+}
+
+/// Task-switch source (bits 31:30).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum TaskSwitchSource {
+    /// 0: CALL.
+    Call,
+    /// 1: IRET.
+    Iret,
+    /// 2: JMP.
+    Jmp,
+    /// 3: task gate in the IDT.
+    TaskGate,
+}
+
+raw_newtype! {
+    /// Exit qualification for task switches (reason 9).
+    TaskSwitch: u64
+}
+
+impl TaskSwitch {
+    /// Bits 15:0: the new TSS selector.
+    pub const fn selector(self) -> u16 {
+        self.bits(0, 16) as u16
+    }
+    /// Bits 31:30: the source.
+    pub const fn source(self) -> TaskSwitchSource {
+        match self.bits(30, 2) {
+            0 => TaskSwitchSource::Call,
+            1 => TaskSwitchSource::Iret,
+            2 => TaskSwitchSource::Jmp,
+            _ => TaskSwitchSource::TaskGate,
+        }
+    }
+}
+
+raw_newtype! {
+    /// Exit qualification for debug exceptions (#DB exits, reason 0 with vector 1).
+    DebugExceptions: u64
+}
+
+impl DebugExceptions {
+    /// Bits 3:0: B0-B3 (breakpoint conditions met).
+    pub const fn breakpoints(self) -> u8 {
+        self.bits(0, 4) as u8
+    }
+    /// Bit 13: BD (debug-register access detected).
+    pub const fn bd(self) -> bool {
+        self.bit(13)
+    }
+    /// Bit 14: BS (single step).
+    pub const fn bs(self) -> bool {
+        self.bit(14)
+    }
+    /// Bit 16: RTM.
+    pub const fn rtm(self) -> bool {
+        self.bit(16)
+    }
+}
+
+raw_newtype! {
+    /// VM-exit instruction information for VMREAD/VMWRITE, VMCLEAR/VMPTRLD/VMPTRST/VMXON,
+    /// INVEPT/INVVPID/INVPCID (SDM "Format of the VM-Exit Instruction-Information Field").
+    VmxInstructionInfo: u32
+}
+
+impl VmxInstructionInfo {
+    /// Bits 1:0: scaling (0 none, 1 by 2, 2 by 4, 3 by 8).
+    pub const fn scaling(self) -> u8 {
+        self.bits(0, 2) as u8
+    }
+    /// Bits 6:3: register operand 1 (VMREAD/VMWRITE with register operand).
+    pub const fn register1(self) -> GeneralRegister {
+        GeneralRegister(self.bits(3, 4) as u8)
+    }
+    /// Bits 9:7: address size (0 16-bit, 1 32-bit, 2 64-bit).
+    pub const fn address_size(self) -> u8 {
+        self.bits(7, 3) as u8
+    }
+    /// Bit 10: memory operand is a register (`true`) or memory (`false`).
+    pub const fn register_operand(self) -> bool {
+        self.bit(10)
+    }
+    /// Bits 17:15: segment register (0 ES ... 5 GS).
+    pub const fn segment(self) -> u8 {
+        self.bits(15, 3) as u8
+    }
+    /// Bits 21:18: index register.
+    pub const fn index_register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(18, 4) as u8)
+    }
+    /// Bit 22: index register invalid.
+    pub const fn index_invalid(self) -> bool {
+        self.bit(22)
+    }
+    /// Bits 26:23: base register.
+    pub const fn base_register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(23, 4) as u8)
+    }
+    /// Bit 27: base register invalid.
+    pub const fn base_invalid(self) -> bool {
+        self.bit(27)
+    }
+    /// Bits 31:28: register operand 2 (VMREAD/VMWRITE field encoding, INVEPT/INVVPID type).
+    pub const fn register2(self) -> GeneralRegister {
+        GeneralRegister(self.bits(28, 4) as u8)
+    }
+}
+
+/// The instruction of a descriptor-table exit (bits 29:28 of its instruction information).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum DescriptorTableInstruction {
+    /// SGDT (reason 46) or SLDT (reason 47).
+    StoreGdtOrLdt,
+    /// SIDT or STR.
+    StoreIdtOrTr,
+    /// LGDT or LLDT.
+    LoadGdtOrLdt,
+    /// LIDT or LTR.
+    LoadIdtOrTr,
+}
+
+raw_newtype! {
+    /// VM-exit instruction information for GDTR/IDTR (reason 46) and LDTR/TR (reason 47)
+    /// accesses.
+    DescriptorTableInfo: u32
+}
+
+impl DescriptorTableInfo {
+    /// Bits 1:0: scaling.
+    pub const fn scaling(self) -> u8 {
+        self.bits(0, 2) as u8
+    }
+    /// Bits 6:3: register operand (LDTR/TR exits with a register operand).
+    pub const fn register1(self) -> GeneralRegister {
+        GeneralRegister(self.bits(3, 4) as u8)
+    }
+    /// Bits 9:7: address size.
+    pub const fn address_size(self) -> u8 {
+        self.bits(7, 3) as u8
+    }
+    /// Bit 10: register operand (LDTR/TR only).
+    pub const fn register_operand(self) -> bool {
+        self.bit(10)
+    }
+    /// Bit 11: operand size 32-bit (GDTR/IDTR only; `false`: 16-bit).
+    pub const fn operand_size_32(self) -> bool {
+        self.bit(11)
+    }
+    /// Bits 17:15: segment register.
+    pub const fn segment(self) -> u8 {
+        self.bits(15, 3) as u8
+    }
+    /// Bits 21:18: index register.
+    pub const fn index_register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(18, 4) as u8)
+    }
+    /// Bit 22: index register invalid.
+    pub const fn index_invalid(self) -> bool {
+        self.bit(22)
+    }
+    /// Bits 26:23: base register.
+    pub const fn base_register(self) -> GeneralRegister {
+        GeneralRegister(self.bits(23, 4) as u8)
+    }
+    /// Bit 27: base register invalid.
+    pub const fn base_invalid(self) -> bool {
+        self.bit(27)
+    }
+    /// Bits 29:28: the instruction.
+    pub const fn instruction(self) -> DescriptorTableInstruction {
+        match self.bits(28, 2) {
+            0 => DescriptorTableInstruction::StoreGdtOrLdt,
+            1 => DescriptorTableInstruction::StoreIdtOrTr,
+            2 => DescriptorTableInstruction::LoadGdtOrLdt,
+            _ => DescriptorTableInstruction::LoadIdtOrTr,
+        }
+    }
+}
+
+/// An exit qualification decoded according to the basic exit reason.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum ExitQualification {
+    /// Reason 28.
+    CrAccess(CrAccess),
+    /// Reason 29.
+    MovDr(MovDr),
+    /// Reason 30.
+    IoInstruction(IoInstruction),
+    /// Reason 48.
+    EptViolation(EptViolation),
+    /// Reason 44.
+    ApicAccess(ApicAccess),
+    /// Reason 9.
+    TaskSwitch(TaskSwitch),
+    /// Any other reason: the raw qualification (its meaning depends on the reason; for
+    /// exception exits it is [`DebugExceptions`] for #DB and the faulting address for #PF).
+    Raw(u64),
+}
+
+impl ExitQualification {
+    /// Decodes `raw` for `reason`.
+    pub const fn decode(reason: BasicExitReason, raw: u64) -> Self {
+        match reason {
+            BasicExitReason::ControlRegisterAccess => Self::CrAccess(CrAccess(raw)),
+            BasicExitReason::MovDr => Self::MovDr(MovDr(raw)),
+            BasicExitReason::IoInstruction => Self::IoInstruction(IoInstruction(raw)),
+            BasicExitReason::EptViolation => Self::EptViolation(EptViolation(raw)),
+            BasicExitReason::ApicAccess => Self::ApicAccess(ApicAccess(raw)),
+            BasicExitReason::TaskSwitch => Self::TaskSwitch(TaskSwitch(raw)),
+            _ => Self::Raw(raw),
+        }
+    }
+
+    /// The raw qualification, whatever the variant.
+    pub const fn raw(self) -> u64 {
+        match self {
+            Self::CrAccess(q) => q.raw(),
+            Self::MovDr(q) => q.raw(),
+            Self::IoInstruction(q) => q.raw(),
+            Self::EptViolation(q) => q.raw(),
+            Self::ApicAccess(q) => q.raw(),
+            Self::TaskSwitch(q) => q.raw(),
+            Self::Raw(raw) => raw,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cr_access_fields() {
+        // MOV CR4 <- R9: CR 4, type 0, register 9.
+        let q = CrAccess::from_raw(0x0904);
+        assert_eq!(q.control_register(), 4);
+        assert_eq!(q.access_type(), CrAccessType::MovToCr);
+        assert_eq!(q.register(), GeneralRegister(9));
+        // LMSW from memory with source 0xABCD: type 3 (bits 5:4), bit 6, data in 31:16.
+        let q = CrAccess::from_raw(0xABCD_0070);
+        assert_eq!(q.access_type(), CrAccessType::Lmsw);
+        assert!(q.lmsw_memory_operand());
+        assert_eq!(q.lmsw_source_data(), 0xABCD);
+        assert_eq!(CrAccess::from_raw(0x10).access_type(), CrAccessType::MovFromCr);
+        assert_eq!(CrAccess::from_raw(0x20).access_type(), CrAccessType::Clts);
+        assert_eq!(CrAccess::from_raw(u64::MAX).raw(), u64::MAX);
+    }
+
+    #[test]
+    fn mov_dr_and_io_fields() {
+        let q = MovDr::from_raw(0x0F17);
+        assert_eq!(q.debug_register(), 7);
+        assert!(q.from_dr());
+        assert_eq!(q.register(), GeneralRegister(15));
+        assert!(!MovDr::from_raw(0x7).from_dr());
+        // IN AL, 0x60 (immediate): size 1, in, imm, port 0x60.
+        let q = IoInstruction::from_raw(0x0060_0048);
+        assert_eq!(q.size(), 1);
+        assert!(q.is_in() && q.immediate_operand());
+        assert!(!q.is_string() && !q.is_rep());
+        assert_eq!(q.port(), 0x60);
+        // REP OUTSD to DX=0x3F8.
+        let q = IoInstruction::from_raw(0x03F8_0033);
+        assert_eq!(q.size(), 4);
+        assert!(!q.is_in() && q.is_string() && q.is_rep() && !q.immediate_operand());
+        assert_eq!(q.port(), 0x3F8);
+    }
+
+    #[test]
+    fn ept_violation_each_bit() {
+        let checks: [(u32, fn(EptViolation) -> bool); 10] = [
+            (0, EptViolation::read),
+            (1, EptViolation::write),
+            (2, EptViolation::instruction_fetch),
+            (3, EptViolation::readable),
+            (4, EptViolation::writable),
+            (5, EptViolation::executable),
+            (6, EptViolation::user_mode_executable),
+            (7, EptViolation::guest_linear_address_valid),
+            (8, EptViolation::translated_access),
+            (12, EptViolation::nmi_unblocking_due_to_iret),
+        ];
+        for (bit, getter) in checks {
+            for other in 0..64 {
+                assert_eq!(getter(EptViolation::from_raw(1 << other)), other == bit, "bit {bit}");
+            }
+        }
+    }
+
+    #[test]
+    fn apic_access_task_switch_and_debug() {
+        let q = ApicAccess::from_raw(0x10B0);
+        assert_eq!(q.offset(), 0xB0);
+        assert_eq!(q.access_type(), ApicAccessType::LinearWrite);
+        assert_eq!(
+            ApicAccess::from_raw(0xA000).access_type(),
+            ApicAccessType::PhysicalEventDelivery
+        );
+        assert_eq!(ApicAccess::from_raw(0xF000).access_type(), ApicAccessType::PhysicalInstruction);
+        assert_eq!(ApicAccess::from_raw(0x5000).access_type(), ApicAccessType::Unknown(5));
+        let q = TaskSwitch::from_raw(0xC000_0028);
+        assert_eq!(q.selector(), 0x28);
+        assert_eq!(q.source(), TaskSwitchSource::TaskGate);
+        assert_eq!(TaskSwitch::from_raw(0x4000_0000).source(), TaskSwitchSource::Iret);
+        let q = DebugExceptions::from_raw(0x1_6005);
+        assert_eq!(q.breakpoints(), 5);
+        assert!(q.bd() && q.bs() && q.rtm());
+    }
+
+    #[test]
+    fn instruction_information_fields() {
+        // scaling 3, reg1 5, addr size 2, mem operand, seg 3 (DS), index 7, base 4, reg2 12.
+        let raw = 3 | (5 << 3) | (2 << 7) | (3 << 15) | (7 << 18) | (4 << 23) | (12 << 28);
+        let info = VmxInstructionInfo::from_raw(raw);
+        assert_eq!(info.scaling(), 3);
+        assert_eq!(info.register1(), GeneralRegister(5));
+        assert_eq!(info.address_size(), 2);
+        assert!(!info.register_operand());
+        assert_eq!(info.segment(), 3);
+        assert_eq!(info.index_register(), GeneralRegister(7));
+        assert!(!info.index_invalid());
+        assert_eq!(info.base_register(), GeneralRegister(4));
+        assert!(!info.base_invalid());
+        assert_eq!(info.register2(), GeneralRegister(12));
+        let info = DescriptorTableInfo::from_raw((3 << 28) | (1 << 11) | (1 << 22) | (1 << 27));
+        assert_eq!(info.instruction(), DescriptorTableInstruction::LoadIdtOrTr);
+        assert!(info.operand_size_32() && info.index_invalid() && info.base_invalid());
+        assert_eq!(
+            DescriptorTableInfo::from_raw(1 << 28).instruction(),
+            DescriptorTableInstruction::StoreIdtOrTr
+        );
+    }
+
+    #[test]
+    fn decode_picks_the_decoder_and_keeps_raw() {
+        for raw in [0, 1, 0x1234_5678_9ABC_DEF0, u64::MAX] {
+            for number in 0..=u16::MAX {
+                let q = ExitQualification::decode(BasicExitReason::from_number(number), raw);
+                assert_eq!(q.raw(), raw);
+            }
+        }
+        assert!(matches!(
+            ExitQualification::decode(BasicExitReason::EptViolation, 0),
+            ExitQualification::EptViolation(_)
+        ));
+        assert!(matches!(
+            ExitQualification::decode(BasicExitReason::Cpuid, 0),
+            ExitQualification::Raw(0)
+        ));
+    }
+}
