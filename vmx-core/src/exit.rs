@@ -353,7 +353,7 @@ impl<'exit> ExitInfo<'exit> {
     /// Reads the snapshot of the exit `exit` from `vmcs`.
     pub fn read(
         vmcs: &impl VmcsAccess,
-        exit: &'exit VmExit,
+        _exit: &'exit VmExit,
         options: ExitInfoOptions,
     ) -> Result<Self, VmFail> {
         let reason = ExitReason(vmcs.read(field::EXIT_REASON)?);
@@ -395,8 +395,7 @@ impl<'exit> ExitInfo<'exit> {
     }
 
     /// Builds a snapshot from values, for tests and fuzzers that have no VMCS.
-    pub fn from_parts(exit: &'exit VmExit, parts: ExitInfoParts) -> Self {
-        let _ = exit;
+    pub fn from_parts(_exit: &'exit VmExit, parts: ExitInfoParts) -> Self {
         Self {
             reason: ExitReason(parts.reason),
             qualification: parts.qualification,

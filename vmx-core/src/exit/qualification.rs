@@ -24,10 +24,12 @@ macro_rules! raw_newtype {
                 self.0
             }
 
+            #[allow(dead_code, reason = "not every decoder has single-bit fields")]
             const fn bit(self, n: u32) -> bool {
                 (self.0 >> n) & 1 != 0
             }
 
+            #[allow(dead_code, reason = "not every decoder has multi-bit fields")]
             const fn bits(self, low: u32, width: u32) -> u64 {
                 ((self.0 as u64) >> low) & ((1u64 << width) - 1)
             }
