@@ -510,7 +510,8 @@ mod tests {
 
     #[test]
     fn ept_violation_each_bit() {
-        let checks: [(u32, fn(EptViolation) -> bool); 10] = [
+        type Getter = fn(EptViolation) -> bool;
+        let checks: [(u32, Getter); 10] = [
             (0, EptViolation::read),
             (1, EptViolation::write),
             (2, EptViolation::instruction_fetch),
