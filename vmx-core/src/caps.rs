@@ -84,7 +84,7 @@ impl HardwareMsrs {
     ///
     /// # Safety
     ///
-    /// The caller runs at CPL 0 on a processor with VMX (CPUID.1:ECX[5]), so that the
+    /// The caller runs at CPL 0 on a processor with VMX (CPUID.1:ECX\[5\]), so that the
     /// IA32_VMX_* MSRs that [`VmxCapabilities::read`] asks for exist.
     pub const unsafe fn new() -> Self {
         Self { _cpl0: () }
@@ -402,7 +402,7 @@ pub struct VmxCapabilities {
     pub cr0: FixedBits,
     /// CR4 fixed bits.
     pub cr4: FixedBits,
-    /// The pin-based MSR (TRUE variant when IA32_VMX_BASIC[55]).
+    /// The pin-based MSR (TRUE variant when IA32_VMX_BASIC\[55\]).
     pin: u64,
     primary: u64,
     exit: u64,
@@ -492,7 +492,7 @@ impl VmxCapabilities {
         })
     }
 
-    /// Allowed pin-based controls (TRUE MSR when IA32_VMX_BASIC[55]).
+    /// Allowed pin-based controls (TRUE MSR when IA32_VMX_BASIC\[55\]).
     pub const fn pin_controls(&self) -> AllowedControls {
         AllowedControls::from_msr(self.pin)
     }

@@ -3,7 +3,7 @@
 //!
 //! Adjustment takes the controls a hypervisor *needs* and returns the value to write: every
 //! bit the capability MSR forces to 1 is added, and a needed bit the processor cannot set is an
-//! error naming the control set and bit ([`ControlError`]). With IA32_VMX_BASIC[55] the
+//! error naming the control set and bit ([`ControlError`]). With IA32_VMX_BASIC\[55\] the
 //! `IA32_VMX_TRUE_*` MSRs are used, so "default1" controls that the processor lets software clear
 //! (CR3-load/store exiting, for example) stay clear.
 
@@ -278,19 +278,19 @@ bitflags::bitflags! {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum ControlSet {
-    /// Pin-based VM-execution controls (IA32_VMX_[TRUE_]PINBASED_CTLS).
+    /// Pin-based VM-execution controls (IA32_VMX_(TRUE_)PINBASED_CTLS).
     PinBased,
-    /// Primary processor-based controls (IA32_VMX_[TRUE_]PROCBASED_CTLS).
+    /// Primary processor-based controls (IA32_VMX_(TRUE_)PROCBASED_CTLS).
     Primary,
     /// Secondary processor-based controls (IA32_VMX_PROCBASED_CTLS2).
     Secondary,
     /// Tertiary processor-based controls (IA32_VMX_PROCBASED_CTLS3).
     Tertiary,
-    /// Primary VM-exit controls (IA32_VMX_[TRUE_]EXIT_CTLS).
+    /// Primary VM-exit controls (IA32_VMX_(TRUE_)EXIT_CTLS).
     Exit,
     /// Secondary VM-exit controls (IA32_VMX_EXIT_CTLS2).
     SecondaryExit,
-    /// VM-entry controls (IA32_VMX_[TRUE_]ENTRY_CTLS).
+    /// VM-entry controls (IA32_VMX_(TRUE_)ENTRY_CTLS).
     Entry,
 }
 
@@ -435,7 +435,7 @@ pub struct AdjustedControls {
 }
 
 /// Adjusts every control set of `request` to `caps`. Uses the TRUE capability MSRs when
-/// IA32_VMX_BASIC[55] is set.
+/// IA32_VMX_BASIC\[55\] is set.
 pub fn adjust(
     caps: &VmxCapabilities,
     request: &ControlRequest,

@@ -44,13 +44,13 @@ pub struct GuestEventState {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct EntryCapabilities {
-    /// IA32_VMX_BASIC[56]: no check of deliver-error-code against the vector.
+    /// IA32_VMX_BASIC\[56\]: no check of deliver-error-code against the vector.
     pub no_error_code_consistency_check: bool,
-    /// IA32_VMX_MISC[30]: software interrupts/exceptions may be injected with length 0.
+    /// IA32_VMX_MISC\[30\]: software interrupts/exceptions may be injected with length 0.
     pub zero_length_injection: bool,
     /// The "monitor trap flag" control is supported (type 7 may be injected).
     pub monitor_trap_flag: bool,
-    /// IA32_VMX_BASIC[58]: nested-exception bit 13 may be set (type 3 only).
+    /// IA32_VMX_BASIC\[58\]: nested-exception bit 13 may be set (type 3 only).
     pub nested_exception: bool,
     /// The guest uses FRED (CR4.FRED): type 7 may carry vectors 0-2 (MTF, SYSCALL, SYSENTER).
     pub fred_guest: bool,
@@ -121,7 +121,7 @@ rules! {
     NestedException => "26.2.1.3", "bit 13 (nested exception) needs IA32_VMX_BASIC[58] and type 3";
     /// Error code bits 31:16 must be 0.
     ErrorCodeHighBits => "26.2.1.3", "the VM-entry exception error code must have bits 31:16 clear";
-    /// Types 4, 5 and 6 need an instruction length of 1-15 (0 with IA32_VMX_MISC[30]).
+    /// Types 4, 5 and 6 need an instruction length of 1-15 (0 with IA32_VMX_MISC\[30\]).
     InstructionLength => "26.2.1.3",
         "types 4, 5 and 6 need a VM-entry instruction length of 1-15 (0 allowed with IA32_VMX_MISC[30])";
     /// An external interrupt needs RFLAGS.IF = 1.

@@ -142,6 +142,14 @@ impl fmt::Display for VmInstructionError {
     }
 }
 
+impl core::error::Error for VmFail {}
+impl core::error::Error for VmInstructionError {}
+impl core::error::Error for crate::caps::MissingMsr {}
+impl core::error::Error for crate::caps::FixedBitError {}
+impl core::error::Error for crate::controls::ControlError {}
+impl core::error::Error for crate::entry_check::EntryCheckError {}
+impl core::error::Error for crate::event::InterruptionInfoError {}
+
 #[cfg(test)]
 mod tests {
     use super::*;

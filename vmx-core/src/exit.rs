@@ -314,7 +314,7 @@ impl fmt::Debug for ExitReason {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ExitInfoOptions {
-    /// Read ORIGINAL_EVENT_DATA (FRED / nested-exception support: IA32_VMX_BASIC[58]).
+    /// Read ORIGINAL_EVENT_DATA (FRED / nested-exception support: IA32_VMX_BASIC\[58\]).
     pub original_event_data: bool,
 }
 

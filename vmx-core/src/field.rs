@@ -12,6 +12,16 @@
 //! vmcs.write(field::EXIT_REASON, 0).unwrap(); // EXIT_REASON is read-only
 //! ```
 //!
+//! The same code with a read-write field compiles, and the width is checked too (`GUEST_RIP`
+//! takes a `u64`, `VIRTUAL_PROCESSOR_ID` a `u16`):
+//!
+//! ```
+//! use hvkit_vmx_core::{field, vmcs::{SoftVmcs, VmcsAccess}};
+//! let mut vmcs = SoftVmcs::new();
+//! vmcs.write(field::GUEST_RIP, 0).unwrap();
+//! vmcs.write(field::VIRTUAL_PROCESSOR_ID, 1u16).unwrap();
+//! ```
+//!
 //! Encoding layout (SDM B.1; shared/FACTS.md section 8): bit 0 access type (1 = high half of a
 //! 64-bit field), bits 9:1 index, bits 11:10 type (0 control, 1 VM-exit information, 2 guest state,
 //! 3 host state), bit 12 reserved (0), bits 14:13 width (0 16-bit, 1 64-bit, 2 32-bit, 3 natural).
@@ -199,7 +209,7 @@ pub trait Access: sealed::Sealed + 'static {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadWrite {}
 /// Read-only access: VM-exit information fields (VMWRITE fails with error 13 unless
-/// IA32_VMX_MISC[29] is set; this crate keeps them read-only in the type).
+/// IA32_VMX_MISC\[29\] is set; this crate keeps them read-only in the type).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ReadOnly {}
 impl sealed::Sealed for ReadWrite {}
