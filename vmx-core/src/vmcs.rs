@@ -418,10 +418,10 @@ unsafe extern "sysv64" fn vm_run(registers: *mut GuestRegisters, launched: u64) 
         "mov r14, [rdi + 104]",
         "mov r15, [rdi + 112]",
         "mov rdi, [rdi + 40]",
-        "jnz 1f",
+        "jnz 8f",
         "vmlaunch",
         "jmp 3f",
-        "1:",
+        "8:",
         "vmresume",
         // VM entry failed: CF or ZF tells which. RSP is unchanged.
         "3:",
