@@ -1,6 +1,89 @@
-//! Re-deliver host NMIs and acknowledged interrupts after VM exits, exactly once (direct call on IDT and FRED hosts, or self-NMI), and re-inject guest events (no_std)
+//! Re-deliver host NMIs and acknowledged interrupts after VM exits, exactly once, and re-inject
+//! guest events.
+//!
+//! # The problem
+//!
+//! A host NMI that arrives while a guest runs (with NMI exiting) causes a VM exit instead of
+//! running the host's NMI handler: the exit *consumes* the NMI and NMIs stay blocked until the
+//! next IRET (IDT) or NMI-marked ERETS (FRED). An external interrupt with "acknowledge interrupt
+//! on exit" is already acknowledged at the local APIC: only the hypervisor can dispatch it and
+//! its handler's EOI. Every hypervisor must re-deliver both to its own handlers, exactly once,
+//! without unblocking NMIs early.
+//!
+//! # Two strategies behind one trait
+//!
+//! - **Direct call** ([`IdtDirectCall`], [`FredDirectCall`]; what Linux KVM does): build the
+//!   frame the CPU would have pushed and call the host's entry, which returns with IRETQ or
+//!   ERETS. Synchronous: when the call returns, the handler has run and NMIs are unblocked.
+//!   Needs the host's handler addresses (a dedicated non-IST NMI entry on IDT hosts). Use it
+//!   when you control the host's entry code.
+//! - **Self-NMI** ([`SelfNmi`]; what Xen did): send an NMI to the own APIC, unblock NMIs
+//!   (IRET-to-self / ERETS-to-self), and wait — bounded — until the host handler's counter moved.
+//!   Needs only the APIC and a counter, so it works with a host kernel whose entry points you
+//!   cannot call; but delivery is asynchronous (hence the bounded confirmation), NMIs may merge
+//!   or be handled out of order, and interrupts are re-queued as self-IPIs (edge-triggered only:
+//!   level-triggered ones are refused), which loses their original priority order.
+//!
+//! Both implement [`NmiReinjector`], whose contract is: `Ok` only after the handler ran exactly
+//! once (or, for a re-queued interrupt, is guaranteed to run once when interrupts are enabled);
+//! `Err` says whether the event is still owed or in flight ([`ReinjectError::state`]).
+//!
+//! # At every exit
+//!
+//! 1. [`handle_host_event`] first — nothing that can fault, trap, IRET or enable interrupts may
+//!    run before it (see [`exit_time`]).
+//! 2. Handle the exit.
+//! 3. [`reinject_idt_vectoring`]: restore blocking-by-NMI after "NMI unblocking due to IRET" and
+//!    re-inject an event whose delivery the exit interrupted.
+//! 4. [`GuestEventQueue::prepare_entry`]: inject owed guest events or request windows.
+//!
+//! Every injection runs hvkit-vmx-core's VM-entry validator first.
+//!
+//! # Example: the exit-time decision
+//!
+//! ```
+//! use hvkit_nmi_reinject::{exit_time::{classify, HostEvent}};
+//! use hvkit_vmx_core::{exit::{ExitInfo, ExitInfoParts}, vmcs::SoftVmcs};
+//!
+//! let mut vmcs = SoftVmcs::new();
+//! let exit = vmcs.complete_exit();
+//! let nmi_exit = ExitInfo::from_parts(&exit, ExitInfoParts {
+//!     reason: 0,
+//!     interruption_info: 0x8000_0202,
+//!     ..ExitInfoParts::default()
+//! });
+//! assert_eq!(classify(&nmi_exit, true), Ok(HostEvent::Nmi));
+//! ```
+//!
+//! # Features
+//!
+//! - `defmt`: derives `defmt::Format` for the public types.
+//!
+//! `#![no_std]`, no allocation; minimum Rust 1.88. The direct-call and unblocking assembly is
+//! `x86_64`-only; the IDT direct call and IRET-to-self are tested in user space, the FRED paths
+//! are not executed in CI (no FRED hardware or emulator there).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
+
+pub mod error;
+pub mod exit_time;
+pub mod guest;
+mod idt;
+pub mod strategy;
+
+pub use error::{EventState, ReinjectError, Unsupported};
+pub use exit_time::{HostEvent, HostEventError, classify, handle_host_event};
+pub use guest::{
+    EntryDecision, GuestEvent, GuestEventQueue, GuestFixups, InjectError, InjectionContext,
+    idt_vectoring_event, inject, nmi_unblocked_by_iret, reinject_idt_vectoring,
+};
+pub use strategy::{
+    ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
+    IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
+};
+
+#[cfg(test)]
+mod tests;

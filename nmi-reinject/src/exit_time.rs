@@ -1,0 +1,114 @@
+//! The exit-time entry point: the first thing an exit handler calls.
+//!
+//! Between the VM exit and [`handle_host_event`] nothing may run that can fault, trap, execute
+//! IRET or enable interrupts: an IRET (from any exception handler) would unblock NMIs while the
+//! host NMI is still undelivered, and enabling interrupts first would let interrupts overtake
+//! the NMI (shared/FACTS.md section 1; Linux KVM commit 11df586d774f). Reading the exit
+//! information with VMREAD is fine. The order is: host NMI first, then the acknowledged
+//! interrupt, then guest-side work.
+
+use crate::error::ReinjectError;
+use crate::strategy::{IrqDelivery, NmiReinjector};
+use core::fmt;
+use hvkit_vmx_core::event::EventType;
+use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo};
+
+/// The host event a VM exit carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HostEvent {
+    /// No host event (the exit was about the guest).
+    None,
+    /// A host NMI consumed by the exit (reason 0, interruption type NMI).
+    Nmi,
+    /// An external interrupt acknowledged on exit: `vector` is in service at the local APIC.
+    AcknowledgedIrq(u8),
+    /// An external-interrupt exit without "acknowledge interrupt on exit": the interrupt is
+    /// still pending in the APIC and is taken when the host enables interrupts.
+    PendingIrq,
+}
+
+/// An exit whose information does not fit the controls.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum HostEventError {
+    /// External-interrupt exit with "acknowledge interrupt on exit" set but the exit
+    /// interruption information not valid: hardware always reports the vector, so the
+    /// interrupt was not acknowledged and is still pending in the APIC (nothing is lost;
+    /// enabling interrupts delivers it).
+    AcknowledgedWithoutVector {
+        /// The raw interruption information.
+        info: u32,
+    },
+    /// Re-delivery failed; see [`ReinjectError::state`].
+    Reinject {
+        /// What was being re-delivered.
+        event: HostEvent,
+        /// The failure.
+        error: ReinjectError,
+    },
+}
+
+impl fmt::Display for HostEventError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::AcknowledgedWithoutVector { info } => write!(
+                f,
+                "external-interrupt exit with acknowledge-on-exit but invalid interruption info {info:#x}; the interrupt is still pending in the APIC"
+            ),
+            Self::Reinject { event, error } => write!(f, "re-delivering {event:?}: {error}"),
+        }
+    }
+}
+
+impl core::error::Error for HostEventError {}
+
+/// Decides which host event an exit carries (pure; no side effects).
+pub fn classify(
+    info: &ExitInfo<'_>,
+    acknowledge_on_exit: bool,
+) -> Result<HostEvent, HostEventError> {
+    if info.reason.is_entry_failure() {
+        // The guest never ran; nothing was consumed.
+        return Ok(HostEvent::None);
+    }
+    let interruption = info.interruption_info;
+    match info.reason.basic() {
+        BasicExitReason::ExceptionOrNmi
+            if interruption.is_valid() && interruption.event_type() == EventType::Nmi =>
+        {
+            Ok(HostEvent::Nmi)
+        }
+        BasicExitReason::ExternalInterrupt if !acknowledge_on_exit => Ok(HostEvent::PendingIrq),
+        BasicExitReason::ExternalInterrupt if interruption.is_valid() => {
+            Ok(HostEvent::AcknowledgedIrq(interruption.vector()))
+        }
+        BasicExitReason::ExternalInterrupt => {
+            Err(HostEventError::AcknowledgedWithoutVector { info: interruption.raw() })
+        }
+        _ => Ok(HostEvent::None),
+    }
+}
+
+/// Re-delivers the host event of this exit (at most one per exit: an exit is caused either by an
+/// NMI or by an interrupt). Call it first in the exit handler.
+pub fn handle_host_event<R: NmiReinjector>(
+    reinjector: &mut R,
+    info: &ExitInfo<'_>,
+    acknowledge_on_exit: bool,
+) -> Result<(HostEvent, Option<IrqDelivery>), HostEventError> {
+    let event = classify(info, acknowledge_on_exit)?;
+    match event {
+        HostEvent::Nmi => {
+            reinjector.reinject_nmi().map_err(|error| HostEventError::Reinject { event, error })?;
+            Ok((event, None))
+        }
+        HostEvent::AcknowledgedIrq(vector) => {
+            let delivery = reinjector
+                .reinject_irq(vector)
+                .map_err(|error| HostEventError::Reinject { event, error })?;
+            Ok((event, Some(delivery)))
+        }
+        HostEvent::None | HostEvent::PendingIrq => Ok((event, None)),
+    }
+}

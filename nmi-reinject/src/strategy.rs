@@ -1,0 +1,321 @@
+//! The [`NmiReinjector`] trait and its implementations.
+
+use crate::error::{ReinjectError, Unsupported, apic_error};
+use core::sync::atomic::{AtomicU64, Ordering};
+use hvkit_apic::{Delay, LocalApic};
+
+/// How an acknowledged interrupt was re-delivered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum IrqDelivery {
+    /// The host handler ran (direct call); it sent the EOI as it does for any interrupt.
+    Handled,
+    /// The interrupt was EOI'd and re-queued in the local APIC as a self-IPI: the host handler
+    /// runs exactly once when the host next enables interrupts (self-NMI strategy).
+    Requeued,
+}
+
+/// Re-delivers host events that a VM exit consumed.
+///
+/// Contract:
+/// - `reinject_nmi` returns `Ok(())` only after the host NMI handler has run exactly once for
+///   this NMI and NMIs are unblocked again.
+/// - `reinject_irq` returns `Ok(Handled)` after the host handler for `vector` ran once, or
+///   `Ok(Requeued)` when the vector is guaranteed to be dispatched once when interrupts are
+///   enabled.
+/// - On `Err`, [`ReinjectError::state`] says whether anything happened: `NotDelivered` (the
+///   event is still owed, nothing was half-done) or `InFlight` (handed to the hardware; must not
+///   be sent again).
+pub trait NmiReinjector {
+    /// Re-delivers the NMI that caused the VM exit.
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError>;
+    /// Re-delivers the external interrupt `vector` acknowledged on exit.
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError>;
+}
+
+/// Host handler addresses for interrupt vectors, for [`IdtDirectCall`].
+pub trait HandlerTable {
+    /// The handler entry for `vector`, if any. It must be an interrupt handler that preserves
+    /// every register and returns with IRETQ.
+    fn handler(&self, vector: u8) -> Option<u64>;
+}
+
+impl HandlerTable for [u64; 256] {
+    fn handler(&self, vector: u8) -> Option<u64> {
+        self.get(usize::from(vector)).copied().filter(|&address| address != 0)
+    }
+}
+
+impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
+    fn handler(&self, vector: u8) -> Option<u64> {
+        self(vector)
+    }
+}
+
+/// Direct call on IDT hosts: the IRET frame the CPU would have pushed, then a call into the
+/// handler, which returns with IRETQ (unblocking NMIs). This is what Linux KVM does.
+///
+/// The NMI entry must be a dedicated entry that is safe on the current stack, **not** the IDT's
+/// NMI gate if that gate uses an IST stack: called directly, an IST handler would run on the
+/// wrong stack (a real bug fixed in Linux, commit a217a6593cec).
+#[derive(Debug, Clone, Copy)]
+pub struct IdtDirectCall<T: HandlerTable> {
+    nmi_entry: u64,
+    handlers: T,
+}
+
+impl<T: HandlerTable> IdtDirectCall<T> {
+    /// A strategy calling `nmi_entry` for NMIs and `handlers` for interrupt vectors.
+    ///
+    /// # Safety
+    ///
+    /// `nmi_entry` and every address `handlers` returns are interrupt entries that preserve all
+    /// registers and end with IRETQ, safe to run on the caller's stack with interrupts disabled;
+    /// re-delivery is called with interrupts disabled at CPL 0.
+    pub const unsafe fn new(nmi_entry: u64, handlers: T) -> Self {
+        Self { nmi_entry, handlers }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        // SAFETY: the constructor's contract covers the entry.
+        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry) };
+        Ok(())
+    }
+
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        if vector < 32 {
+            return Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }));
+        }
+        let handler = self
+            .handlers
+            .handler(vector)
+            .ok_or(ReinjectError::Unsupported(Unsupported::NoHandler { vector }))?;
+        // SAFETY: the constructor's contract covers the handlers.
+        unsafe { crate::idt::call_with_iret_frame(handler) };
+        Ok(IrqDelivery::Handled)
+    }
+}
+
+/// Direct call on FRED hosts: hvkit-fred's software delivery builds the FRED frame (NMI bit set
+/// for NMIs) and returns with ERETS.
+#[derive(Debug, Clone, Copy)]
+pub struct FredDirectCall {
+    dispatcher: hvkit_fred::Dispatcher,
+    red_zone_bytes: u64,
+}
+
+impl FredDirectCall {
+    /// A strategy delivering to `dispatcher` (the same function the host's FRED entry stubs
+    /// call), skipping `red_zone_bytes` (the red zone configured in IA32_FRED_CONFIG).
+    ///
+    /// # Safety
+    ///
+    /// The host runs with CR4.FRED = 1 at CPL 0; the conditions of
+    /// [`hvkit_fred::deliver::deliver`] hold.
+    pub const unsafe fn new(dispatcher: hvkit_fred::Dispatcher, red_zone_bytes: u64) -> Self {
+        Self { dispatcher, red_zone_bytes }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NmiReinjector for FredDirectCall {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        // SAFETY: the constructor's contract.
+        unsafe {
+            hvkit_fred::deliver::deliver(
+                hvkit_fred::deliver::SoftwareEvent::Nmi,
+                self.red_zone_bytes,
+                self.dispatcher,
+            )
+        };
+        Ok(())
+    }
+
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        let event = hvkit_fred::deliver::SoftwareEvent::try_new(
+            hvkit_fred::EventType::ExternalInterrupt,
+            vector,
+        )
+        .map_err(|_| ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }))?;
+        // SAFETY: the constructor's contract.
+        unsafe { hvkit_fred::deliver::deliver(event, self.red_zone_bytes, self.dispatcher) };
+        Ok(IrqDelivery::Handled)
+    }
+}
+
+/// Unblocks NMIs without an event: IRET-to-self on IDT hosts ([`IretToSelf`]), NMI-marked
+/// ERETS-to-self on FRED hosts ([`FredEretsToSelf`]), or a test double.
+pub trait NmiUnblocker {
+    /// Executes the return that unblocks NMIs; a pending NMI is taken right after it.
+    fn unblock_nmis(&mut self);
+}
+
+/// IRETQ to the next instruction, which unblocks NMIs on IDT hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct IretToSelf {
+    _cpl0: (),
+}
+
+impl IretToSelf {
+    /// # Safety
+    ///
+    /// IDT host (no FRED), interrupts disabled; any NMI pending at the IRETQ will be taken at
+    /// once by the host's NMI handler, which must be ready.
+    pub const unsafe fn new() -> Self {
+        Self { _cpl0: () }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl NmiUnblocker for IretToSelf {
+    fn unblock_nmis(&mut self) {
+        // SAFETY: the constructor's contract; the IRET returns to the next instruction with the
+        // same stack, segments and flags.
+        unsafe { crate::idt::iret_to_self() }
+    }
+}
+
+/// ERETS-to-self with the NMI bit set, which unblocks NMIs on FRED hosts.
+#[derive(Debug, Clone, Copy)]
+pub struct FredEretsToSelf {
+    red_zone_bytes: u64,
+}
+
+impl FredEretsToSelf {
+    /// # Safety
+    ///
+    /// FRED host (CR4.FRED = 1, CPL 0), interrupts disabled; `red_zone_bytes` as configured.
+    pub const unsafe fn new(red_zone_bytes: u64) -> Self {
+        Self { red_zone_bytes }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" fn no_op_dispatcher(_: &mut hvkit_fred::Frame, _: &mut hvkit_fred::SavedRegisters) {}
+
+#[cfg(target_arch = "x86_64")]
+impl NmiUnblocker for FredEretsToSelf {
+    fn unblock_nmis(&mut self) {
+        // SAFETY: the constructor's contract; the dispatcher does nothing, so the ERETS of the
+        // NMI-marked frame is all that happens.
+        unsafe {
+            hvkit_fred::deliver::deliver(
+                hvkit_fred::deliver::SoftwareEvent::Nmi,
+                self.red_zone_bytes,
+                no_op_dispatcher,
+            )
+        }
+    }
+}
+
+/// What the self-NMI strategy needs from the local APIC.
+pub trait SelfIpiSender {
+    /// Sends an NMI to this processor (physical destination = own APIC ID).
+    fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError>;
+    /// Sends a fixed, edge-triggered self-IPI with `vector`.
+    fn send_self_ipi(&mut self, vector: u8) -> Result<(), hvkit_apic::IpiError>;
+    /// `true` when `vector` was accepted level-triggered (TMR bit set).
+    fn is_level_triggered(&self, vector: u8) -> bool;
+    /// Signals end of interrupt.
+    fn eoi(&mut self);
+}
+
+/// A [`LocalApic`] as a [`SelfIpiSender`], with the delivery-status bound to use (xAPIC).
+#[derive(Debug)]
+pub struct ApicSender<A: LocalApic> {
+    /// The APIC.
+    pub apic: A,
+    /// Delivery-status polls per send (xAPIC only).
+    pub max_polls: u32,
+}
+
+impl<A: LocalApic> SelfIpiSender for ApicSender<A> {
+    fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
+        self.apic.send_self_nmi(self.max_polls, &mut || core::hint::spin_loop())
+    }
+
+    fn send_self_ipi(&mut self, vector: u8) -> Result<(), hvkit_apic::IpiError> {
+        self.apic.send_self_ipi(vector, self.max_polls, &mut || core::hint::spin_loop())
+    }
+
+    fn is_level_triggered(&self, vector: u8) -> bool {
+        self.apic.is_level_triggered(vector)
+    }
+
+    fn eoi(&mut self) {
+        self.apic.eoi();
+    }
+}
+
+/// Self-NMI re-delivery (what Xen did): send an NMI to the own APIC, unblock NMIs, and wait —
+/// with a bound — until the host NMI handler has counted it.
+///
+/// Hazards this type handles (shared/FACTS.md section 1): delivery is asynchronous, so `Ok` is
+/// returned only after `handled` moved; the wait is bounded and a timeout says the NMI is still
+/// in flight (do not re-enter the guest: it would take NMI exits in a loop). Hazards it cannot
+/// remove: NMIs that arrive meanwhile may merge with or overtake the re-sent one (NMIs may be
+/// handled out of order, as on bare metal); an IRET executed by an interrupt handler before the
+/// unblock would unblock NMIs early, so call it first, with interrupts disabled.
+///
+/// Interrupts: the vector is re-sent as a fixed self-IPI and then EOI'd ([`IrqDelivery::Requeued`]):
+/// the host takes it when it enables interrupts, after any higher-priority pending ones (the
+/// original order is not kept). Level-triggered interrupts are refused: EOI would drop the level.
+#[derive(Debug)]
+pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
+    sender: S,
+    unblocker: U,
+    delay: D,
+    handled: &'counter AtomicU64,
+    max_polls: u32,
+}
+
+impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S, U, D> {
+    /// A strategy: `handled` is the counter the host NMI handler increments once per NMI;
+    /// at most `max_polls` reads of it are made, with `delay` between them.
+    pub const fn new(
+        sender: S,
+        unblocker: U,
+        delay: D,
+        handled: &'counter AtomicU64,
+        max_polls: u32,
+    ) -> Self {
+        Self { sender, unblocker, delay, handled, max_polls }
+    }
+
+    /// The sender (e.g. to reach the APIC).
+    pub fn sender_mut(&mut self) -> &mut S {
+        &mut self.sender
+    }
+}
+
+impl<S: SelfIpiSender, U: NmiUnblocker, D: Delay> NmiReinjector for SelfNmi<'_, S, U, D> {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        let before = self.handled.load(Ordering::SeqCst);
+        self.sender.send_self_nmi().map_err(apic_error)?;
+        self.unblocker.unblock_nmis();
+        for _ in 0..self.max_polls {
+            if self.handled.load(Ordering::SeqCst) != before {
+                return Ok(());
+            }
+            self.delay.delay();
+        }
+        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
+    }
+
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        if vector < 32 {
+            return Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }));
+        }
+        if self.sender.is_level_triggered(vector) {
+            return Err(ReinjectError::Unsupported(Unsupported::LevelTriggered { vector }));
+        }
+        // Re-queue first: the new request waits in the IRR behind the in-service copy, so a
+        // failed send leaves the interrupt exactly as it was (in service, no EOI sent).
+        self.sender.send_self_ipi(vector).map_err(apic_error)?;
+        self.sender.eoi();
+        Ok(IrqDelivery::Requeued)
+    }
+}

@@ -1,0 +1,520 @@
+//! Invariant tests over exhaustive combinations of exit information, with software backends.
+
+use super::*;
+use core::sync::atomic::{AtomicU64, Ordering};
+use hvkit_apic::{ApicBase, XApic, fake::FakeXApicRegisters, register};
+use hvkit_vmx_core::entry_check::{self, EntryCapabilities, EntryEvent};
+use hvkit_vmx_core::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo};
+use hvkit_vmx_core::exit::{ExitInfo, ExitInfoParts};
+use hvkit_vmx_core::field;
+use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+
+/// Counts calls; fails on request.
+#[derive(Default)]
+struct Counting {
+    nmis: u32,
+    irqs: std::vec::Vec<u8>,
+}
+
+impl NmiReinjector for Counting {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.nmis += 1;
+        Ok(())
+    }
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.irqs.push(vector);
+        Ok(IrqDelivery::Handled)
+    }
+}
+
+const REASONS: [u32; 12] = [0, 1, 2, 7, 8, 10, 12, 48, 62, 75, 35, 0x8000_0021];
+const TYPES: [u32; 8] = [0, 1, 2, 3, 4, 5, 6, 7];
+const VECTORS: [u32; 6] = [0, 2, 8, 14, 32, 255];
+
+fn interruption_infos() -> std::vec::Vec<u32> {
+    let mut all = std::vec![0, 0x7FFF_FFFF];
+    for kind in TYPES {
+        for vector in VECTORS {
+            for extra in [0, 1 << 11, 1 << 12, (1 << 11) | (1 << 12)] {
+                all.push(0x8000_0000 | (kind << 8) | vector | extra);
+            }
+        }
+    }
+    all
+}
+
+fn vectoring_infos() -> std::vec::Vec<u32> {
+    let mut all = std::vec![0, 0x0000_0B0E];
+    for kind in TYPES {
+        for vector in [2, 3, 14, 32] {
+            for extra in [0, 1 << 11, 1 << 13] {
+                all.push(0x8000_0000 | (kind << 8) | vector | extra);
+            }
+        }
+    }
+    all
+}
+
+#[test]
+fn host_events_are_redelivered_exactly_once() {
+    let exit = SoftVmcs::new().complete_exit();
+    for reason in REASONS {
+        for interruption in interruption_infos() {
+            for acknowledge in [false, true] {
+                let info = ExitInfo::from_parts(
+                    &exit,
+                    ExitInfoParts {
+                        reason,
+                        interruption_info: interruption,
+                        ..ExitInfoParts::default()
+                    },
+                );
+                let mut counting = Counting::default();
+                let result = handle_host_event(&mut counting, &info, acknowledge);
+                let valid = interruption & 0x8000_0000 != 0;
+                let kind = (interruption >> 8) & 7;
+                let entry_failure = reason & 0x8000_0000 != 0;
+                // Independent statement of the rule.
+                let host_nmi = !entry_failure && reason == 0 && valid && kind == 2;
+                let acked_irq = !entry_failure && reason == 1 && acknowledge && valid;
+                assert_eq!(counting.nmis, u32::from(host_nmi), "{reason:#x} {interruption:#x}");
+                let expected_irqs: &[u8] =
+                    if acked_irq { &[(interruption & 0xFF) as u8] } else { &[] };
+                assert_eq!(
+                    counting.irqs, expected_irqs,
+                    "{reason:#x} {interruption:#x} ack {acknowledge}"
+                );
+                if !entry_failure && reason == 1 && acknowledge && !valid {
+                    assert!(matches!(
+                        result,
+                        Err(HostEventError::AcknowledgedWithoutVector { .. })
+                    ));
+                } else {
+                    assert!(result.is_ok());
+                }
+            }
+        }
+    }
+}
+
+/// Independent model of shared/FACTS.md section 6.
+fn expected_nmi_unblocking(
+    reason: u32,
+    interruption: u32,
+    vectoring: u32,
+    qualification: u64,
+    vnmi: bool,
+) -> bool {
+    let entry_failure = reason & 0x8000_0000 != 0;
+    let vectoring_valid = vectoring & 0x8000_0000 != 0;
+    let from_info = interruption & 0x8000_0000 != 0
+        && interruption & (1 << 12) != 0
+        && interruption & 0xFF != 8;
+    let from_qualification = matches!(reason, 48 | 62 | 75) && qualification & (1 << 12) != 0;
+    vnmi && !entry_failure && !vectoring_valid && (from_info || from_qualification)
+}
+
+fn guest_vmcs(interruptibility: u32, rflags_if: bool) -> SoftVmcs {
+    let mut vmcs = SoftVmcs::new();
+    vmcs.write(field::GUEST_CR0, 0x8000_0031).unwrap();
+    vmcs.write(field::GUEST_RFLAGS, if rflags_if { 0x202 } else { 0x2 }).unwrap();
+    vmcs.write(field::GUEST_INTERRUPTIBILITY_STATE, interruptibility).unwrap();
+    vmcs
+}
+
+fn context(vnmi: bool) -> InjectionContext {
+    InjectionContext {
+        capabilities: EntryCapabilities::STRICT,
+        virtual_nmis: vnmi,
+        unrestricted_guest: false,
+    }
+}
+
+#[test]
+fn guest_side_rules_hold_for_every_combination() {
+    let exit = SoftVmcs::new().complete_exit();
+    let mut checked = 0u32;
+    for reason in REASONS {
+        for interruption in interruption_infos().into_iter().step_by(3) {
+            for vectoring in vectoring_infos() {
+                for qualification in [0u64, 1 << 12] {
+                    for vnmi in [false, true] {
+                        for interruptibility in [0u32, 1, 2, 8] {
+                            let info = ExitInfo::from_parts(
+                                &exit,
+                                ExitInfoParts {
+                                    reason,
+                                    qualification,
+                                    interruption_info: interruption,
+                                    idt_vectoring_info: vectoring,
+                                    idt_vectoring_error_code: 0x1_0004,
+                                    instruction_length: 2,
+                                    ..ExitInfoParts::default()
+                                },
+                            );
+                            let expect_restore = expected_nmi_unblocking(
+                                reason,
+                                interruption,
+                                vectoring,
+                                qualification,
+                                vnmi,
+                            );
+                            assert_eq!(nmi_unblocked_by_iret(&info, vnmi), expect_restore);
+                            let mut vmcs = guest_vmcs(interruptibility, true);
+                            let result = reinject_idt_vectoring(&mut vmcs, &info, &context(vnmi));
+                            let state = vmcs.read(field::GUEST_INTERRUPTIBILITY_STATE).unwrap();
+                            let written = vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO).unwrap();
+                            let vectoring_valid = vectoring & 0x8000_0000 != 0;
+                            match result {
+                                Ok(fixups) => {
+                                    assert_eq!(fixups.nmi_blocking_restored, expect_restore);
+                                    assert_eq!(fixups.reinjected.is_some(), vectoring_valid);
+                                    if vectoring_valid {
+                                        // Same type and vector, bit 11 kept, bit 13 dropped
+                                        // (no nested-exception support here), valid.
+                                        assert_eq!(written, vectoring & 0x8000_0FFF);
+                                        let event = fixups.reinjected.unwrap();
+                                        if vectoring & (1 << 11) != 0 {
+                                            assert_eq!(
+                                                vmcs.read(field::VM_ENTRY_EXCEPTION_ERROR_CODE)
+                                                    .unwrap(),
+                                                0x1_0004
+                                            );
+                                        }
+                                        let kind = (vectoring >> 8) & 7;
+                                        assert_eq!(
+                                            event.instruction_length,
+                                            if (4..=6).contains(&kind) { 2 } else { 0 }
+                                        );
+                                        if kind == 2 {
+                                            assert_eq!(
+                                                state & 8,
+                                                0,
+                                                "re-injected NMI: blocking-by-NMI cleared"
+                                            );
+                                        }
+                                        // What was written passes the validator.
+                                        let guest = guest::guest_event_state(&vmcs, &context(vnmi))
+                                            .unwrap();
+                                        let entry = EntryEvent {
+                                            info: InterruptionInfo::from_raw(written),
+                                            error_code: event.error_code,
+                                            instruction_length: event.instruction_length,
+                                        };
+                                        entry_check::check(
+                                            &entry,
+                                            &guest,
+                                            &EntryCapabilities::STRICT,
+                                        )
+                                        .unwrap();
+                                    } else {
+                                        assert_eq!(written, 0, "nothing injected");
+                                    }
+                                    if expect_restore && !vectoring_valid {
+                                        assert_ne!(state & 8, 0, "blocking-by-NMI restored");
+                                    }
+                                    checked += 1;
+                                }
+                                Err(InjectError::EntryCheck(error)) => {
+                                    assert!(vectoring_valid, "only injections can be refused");
+                                    assert_eq!(written, 0, "{error}: nothing written");
+                                }
+                                Err(other) => panic!("{other}"),
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    assert!(checked > 10_000, "{checked}");
+}
+
+#[test]
+fn nested_bit_and_event_data_survive_reinjection_with_fred() {
+    let exit = SoftVmcs::new().complete_exit();
+    let info = ExitInfo::from_parts(
+        &exit,
+        ExitInfoParts {
+            reason: 48,
+            idt_vectoring_info: 0x8000_2B0E,
+            idt_vectoring_error_code: 2,
+            original_event_data: Some(0xDEAD_B000),
+            ..ExitInfoParts::default()
+        },
+    );
+    let event = idt_vectoring_event(&info, true).unwrap();
+    assert_eq!(event.info.raw(), 0x8000_2B0E);
+    assert_eq!(event.event_data, Some(0xDEAD_B000));
+    assert_eq!(idt_vectoring_event(&info, false).unwrap().info.raw(), 0x8000_0B0E);
+    let mut vmcs = guest_vmcs(0, true);
+    let fred = InjectionContext {
+        capabilities: EntryCapabilities { nested_exception: true, ..EntryCapabilities::STRICT },
+        ..context(true)
+    };
+    reinject_idt_vectoring(&mut vmcs, &info, &fred).unwrap();
+    assert_eq!(vmcs.read(field::INJECTED_EVENT_DATA), Ok(0xDEAD_B000));
+    assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO), Ok(0x8000_2B0E));
+}
+
+#[test]
+fn queue_neither_loses_nor_duplicates() {
+    // A pseudo-random schedule of queued events and guest states; count what gets injected.
+    let mut seed = 0x2545_F491_4F6C_DD1D_u64;
+    let mut next = move || {
+        seed ^= seed << 13;
+        seed ^= seed >> 7;
+        seed ^= seed << 17;
+        seed
+    };
+    let mut queue = GuestEventQueue::new();
+    let (mut queued_nmis, mut injected_nmis) = (0u32, 0u32);
+    let mut owed = std::collections::BTreeSet::new();
+    let mut delivered = std::vec::Vec::new();
+    let mut vmcs = guest_vmcs(0, true);
+    for _ in 0..20_000 {
+        match next() % 4 {
+            0 => {
+                queue.queue_nmi();
+                queued_nmis += 1;
+            }
+            1 => {
+                let vector = 32 + (next() % 224) as u8;
+                queue.queue_irq(vector);
+                owed.insert(vector);
+            }
+            _ => {}
+        }
+        let blocking = [0u32, 1, 2, 8][(next() % 4) as usize];
+        let rflags = if next() % 3 == 0 { 0x2 } else { 0x202 };
+        let blocking = if rflags == 0x2 && blocking == 1 { 0 } else { blocking };
+        vmcs.write(field::GUEST_INTERRUPTIBILITY_STATE, blocking).unwrap();
+        vmcs.write(field::GUEST_RFLAGS, rflags).unwrap();
+        vmcs.write(field::VM_ENTRY_INTERRUPTION_INFO, 0).unwrap();
+        let decision = queue.prepare_entry(&mut vmcs, &context(true)).unwrap();
+        let controls = vmcs.read(field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS).unwrap();
+        match decision {
+            EntryDecision::Injected(event) if event.info.is_nmi() => {
+                injected_nmis += 1;
+                assert_eq!(blocking & (1 | 2 | 8), 0, "NMI injected only when unblocked");
+            }
+            EntryDecision::Injected(event) => {
+                let vector = event.info.vector();
+                assert!(owed.remove(&vector), "vector {vector} injected once");
+                delivered.push(vector);
+                assert_eq!(rflags, 0x202);
+            }
+            EntryDecision::WindowRequested
+            | EntryDecision::Idle
+            | EntryDecision::AlreadyPending => {}
+        }
+        assert_eq!(controls & (1 << 22) != 0, queue.pending_nmis() > 0, "NMI window iff NMIs owed");
+        assert_eq!(
+            controls & (1 << 2) != 0,
+            queue.highest_irq().is_some(),
+            "IRQ window iff IRQs owed"
+        );
+    }
+    // Drain: with the guest open, everything still owed comes out exactly once.
+    let mut open = guest_vmcs(0, true);
+    loop {
+        open.write(field::VM_ENTRY_INTERRUPTION_INFO, 0).unwrap();
+        match queue.prepare_entry(&mut open, &context(true)).unwrap() {
+            EntryDecision::Injected(event) if event.info.is_nmi() => injected_nmis += 1,
+            EntryDecision::Injected(event) => {
+                let vector = event.info.vector();
+                assert!(owed.remove(&vector), "vector {vector} injected once");
+                delivered.push(vector);
+            }
+            EntryDecision::Idle => break,
+            other => panic!("open guest: {other:?}"),
+        }
+    }
+    assert_eq!(injected_nmis, queued_nmis, "no NMI lost or duplicated");
+    assert!(owed.is_empty(), "every queued vector delivered");
+    assert!(delivered.len() > 100);
+}
+
+#[test]
+fn injection_refusals_write_nothing() {
+    let mut vmcs = guest_vmcs(8, true); // blocking by NMI, virtual NMIs on
+    let error = inject(&mut vmcs, &GuestEvent::nmi(), &context(true)).unwrap_err();
+    assert!(
+        matches!(error, InjectError::EntryCheck(e) if e.rule == entry_check::EntryRule::VirtualNmiBlocked)
+    );
+    assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO), Ok(0));
+    let mut vmcs = guest_vmcs(0, false); // IF = 0
+    assert!(inject(&mut vmcs, &GuestEvent::external_interrupt(0x30), &context(true)).is_err());
+    assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO), Ok(0));
+    let mut vmcs = guest_vmcs(0, true);
+    vmcs.write(field::GUEST_ACTIVITY_STATE, ActivityState::WaitForSipi.raw()).unwrap();
+    assert!(inject(&mut vmcs, &GuestEvent::nmi(), &context(false)).is_err());
+    // A second injection on top of a pending one is refused.
+    let mut vmcs = guest_vmcs(0, true);
+    inject(&mut vmcs, &GuestEvent::external_interrupt(0x30), &context(true)).unwrap();
+    assert!(matches!(
+        inject(&mut vmcs, &GuestEvent::nmi(), &context(true)),
+        Err(InjectError::AlreadyPending { .. })
+    ));
+    assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO), Ok(0x8000_0030));
+    let _ = (EventType::Nmi, GuestInterruptibility::NMI);
+}
+
+/// A fake APIC side for self-NMI: the "NMI" reaches the handler (bumps the counter) only after
+/// `latency` polls; polls are counted through the delay.
+struct FakeSender<'a> {
+    handled: &'a AtomicU64,
+    latency: Option<u32>,
+    log: std::vec::Vec<&'static str>,
+    level: bool,
+    fail_send: bool,
+}
+
+impl SelfIpiSender for FakeSender<'_> {
+    fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
+        if self.fail_send {
+            return Err(hvkit_apic::IpiError::Timeout { polls: 1, sent: false });
+        }
+        self.log.push("nmi");
+        if self.latency == Some(0) {
+            self.handled.fetch_add(1, Ordering::SeqCst);
+        }
+        Ok(())
+    }
+    fn send_self_ipi(&mut self, _vector: u8) -> Result<(), hvkit_apic::IpiError> {
+        self.log.push("ipi");
+        Ok(())
+    }
+    fn is_level_triggered(&self, _vector: u8) -> bool {
+        self.level
+    }
+    fn eoi(&mut self) {
+        self.log.push("eoi");
+    }
+}
+
+struct Unblock<'a>(&'a std::cell::Cell<u32>);
+impl NmiUnblocker for Unblock<'_> {
+    fn unblock_nmis(&mut self) {
+        self.0.set(self.0.get() + 1);
+    }
+}
+
+#[test]
+fn self_nmi_waits_for_the_handler_within_the_bound() {
+    for latency in [0u32, 1, 4, 5, 6, 50] {
+        let bound = 5;
+        let handled = AtomicU64::new(7);
+        let polls = std::cell::Cell::new(0);
+        let unblocks = std::cell::Cell::new(0);
+        let sender = FakeSender {
+            handled: &handled,
+            latency: Some(latency),
+            log: std::vec::Vec::new(),
+            level: false,
+            fail_send: false,
+        };
+        let delay = || {
+            polls.set(polls.get() + 1);
+            if polls.get() == latency {
+                handled.fetch_add(1, Ordering::SeqCst);
+            }
+        };
+        let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), delay, &handled, bound);
+        let result = strategy.reinject_nmi();
+        assert_eq!(unblocks.get(), 1, "NMIs unblocked once");
+        if latency < bound {
+            assert_eq!(result, Ok(()), "latency {latency}");
+            assert_eq!(handled.load(Ordering::SeqCst), 8, "Ok only after the counter moved");
+            assert_eq!(polls.get(), latency, "stopped polling once handled");
+        } else {
+            assert_eq!(
+                result,
+                Err(ReinjectError::NmiNotHandled { polls: bound }),
+                "latency {latency}"
+            );
+            assert_eq!(result.unwrap_err().state(), EventState::InFlight);
+            assert_eq!(polls.get(), bound, "exactly the bound");
+        }
+    }
+}
+
+#[test]
+fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let sender = FakeSender {
+        handled: &handled,
+        latency: None,
+        log: std::vec::Vec::new(),
+        level: false,
+        fail_send: true,
+    };
+    let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
+    let error = strategy.reinject_nmi().unwrap_err();
+    assert_eq!(error.state(), EventState::NotDelivered);
+    assert_eq!(unblocks.get(), 0);
+}
+
+#[test]
+fn self_nmi_irqs_requeue_edge_and_refuse_level() {
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let sender = FakeSender {
+        handled: &handled,
+        latency: None,
+        log: std::vec::Vec::new(),
+        level: false,
+        fail_send: false,
+    };
+    let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
+    assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.sender_mut().log, ["ipi", "eoi"], "re-queue before EOI");
+    assert_eq!(
+        strategy.reinject_irq(8),
+        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 8 }))
+    );
+    strategy.sender_mut().level = true;
+    strategy.sender_mut().log.clear();
+    let error = strategy.reinject_irq(0x40).unwrap_err();
+    assert_eq!(error, ReinjectError::Unsupported(Unsupported::LevelTriggered { vector: 0x40 }));
+    assert_eq!(error.state(), EventState::NotDelivered);
+    assert!(strategy.sender_mut().log.is_empty(), "no EOI for a refused level-triggered vector");
+}
+
+#[test]
+fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
+    let apic = XApic::new(FakeXApicRegisters::with_id(5), ApicBase(0xFEE0_0900)).unwrap();
+    let mut sender = ApicSender { apic, max_polls: 10 };
+    sender.send_self_nmi().unwrap();
+    assert_eq!(
+        sender.apic.registers().writes(),
+        &[(register::ICR_HIGH, 0x0500_0000), (register::ICR_LOW, 0x4400)]
+    );
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let apic = XApic::new(FakeXApicRegisters::with_id(5), ApicBase(0xFEE0_0900)).unwrap();
+    let mut strategy =
+        SelfNmi::new(ApicSender { apic, max_polls: 10 }, Unblock(&unblocks), || {}, &handled, 3);
+    strategy.reinject_irq(0x31).unwrap();
+    assert_eq!(
+        strategy.sender_mut().apic.registers().writes(),
+        &[(register::ICR_HIGH, 0), (register::ICR_LOW, 0x0004_4031), (register::EOI, 0)]
+    );
+}
+
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn idt_direct_call_refuses_what_it_cannot_deliver() {
+    let table = [0u64; 256];
+    // SAFETY: no handler is ever called: every vector is refused before any call.
+    let mut strategy = unsafe { IdtDirectCall::new(0, table) };
+    assert_eq!(
+        strategy.reinject_irq(0x40),
+        Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))
+    );
+    assert_eq!(
+        strategy.reinject_irq(14),
+        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 14 }))
+    );
+}
