@@ -1,0 +1,91 @@
+//! The host's local APIC, in xAPIC mode: the guest sends itself NMIs through the same MMIO page
+//! (EPT maps it through), which x2APIC mode would disable.
+
+use core::ptr::NonNull;
+use hvkit_apic::lvt::Divide;
+use hvkit_apic::{ApicBase, CountingMode, LocalApic, MmioRegisters, Svr, XApic};
+
+static mut APIC: Option<XApic<MmioRegisters>> = None;
+
+fn read_msr(msr: u32) -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: RDMSR of an architectural MSR at CPL 0.
+    unsafe {
+        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+/// The APIC handle (single CPU, used with interrupts off or from the handlers).
+#[allow(
+    static_mut_refs,
+    reason = "single CPU; the handle is only used with interrupts disabled or from handlers that cannot nest"
+)]
+pub fn get() -> &'static mut XApic<MmioRegisters> {
+    // SAFETY: initialised by `init` before any use; single CPU.
+    match unsafe { APIC.as_mut() } {
+        Some(apic) => apic,
+        None => {
+            crate::println!("HVKIT error: APIC used before init");
+            crate::port::exit(crate::port::status::PANIC)
+        }
+    }
+}
+
+/// Finds the APIC, checks xAPIC mode, software-enables it.
+pub fn init() -> Result<u32, hvkit_apic::ModeError> {
+    let base = ApicBase(read_msr(0x1B));
+    let Some(page) = NonNull::new(base.base_address() as *mut u32) else {
+        return Err(hvkit_apic::ModeError::NotInMode {
+            expected: hvkit_apic::Mode::XApic,
+            found: base.state(),
+        });
+    };
+    // SAFETY: the APIC page is identity-mapped by the boot page tables; single CPU.
+    let registers = unsafe { MmioRegisters::new(page) };
+    let mut apic = XApic::new(registers, base)?;
+    apic.set_svr(Svr::enabled(crate::host::SPURIOUS_VECTOR));
+    apic.set_tpr(0);
+    let id = apic.id();
+    // SAFETY: single CPU, before any interrupt can use it.
+    unsafe { APIC = Some(apic) };
+    Ok(id)
+}
+
+/// Physical base of the APIC page.
+pub fn base_address() -> u64 {
+    ApicBase(read_msr(0x1B)).base_address()
+}
+
+/// EOI.
+pub fn eoi() {
+    get().eoi();
+}
+
+/// Starts the periodic host timer.
+pub fn start_timer(initial_count: u32) {
+    get().start_timer(
+        crate::host::TIMER_VECTOR,
+        CountingMode::Periodic,
+        Divide::By1,
+        initial_count,
+    );
+}
+
+/// Stops the host timer.
+pub fn stop_timer() {
+    get().stop_timer();
+}
+
+/// A second handle on the same APIC page, for the self-NMI strategy (which owns its sender).
+pub fn second_handle() -> XApic<MmioRegisters> {
+    let base = ApicBase(read_msr(0x1B));
+    let page = NonNull::new(base.base_address() as *mut u32).unwrap_or(NonNull::dangling());
+    // SAFETY: the same identity-mapped APIC page as `init`; single CPU, used only with
+    // interrupts disabled, never concurrently with the first handle.
+    let registers = unsafe { MmioRegisters::new(page) };
+    match XApic::new(registers, base) {
+        Ok(apic) => apic,
+        Err(_) => crate::port::exit(crate::port::status::PANIC),
+    }
+}

@@ -1,0 +1,146 @@
+//! Multiboot2 header, PVH note, and the 32-bit entry that switches to long mode.
+//!
+//! Memory map: identity-mapped 0-4 GiB with 2 MiB pages (covers the local APIC at 0xFEE00000).
+//! GDT: 0x08 64-bit code, 0x10 data, 0x18 TSS (filled in from Rust).
+
+core::arch::global_asm!(
+    r#"
+    .section .multiboot2, "a"
+    .balign 8
+multiboot2_header:
+    .long 0xE85250D6
+    .long 0
+    .long multiboot2_header_end - multiboot2_header
+    .long -(0xE85250D6 + (multiboot2_header_end - multiboot2_header))
+    .short 0
+    .short 0
+    .long 8
+multiboot2_header_end:
+
+    .section .boot.text, "ax"
+    .code32
+    .global _start
+_start:
+    cli
+    movl $boot_stack_top, %esp
+    movl %eax, boot_magic
+    movl %ebx, boot_info
+
+    /* PML4[0] -> PDPT */
+    movl $boot_pdpt, %eax
+    orl $0x3, %eax
+    movl %eax, boot_pml4
+
+    /* PDPT[0..3] -> PD0..PD3 */
+    movl $boot_pd, %eax
+    orl $0x3, %eax
+    movl %eax, boot_pdpt
+    addl $0x1000, %eax
+    movl %eax, boot_pdpt + 8
+    addl $0x1000, %eax
+    movl %eax, boot_pdpt + 16
+    addl $0x1000, %eax
+    movl %eax, boot_pdpt + 24
+
+    /* 2048 2 MiB pages: present, writable, page size */
+    xorl %ecx, %ecx
+1:
+    movl %ecx, %eax
+    shll $21, %eax
+    orl $0x83, %eax
+    movl %eax, boot_pd(,%ecx,8)
+    movl %ecx, %eax
+    shrl $11, %eax
+    movl %eax, boot_pd + 4(,%ecx,8)
+    incl %ecx
+    cmpl $2048, %ecx
+    jne 1b
+
+    movl $boot_pml4, %eax
+    movl %eax, %cr3
+
+    movl %cr4, %eax
+    orl $0x20, %eax
+    movl %eax, %cr4
+
+    movl $0xC0000080, %ecx
+    rdmsr
+    orl $0x100, %eax
+    wrmsr
+
+    movl %cr0, %eax
+    orl $0x80000021, %eax
+    movl %eax, %cr0
+
+    lgdt boot_gdt_pointer
+    ljmp $0x08, $long_mode_entry
+
+    .code64
+long_mode_entry:
+    movw $0x10, %ax
+    movw %ax, %ds
+    movw %ax, %es
+    movw %ax, %ss
+    movw %ax, %fs
+    movw %ax, %gs
+    movabsq $boot_stack_top, %rsp
+    xorl %ebp, %ebp
+    call kernel_main
+2:
+    hlt
+    jmp 2b
+
+    .section .data
+    .balign 16
+    .global boot_gdt
+boot_gdt:
+    .quad 0
+    .quad 0x00AF9A000000FFFF
+    .quad 0x00CF92000000FFFF
+    .quad 0
+    .quad 0
+boot_gdt_end:
+    .global boot_gdt_pointer
+boot_gdt_pointer:
+    .short boot_gdt_end - boot_gdt - 1
+    .quad boot_gdt
+    .global boot_magic
+boot_magic:
+    .long 0
+    .global boot_info
+boot_info:
+    .long 0
+
+    .section .bss
+    .balign 4096
+boot_pml4:
+    .skip 4096
+boot_pdpt:
+    .skip 4096
+boot_pd:
+    .skip 4096 * 4
+    .global boot_stack_bottom
+boot_stack_bottom:
+    .skip 65536
+    .global boot_stack_top
+boot_stack_top:
+    .section .text
+"#,
+    options(att_syntax)
+);
+
+unsafe extern "C" {
+    static mut boot_gdt: [u64; 5];
+    static boot_magic: u32;
+}
+
+/// The GDT (for the TSS descriptor and the VMCS host/guest GDTR).
+pub fn gdt() -> *mut [u64; 5] {
+    core::ptr::addr_of_mut!(boot_gdt)
+}
+
+/// The value GRUB put in EAX (0x36D76289 for Multiboot2; the PVH path leaves other values).
+pub fn magic() -> u32 {
+    // SAFETY: written once by the boot code before Rust runs.
+    unsafe { core::ptr::addr_of!(boot_magic).read_volatile() }
+}

@@ -1,0 +1,608 @@
+//! hvkit example hypervisor: boots from GRUB (Multiboot2), enables VMX, runs a guest and proves,
+//! with counters, that host NMIs and interrupts taken while the guest runs are re-delivered
+//! exactly once (hvkit-nmi-reinject), and that guest events survive exits during delivery.
+#![no_std]
+#![no_main]
+
+mod apic;
+mod boot;
+mod guest;
+mod host;
+mod port;
+mod vmx;
+
+use core::sync::atomic::Ordering;
+use hvkit_nmi_reinject::{
+    ApicSender, GuestEventQueue, IdtDirectCall, InjectionContext, IretToSelf, IrqDelivery, SelfNmi,
+    handle_host_event, reinject_idt_vectoring,
+};
+use hvkit_vmx_core::entry_check::EntryCapabilities;
+use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoOptions};
+use hvkit_vmx_core::field;
+use hvkit_vmx_core::vmcs::{GuestRegisters, VmcsAccess};
+use port::status;
+
+#[panic_handler]
+fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
+    println!("HVKIT panic: {info}");
+    port::exit(status::PANIC)
+}
+
+fn rdtsc() -> u64 {
+    let (low, high): (u32, u32);
+    // SAFETY: RDTSC has no side effects.
+    unsafe {
+        core::arch::asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
+    };
+    (u64::from(high) << 32) | u64::from(low)
+}
+
+/// One scenario line.
+struct Line {
+    name: &'static str,
+    strategy: &'static str,
+    sent: u64,
+    exits: u64,
+    handled: u64,
+    eois: u64,
+    insns_per_event: u64,
+    pass: bool,
+    extra: Extra,
+}
+
+#[derive(Default)]
+struct Extra {
+    exit_to_handler: u64,
+    exit_to_entry: u64,
+    events: u64,
+}
+
+struct Summary {
+    scenarios: u64,
+    passed: u64,
+    failed: u64,
+    skipped: u64,
+    lost: u64,
+    duplicated: u64,
+}
+
+static mut SUMMARY: Summary =
+    Summary { scenarios: 0, passed: 0, failed: 0, skipped: 0, lost: 0, duplicated: 0 };
+
+#[allow(static_mut_refs, reason = "single CPU")]
+fn report(line: Line) {
+    let lost = line.sent.saturating_sub(line.handled);
+    let duplicated = line.handled.saturating_sub(line.sent);
+    let pass = line.pass && lost == 0 && duplicated == 0;
+    println!(
+        "HVKIT SCENARIO name={} strategy={} sent={} exits={} handled={} eois={} lost={} duplicated={} insns_per_event={} exit_to_handler={} exit_to_entry={} events={} result={}",
+        line.name,
+        line.strategy,
+        line.sent,
+        line.exits,
+        line.handled,
+        line.eois,
+        lost,
+        duplicated,
+        line.insns_per_event,
+        line.extra.exit_to_handler,
+        line.extra.exit_to_entry,
+        line.extra.events,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    // SAFETY: single CPU.
+    let summary = unsafe { &mut SUMMARY };
+    summary.scenarios += 1;
+    summary.lost += lost;
+    summary.duplicated += duplicated;
+    if pass {
+        summary.passed += 1;
+    } else {
+        summary.failed += 1;
+    }
+}
+
+#[allow(static_mut_refs, reason = "single CPU")]
+fn skip(name: &str, reason: &str) {
+    println!(
+        "HVKIT SCENARIO name={name} strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"{reason}\""
+    );
+    // SAFETY: single CPU.
+    let summary = unsafe { &mut SUMMARY };
+    summary.scenarios += 1;
+    summary.skipped += 1;
+}
+
+#[allow(static_mut_refs, reason = "single CPU")]
+fn finish() -> ! {
+    // SAFETY: single CPU.
+    let s = unsafe { &SUMMARY };
+    let pass = s.failed == 0 && s.lost == 0 && s.duplicated == 0 && s.passed > 0;
+    println!(
+        "HVKIT SUMMARY scenarios={} passed={} failed={} skipped={} lost={} duplicated={} result={}",
+        s.scenarios,
+        s.passed,
+        s.failed,
+        s.skipped,
+        s.lost,
+        s.duplicated,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    port::exit(if pass { status::PASS } else { status::FAIL })
+}
+
+#[unsafe(no_mangle)]
+extern "C" fn kernel_main() -> ! {
+    port::serial_init();
+    // Mask the 8259 PICs: only the local APIC delivers interrupts here.
+    port::outb(0x21, 0xFF);
+    port::outb(0xA1, 0xFF);
+    println!("HVKIT boot magic={:#x}", boot::magic());
+    host::init();
+    if let Err(reason) = vmx::detect() {
+        println!("HVKIT NOVMX reason=\"{reason}\"");
+        port::exit(status::NO_VMX)
+    }
+    let apic_id = match apic::init() {
+        Ok(id) => id,
+        Err(error) => {
+            println!("HVKIT error: local APIC: {error}");
+            port::exit(status::PANIC)
+        }
+    };
+    println!("HVKIT apic id={apic_id} mode=xAPIC base={:#x}", apic::base_address());
+    let vmx = match vmx::enable() {
+        Ok(vmx) => vmx,
+        Err(reason) => {
+            println!("HVKIT NOVMX reason=\"{reason}\"");
+            port::exit(status::NO_VMX)
+        }
+    };
+    guest::init();
+    let eptp = vmx::build_ept(guest::area());
+    let mut vmcs = vmx::vmcs();
+    let guest_rip = guest::main as *const () as u64;
+    if let Err(fail) =
+        vmx::setup_vmcs(&mut vmcs, &vmx, guest_rip, guest::stack_top() - 8, guest::idt(), eptp)
+    {
+        println!("HVKIT error: VMCS setup: {fail}");
+        port::exit(status::FAIL)
+    }
+    run(&mut vmcs, &vmx, apic::base_address(), apic_id)
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Strategy {
+    DirectCall,
+    SelfNmi,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::DirectCall => "direct-call",
+            Self::SelfNmi => "self-nmi",
+        }
+    }
+}
+
+/// Per-phase counters.
+#[derive(Default, Clone, Copy)]
+struct Counters {
+    nmi_exits: u64,
+    timer_exits: u64,
+    other_exits: u64,
+    nmi_window_exits: u64,
+    ept_violations: u64,
+    reinjected: u64,
+    blocking_restored: u64,
+    reinject_errors: u64,
+    host_nmi: u64,
+    host_timer: u64,
+    host_eoi: u64,
+    exit_to_handler: u64,
+    handler_samples: u64,
+    exit_to_entry: u64,
+    entries: u64,
+}
+
+fn snapshot() -> Counters {
+    Counters {
+        host_nmi: host::HOST_NMI_HANDLED.load(Ordering::SeqCst),
+        host_timer: host::HOST_TIMER_HANDLED.load(Ordering::SeqCst),
+        host_eoi: host::HOST_TIMER_EOIS.load(Ordering::SeqCst),
+        ..Counters::default()
+    }
+}
+
+fn timer_handler(vector: u8) -> Option<u64> {
+    (vector == host::TIMER_VECTOR).then(host::timer_entry)
+}
+
+fn run(
+    vmcs: &mut hvkit_vmx_core::vmcs::ActiveVmcs<'static>,
+    vmx: &vmx::Vmx,
+    apic_base: u64,
+    apic_id: u32,
+) -> ! {
+    // SAFETY: the host NMI entry is non-IST and the timer entry preserves all registers; both
+    // end with IRETQ; re-delivery runs with interrupts disabled.
+    let mut direct =
+        unsafe { IdtDirectCall::new(host::nmi_entry(), timer_handler as fn(u8) -> Option<u64>) };
+    let sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
+    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
+    let unblocker = unsafe { IretToSelf::new() };
+    let mut self_nmi =
+        SelfNmi::new(sender, unblocker, core::hint::spin_loop, &host::HOST_NMI_HANDLED, 1_000_000);
+    let context = InjectionContext {
+        capabilities: EntryCapabilities {
+            no_error_code_consistency_check: vmx.caps.basic.no_error_code_consistency_check(),
+            zero_length_injection: vmx.caps.misc.zero_length_injection(),
+            ..EntryCapabilities::STRICT
+        },
+        virtual_nmis: true,
+        unrestricted_guest: false,
+    };
+    let mut queue = GuestEventQueue::new();
+    let mut registers =
+        GuestRegisters { rdi: apic_base, rsi: u64::from(apic_id), ..GuestRegisters::default() };
+    let mut previous = None;
+    let mut strategy = Strategy::DirectCall;
+    let mut phase = snapshot();
+    let mut timer_target = 0u64;
+    let mut armed_page: Option<u64> = None;
+
+    loop {
+        // SAFETY: the VMCS holds a complete host and guest state built by `setup_vmcs`;
+        // interrupts are disabled; EPT confines the guest.
+        let exit = match unsafe { vmcs.run(&mut registers, previous.take()) } {
+            Ok(exit) => exit,
+            Err(fail) => {
+                println!("HVKIT error: VM entry failed: {fail}");
+                port::exit(status::FAIL)
+            }
+        };
+        let exit_tsc = rdtsc();
+        let info = match ExitInfo::read(vmcs, &exit, ExitInfoOptions::default()) {
+            Ok(info) => info,
+            Err(fail) => {
+                println!("HVKIT error: reading exit information: {fail}");
+                port::exit(status::FAIL)
+            }
+        };
+        // First act: re-deliver the host event this exit consumed.
+        let host_event = match strategy {
+            Strategy::DirectCall => handle_host_event(&mut direct, &info, true),
+            Strategy::SelfNmi => handle_host_event(&mut self_nmi, &info, true),
+        };
+        match host_event {
+            Ok((event, delivery)) => {
+                let handler_tsc = match event {
+                    hvkit_nmi_reinject::HostEvent::Nmi => host::HOST_NMI_TSC.load(Ordering::SeqCst),
+                    hvkit_nmi_reinject::HostEvent::AcknowledgedIrq(_) => {
+                        host::HOST_TIMER_TSC.load(Ordering::SeqCst)
+                    }
+                    _ => 0,
+                };
+                if delivery == Some(IrqDelivery::Requeued) {
+                    // The interrupt waits in the APIC: let the host take it now.
+                    // SAFETY: the host IDT is loaded; handlers are ready.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                }
+                if handler_tsc > exit_tsc && delivery != Some(IrqDelivery::Requeued) {
+                    phase.exit_to_handler += handler_tsc - exit_tsc;
+                    phase.handler_samples += 1;
+                }
+            }
+            Err(error) => {
+                println!("HVKIT error: host event: {error}");
+                phase.reinject_errors += 1;
+            }
+        }
+        let reason = info.reason.basic();
+        let mut advance = false;
+        match reason {
+            BasicExitReason::ExceptionOrNmi if info.interruption_info.is_nmi() => {
+                phase.nmi_exits += 1
+            }
+            BasicExitReason::ExternalInterrupt => phase.timer_exits += 1,
+            BasicExitReason::NmiWindow => phase.nmi_window_exits += 1,
+            BasicExitReason::InterruptWindow => {}
+            BasicExitReason::Cpuid => {
+                emulate_cpuid(&mut registers);
+                phase.other_exits += 1;
+                advance = true;
+            }
+            BasicExitReason::EptViolation => {
+                phase.ept_violations += 1;
+                let address = info.guest_physical_address.unwrap_or(0);
+                match armed_page.take() {
+                    Some(page) if address & !0xFFF == page => {
+                        vmx::set_page_access(guest::area(), page, 7);
+                        vmx::invept_all();
+                    }
+                    _ => {
+                        println!(
+                            "HVKIT error: unexpected EPT violation at {address:#x} qualification={:#x}",
+                            info.qualification
+                        );
+                        port::exit(status::FAIL)
+                    }
+                }
+            }
+            BasicExitReason::Vmcall => {
+                advance = true;
+                phase.other_exits += 1;
+                let command = registers.rax;
+                let (first, second) = (registers.rbx, registers.rcx);
+                match command {
+                    guest::call::PING => registers.rbx = first.wrapping_add(1),
+                    guest::call::ROUND_TRIPS_END => {
+                        let round_trips = phase.other_exits - 1;
+                        report(Line {
+                            name: "round-trips",
+                            strategy: "n/a",
+                            sent: 2000,
+                            exits: round_trips,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: phase.exit_to_entry / phase.entries.max(1),
+                            pass: second == 0 && round_trips == 2000,
+                            extra: Extra {
+                                exit_to_handler: 0,
+                                exit_to_entry: phase.exit_to_entry / phase.entries.max(1),
+                                events: 0,
+                            },
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::TIMER_START => {
+                        phase = snapshot();
+                        timer_target = 100;
+                        apic::start_timer(50_000);
+                    }
+                    guest::call::TIMER_POLL => {
+                        registers.rax = u64::from(
+                            host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - phase.host_timer
+                                >= timer_target,
+                        );
+                        advance = true;
+                    }
+                    guest::call::TIMER_STOP => {
+                        apic::stop_timer();
+                        // A last tick may be pending: let the host take it before counting.
+                        drain_host_interrupts();
+                        let now = snapshot();
+                        let handled = now.host_timer - phase.host_timer;
+                        let apic = apic::get();
+                        use hvkit_apic::LocalApic as _;
+                        let clean = !apic.is_in_service(host::TIMER_VECTOR)
+                            && !apic.is_requested(host::TIMER_VECTOR);
+                        report(Line {
+                            name: "timer-irq",
+                            strategy: strategy.name(),
+                            sent: phase.timer_exits,
+                            exits: phase.timer_exits,
+                            handled: handled.min(
+                                phase.timer_exits + (handled - handled.min(phase.timer_exits)),
+                            ),
+                            eois: now.host_eoi - phase.host_eoi,
+                            insns_per_event: phase.exit_to_handler / phase.handler_samples.max(1),
+                            pass: clean
+                                && phase.timer_exits > 0
+                                && now.host_eoi - phase.host_eoi == handled
+                                && phase.reinject_errors == 0,
+                            extra: Extra {
+                                exit_to_handler: phase.exit_to_handler
+                                    / phase.handler_samples.max(1),
+                                exit_to_entry: phase.exit_to_entry / phase.entries.max(1),
+                                events: 0,
+                            },
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::NMI_BEGIN | guest::call::STRESS_BEGIN => {
+                        strategy =
+                            if first == 0 { Strategy::DirectCall } else { Strategy::SelfNmi };
+                        phase = snapshot();
+                        if command == guest::call::STRESS_BEGIN {
+                            apic::start_timer(20_000);
+                        }
+                    }
+                    guest::call::NMI_END | guest::call::STRESS_END => {
+                        let stress = command == guest::call::STRESS_END;
+                        if stress {
+                            apic::stop_timer();
+                            drain_host_interrupts();
+                        }
+                        let now = snapshot();
+                        let nmi_handled = now.host_nmi - phase.host_nmi;
+                        let timer_handled = now.host_timer - phase.host_timer;
+                        let sent = first + if stress { phase.timer_exits } else { 0 };
+                        let handled = nmi_handled + if stress { timer_handled } else { 0 };
+                        let events = sent + phase.other_exits;
+                        report(Line {
+                            name: if stress { "stress" } else { "host-nmi" },
+                            strategy: strategy.name(),
+                            sent,
+                            exits: phase.nmi_exits + phase.timer_exits,
+                            handled,
+                            eois: now.host_eoi - phase.host_eoi,
+                            insns_per_event: phase.exit_to_entry / phase.entries.max(1),
+                            pass: phase.nmi_exits == first
+                                && phase.reinject_errors == 0
+                                && (!stress || events >= 10_000),
+                            extra: Extra {
+                                exit_to_handler: phase.exit_to_handler
+                                    / phase.handler_samples.max(1),
+                                exit_to_entry: phase.exit_to_entry / phase.entries.max(1),
+                                events: 0,
+                            },
+                        });
+                        strategy = Strategy::DirectCall;
+                        phase = snapshot();
+                    }
+                    guest::call::FORWARD_NMIS => {
+                        phase = snapshot();
+                        for _ in 0..first {
+                            queue.queue_nmi();
+                        }
+                        phase.reinjected = first;
+                    }
+                    guest::call::IN_NMI_HANDLER => {}
+                    guest::call::FORWARD_END => {
+                        report(Line {
+                            name: "virtual-nmi-window",
+                            strategy: "n/a",
+                            sent: phase.reinjected,
+                            exits: phase.nmi_window_exits,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: 0,
+                            pass: second == 0
+                                && phase.nmi_window_exits >= 1
+                                && queue.pending_nmis() == 0,
+                            extra: Extra::default(),
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::VECTORING_ARM => {
+                        phase = snapshot();
+                        let page = guest::idt();
+                        vmx::set_page_access(guest::area(), page, 0);
+                        vmx::invept_all();
+                        armed_page = Some(page);
+                        queue.queue_irq(guest::GUEST_IRQ_VECTOR);
+                    }
+                    guest::call::VECTORING_END => {
+                        report(Line {
+                            name: "idt-vectoring",
+                            strategy: "n/a",
+                            sent: 1,
+                            exits: phase.ept_violations,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: 0,
+                            pass: phase.ept_violations == 1 && phase.reinjected == 1,
+                            extra: Extra::default(),
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::IRET_BEGIN => {
+                        phase = snapshot();
+                        queue.queue_nmi();
+                    }
+                    guest::call::UNMAP_STACK => {
+                        let rsp = vmcs.read(field::GUEST_RSP).unwrap_or(0);
+                        let page = rsp & !0xFFF;
+                        vmx::set_page_access(guest::area(), page, 0);
+                        vmx::invept_all();
+                        armed_page = Some(page);
+                        queue.queue_nmi();
+                    }
+                    guest::call::IRET_END => {
+                        report(Line {
+                            name: "nmi-unblocking-iret",
+                            strategy: "n/a",
+                            sent: 2,
+                            exits: phase.ept_violations,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: 0,
+                            pass: second == 0
+                                && phase.blocking_restored == 1
+                                && phase.ept_violations == 1,
+                            extra: Extra::default(),
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::DONE => {
+                        fred_scenario();
+                        finish()
+                    }
+                    0xDEAD => {
+                        println!("HVKIT error: unexpected exception in the guest");
+                        port::exit(status::FAIL)
+                    }
+                    other => {
+                        println!("HVKIT error: unknown hypercall {other}");
+                        port::exit(status::FAIL)
+                    }
+                }
+            }
+            other => {
+                println!(
+                    "HVKIT error: unexpected exit {other:?} qualification={:#x}",
+                    info.qualification
+                );
+                port::exit(status::FAIL)
+            }
+        }
+        if advance {
+            let rip = vmcs.read(field::GUEST_RIP).unwrap_or(0);
+            let _ = vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length));
+        }
+        match reinject_idt_vectoring(vmcs, &info, &context) {
+            Ok(fixups) => {
+                phase.reinjected += u64::from(fixups.reinjected.is_some());
+                phase.blocking_restored += u64::from(fixups.nmi_blocking_restored);
+            }
+            Err(error) => {
+                println!("HVKIT error: re-injection: {error}");
+                port::exit(status::FAIL)
+            }
+        }
+        if let Err(error) = queue.prepare_entry(vmcs, &context) {
+            println!("HVKIT error: guest event queue: {error}");
+            port::exit(status::FAIL)
+        }
+        phase.exit_to_entry += rdtsc() - exit_tsc;
+        phase.entries += 1;
+        previous = Some(exit);
+    }
+}
+
+/// Lets pending host interrupts (a last timer tick) reach their handlers.
+fn drain_host_interrupts() {
+    for _ in 0..1000 {
+        // SAFETY: the host IDT is loaded; handlers are ready.
+        unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
+    }
+}
+
+fn emulate_cpuid(registers: &mut GuestRegisters) {
+    let leaf = registers.rax as u32;
+    let subleaf = registers.rcx as u32;
+    if leaf == guest::CPUID_LEAF {
+        registers.rax = u64::from(subleaf.wrapping_mul(3).wrapping_add(1));
+        registers.rbx = 0x6876_6B74;
+        registers.rcx = u64::from(!subleaf);
+        registers.rdx = 0x1234_5678;
+    } else {
+        #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
+        // SAFETY: CPUID has no side effects.
+        let result = unsafe { core::arch::x86_64::__cpuid_count(leaf, subleaf) };
+        registers.rax = u64::from(result.eax);
+        registers.rbx = u64::from(result.ebx);
+        registers.rcx = u64::from(result.ecx);
+        registers.rdx = u64::from(result.edx);
+    }
+}
+
+fn fred_scenario() {
+    #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
+    // SAFETY: CPUID has no side effects.
+    let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
+    let eax = if max >= 7 {
+        #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
+        // SAFETY: as above.
+        unsafe { core::arch::x86_64::__cpuid_count(7, 1) }.eax
+    } else {
+        0
+    };
+    if hvkit_fred::config::fred_supported(eax) {
+        skip("fred", "CPU has FRED, but the example's FRED host mode is not implemented yet");
+    } else {
+        skip("fred", "CPU has no FRED (CPUID.(7,1):EAX[17]=0)");
+    }
+}

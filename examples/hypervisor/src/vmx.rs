@@ -1,0 +1,353 @@
+//! VMX bring-up: detection with a message per missing prerequisite, VMXON, VMCS, EPT.
+
+use crate::host;
+use crate::println;
+use hvkit_vmx_core::VmFail;
+use hvkit_vmx_core::caps::{
+    CapabilityMsrs, FeatureControl, HardwareMsrs, VmxCapabilities, VmxonReadiness, msr,
+};
+use hvkit_vmx_core::controls::{
+    self, AdjustedControls, ControlRequest, EntryControls, ExitControls, PinBasedControls,
+    PrimaryControls, SecondaryControls,
+};
+use hvkit_vmx_core::field;
+use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
+use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
+
+static mut VMXON_REGION: VmxonRegion = VmxonRegion::new(0);
+static mut VMCS_REGION: VmcsRegion = VmcsRegion::new(0);
+static mut VMX_ROOT: Option<VmxRoot> = None;
+
+/// 4-level EPT: PML4, one PDPT (4 GiB), 4 PDs of 2 MiB pages, and one PT for the guest area.
+#[repr(C, align(4096))]
+struct Ept {
+    pml4: [u64; 512],
+    pdpt: [u64; 512],
+    pd: [[u64; 512]; 4],
+    pt: [u64; 512],
+}
+
+static mut EPT: Ept = Ept { pml4: [0; 512], pdpt: [0; 512], pd: [[0; 512]; 4], pt: [0; 512] };
+
+const EPT_RWX: u64 = 0x7;
+const EPT_WB: u64 = 6 << 3;
+const EPT_LARGE: u64 = 1 << 7;
+
+/// Why VMX cannot be used here.
+pub fn detect() -> Result<(), &'static str> {
+    // SAFETY: CPUID has no side effects.
+    #[allow(unused_unsafe, reason = "__cpuid is unsafe on older compilers")]
+    let leaf1 = unsafe { core::arch::x86_64::__cpuid(1) };
+    if leaf1.ecx & (1 << 5) == 0 {
+        return Err(
+            "CPUID.1:ECX.VMX[bit 5] = 0: this CPU (or emulator) offers no VMX; QEMU's TCG does not emulate VMX, use Bochs or KVM with nested VMX",
+        );
+    }
+    Ok(())
+}
+
+fn rdmsr(number: u32) -> u64 {
+    // SAFETY: only architectural MSRs that exist on VMX CPUs are read.
+    unsafe { HardwareMsrs::new() }.read_msr(number).unwrap_or(0)
+}
+
+fn wrmsr(number: u32, value: u64) {
+    // SAFETY: IA32_FEATURE_CONTROL, written only while unlocked.
+    unsafe {
+        core::arch::asm!("wrmsr", in("ecx") number, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
+    };
+}
+
+fn read_cr(number: u8) -> u64 {
+    let value: u64;
+    // SAFETY: reading control registers at CPL 0 has no side effects.
+    unsafe {
+        match number {
+            0 => {
+                core::arch::asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags))
+            }
+            3 => {
+                core::arch::asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags))
+            }
+            _ => {
+                core::arch::asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags))
+            }
+        }
+    }
+    value
+}
+
+/// Capabilities read once.
+pub struct Vmx {
+    /// The capability MSRs.
+    pub caps: VmxCapabilities,
+    /// The controls written to the VMCS.
+    pub controls: AdjustedControls,
+    /// Whether EPT is in use.
+    pub ept: bool,
+}
+
+/// Enables VMX: feature control, fixed bits, VMXON, VMCS. Prints each step.
+pub fn enable() -> Result<Vmx, &'static str> {
+    let feature = FeatureControl(rdmsr(msr::IA32_FEATURE_CONTROL));
+    match feature.vmxon_readiness() {
+        VmxonReadiness::Ready => {}
+        VmxonReadiness::NeedsEnabling => wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()),
+        VmxonReadiness::DisabledByFirmware => {
+            return Err(
+                "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)",
+            );
+        }
+    }
+    // SAFETY: VMX exists (detect), CPL 0.
+    let msrs = unsafe { HardwareMsrs::new() };
+    let caps =
+        VmxCapabilities::read(&msrs).map_err(|_| "a required VMX capability MSR is missing")?;
+    println!(
+        "HVKIT caps basic={:#x} revision={:#x} pin={:#x} proc={:#x} exit={:#x} entry={:#x} misc={:#x} secondary={}",
+        caps.basic.0,
+        caps.basic.revision_id(),
+        caps.default_pin,
+        caps.default_primary,
+        caps.default_exit,
+        caps.default_entry,
+        caps.misc.0,
+        caps.secondary_controls().is_some()
+    );
+    let cr4 = caps.cr4.adjust(read_cr(4) | (1 << 13));
+    caps.cr0.check(read_cr(0)).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
+    // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE).
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
+
+    let revision = caps.basic.revision_id();
+    // SAFETY: single CPU; the regions are statics only VMX uses.
+    let (vmxon, vmcs) = unsafe {
+        VMXON_REGION = VmxonRegion::new(revision);
+        VMCS_REGION = VmcsRegion::new(revision);
+        (core::ptr::addr_of!(VMXON_REGION) as u64, core::ptr::addr_of!(VMCS_REGION) as u64)
+    };
+    // SAFETY: CR0/CR4 fixed bits hold, feature control allows VMXON, the region is identity-mapped.
+    let mut root = unsafe { VmxRoot::enable(vmxon) }.map_err(|_| "VMXON failed")?;
+    // SAFETY: `vmcs` is a fresh region with the right revision id.
+    unsafe { root.clear(vmcs) }.map_err(|_| "VMCLEAR failed")?;
+    // SAFETY: as above.
+    unsafe { root.load(vmcs) }.map_err(|_| "VMPTRLD failed")?;
+    // SAFETY: single CPU.
+    unsafe { VMX_ROOT = Some(root) };
+
+    let ept_possible = caps.secondary_controls().is_some_and(|allowed| allowed.allows(1))
+        && caps.ept_vpid.is_some_and(|ept| {
+            ept.contains(
+                hvkit_vmx_core::caps::EptVpidCapabilities::PAGE_WALK_4
+                    | hvkit_vmx_core::caps::EptVpidCapabilities::MEMORY_TYPE_WB
+                    | hvkit_vmx_core::caps::EptVpidCapabilities::PAGE_2M,
+            )
+        });
+    let request = ControlRequest {
+        pin: PinBasedControls::EXTERNAL_INTERRUPT_EXITING
+            | PinBasedControls::NMI_EXITING
+            | PinBasedControls::VIRTUAL_NMIS,
+        primary: PrimaryControls::empty(),
+        secondary: if ept_possible {
+            SecondaryControls::ENABLE_EPT
+        } else {
+            SecondaryControls::empty()
+        },
+        exit: ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+        entry: EntryControls::IA32E_MODE_GUEST,
+        ..ControlRequest::default()
+    };
+    let controls = controls::adjust(&caps, &request)
+        .map_err(|_| "a required VM-execution control is not supported")?;
+    println!(
+        "HVKIT controls pin={:#x} primary={:#x} secondary={:#x} exit={:#x} entry={:#x} ept={}",
+        controls.pin.bits(),
+        controls.primary.bits(),
+        controls.secondary.bits(),
+        controls.exit.bits(),
+        controls.entry.bits(),
+        ept_possible
+    );
+    Ok(Vmx { caps, controls, ept: ept_possible })
+}
+
+/// The current VMCS (call once: the handle tracks the launch state).
+#[allow(static_mut_refs, reason = "single CPU; VMX root state lives for the kernel's lifetime")]
+pub fn vmcs() -> ActiveVmcs<'static> {
+    // SAFETY: `enable` loaded (and cleared) the VMCS and stored the root token; single CPU.
+    match unsafe { VMX_ROOT.as_mut() } {
+        // SAFETY: the VMCS loaded by `enable` is current and was cleared (never launched).
+        Some(root) => unsafe { ActiveVmcs::assume_current(root, false) },
+        None => crate::port::exit(crate::port::status::PANIC),
+    }
+}
+
+/// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.
+pub fn build_ept(area: u64) -> u64 {
+    let area_index = (area >> 21) as usize;
+    // SAFETY: single CPU; the EPT is only read by the CPU after VM entry.
+    unsafe {
+        let ept = &mut *core::ptr::addr_of_mut!(EPT);
+        ept.pml4[0] = core::ptr::addr_of!(ept.pdpt) as u64 | EPT_RWX;
+        for (index, pd) in ept.pd.iter_mut().enumerate() {
+            ept.pdpt[index] = pd.as_ptr() as u64 | EPT_RWX;
+            for (entry, slot) in pd.iter_mut().enumerate() {
+                let address = ((index * 512 + entry) as u64) << 21;
+                *slot = address | EPT_RWX | EPT_WB | EPT_LARGE;
+            }
+        }
+        for (entry, slot) in ept.pt.iter_mut().enumerate() {
+            *slot = (area + ((entry as u64) << 12)) | EPT_RWX | EPT_WB;
+        }
+        ept.pd[area_index / 512][area_index % 512] = core::ptr::addr_of!(ept.pt) as u64 | EPT_RWX;
+        core::ptr::addr_of!(ept.pml4) as u64 | (3 << 3) | 6
+    }
+}
+
+/// Sets the EPT permissions of the 4 KiB page at `address` inside the guest area.
+pub fn set_page_access(area: u64, address: u64, rwx: u64) {
+    let index = ((address - area) >> 12) as usize & 511;
+    // SAFETY: single CPU; invalidated by the caller with INVEPT.
+    unsafe {
+        let ept = &mut *core::ptr::addr_of_mut!(EPT);
+        ept.pt[index] = (ept.pt[index] & !7) | (rwx & 7);
+    }
+}
+
+/// Invalidates EPT-derived translations (all contexts).
+pub fn invept_all() {
+    let descriptor = hvkit_vmx_core::instr::InveptDescriptor::new(0);
+    // SAFETY: VMX root, EPT in use.
+    let _ = unsafe {
+        hvkit_vmx_core::instr::invept(hvkit_vmx_core::instr::InveptType::AllContext, &descriptor)
+    };
+}
+
+/// Host and guest state of the VMCS.
+pub fn setup_vmcs(
+    vmcs: &mut ActiveVmcs<'_>,
+    vmx: &Vmx,
+    guest_rip: u64,
+    guest_rsp: u64,
+    guest_idt: u64,
+    eptp: u64,
+) -> Result<(), VmFail> {
+    let c = &vmx.controls;
+    vmcs.write(field::PIN_BASED_VM_EXECUTION_CONTROLS, c.pin.bits())?;
+    vmcs.write(field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.primary.bits())?;
+    if c.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS) {
+        vmcs.write(field::SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.secondary.bits())?;
+    }
+    vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
+    vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
+    vmcs.write(field::EXCEPTION_BITMAP, 0)?;
+    vmcs.write(field::CR3_TARGET_COUNT, 0)?;
+    vmcs.write(field::VM_EXIT_MSR_STORE_COUNT, 0)?;
+    vmcs.write(field::VM_EXIT_MSR_LOAD_COUNT, 0)?;
+    vmcs.write(field::VM_ENTRY_MSR_LOAD_COUNT, 0)?;
+    vmcs.write(field::VM_ENTRY_INTERRUPTION_INFO, 0)?;
+    vmcs.write(field::VMCS_LINK_POINTER, u64::MAX)?;
+    if vmx.ept {
+        vmcs.write(field::EPT_POINTER, eptp)?;
+    }
+
+    let (cr0, cr3, cr4) = (read_cr(0), read_cr(3), read_cr(4));
+    let gdtr = host::gdtr();
+    let idtr = host::idtr();
+    let tss = host::tss_base();
+    vmcs.write(field::HOST_CR0, cr0)?;
+    vmcs.write(field::HOST_CR3, cr3)?;
+    vmcs.write(field::HOST_CR4, cr4)?;
+    vmcs.write(field::HOST_CS_SELECTOR, 0x08)?;
+    for selector in [
+        field::HOST_SS_SELECTOR,
+        field::HOST_DS_SELECTOR,
+        field::HOST_ES_SELECTOR,
+        field::HOST_FS_SELECTOR,
+        field::HOST_GS_SELECTOR,
+    ] {
+        vmcs.write(selector, 0x10)?;
+    }
+    vmcs.write(field::HOST_TR_SELECTOR, 0x18)?;
+    vmcs.write(field::HOST_FS_BASE, 0)?;
+    vmcs.write(field::HOST_GS_BASE, 0)?;
+    vmcs.write(field::HOST_TR_BASE, tss)?;
+    vmcs.write(field::HOST_GDTR_BASE, gdtr.base)?;
+    vmcs.write(field::HOST_IDTR_BASE, idtr.base)?;
+    vmcs.write(field::HOST_IA32_SYSENTER_CS, 0)?;
+    vmcs.write(field::HOST_IA32_SYSENTER_ESP, 0)?;
+    vmcs.write(field::HOST_IA32_SYSENTER_EIP, 0)?;
+
+    vmcs.write(field::GUEST_CR0, cr0)?;
+    vmcs.write(field::GUEST_CR3, cr3)?;
+    vmcs.write(field::GUEST_CR4, cr4)?;
+    vmcs.write(field::CR0_READ_SHADOW, cr0)?;
+    vmcs.write(field::CR4_READ_SHADOW, cr4 & !(1 << 13))?;
+    vmcs.write(field::GUEST_DR7, 0x400)?;
+    vmcs.write(field::GUEST_RSP, guest_rsp)?;
+    vmcs.write(field::GUEST_RIP, guest_rip)?;
+    // IF = 1 from the start: real hardware takes a pending host interrupt at VM entry whatever the
+    // guest's IF, but Bochs 2.7 does not while the guest has IF = 0 (shared/RIG.md).
+    vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+    vmcs.write(field::GUEST_CS_SELECTOR, 0x08)?;
+    vmcs.write(field::GUEST_CS_BASE, 0)?;
+    vmcs.write(field::GUEST_CS_LIMIT, 0xFFFF_FFFF)?;
+    vmcs.write(field::GUEST_CS_ACCESS_RIGHTS, 0xA09B)?;
+    for (selector, base, limit, rights) in [
+        (
+            field::GUEST_SS_SELECTOR,
+            field::GUEST_SS_BASE,
+            field::GUEST_SS_LIMIT,
+            field::GUEST_SS_ACCESS_RIGHTS,
+        ),
+        (
+            field::GUEST_DS_SELECTOR,
+            field::GUEST_DS_BASE,
+            field::GUEST_DS_LIMIT,
+            field::GUEST_DS_ACCESS_RIGHTS,
+        ),
+        (
+            field::GUEST_ES_SELECTOR,
+            field::GUEST_ES_BASE,
+            field::GUEST_ES_LIMIT,
+            field::GUEST_ES_ACCESS_RIGHTS,
+        ),
+        (
+            field::GUEST_FS_SELECTOR,
+            field::GUEST_FS_BASE,
+            field::GUEST_FS_LIMIT,
+            field::GUEST_FS_ACCESS_RIGHTS,
+        ),
+        (
+            field::GUEST_GS_SELECTOR,
+            field::GUEST_GS_BASE,
+            field::GUEST_GS_LIMIT,
+            field::GUEST_GS_ACCESS_RIGHTS,
+        ),
+    ] {
+        vmcs.write(selector, 0x10)?;
+        vmcs.write(base, 0)?;
+        vmcs.write(limit, 0xFFFF_FFFF)?;
+        vmcs.write(rights, 0xC093)?;
+    }
+    vmcs.write(field::GUEST_LDTR_SELECTOR, 0)?;
+    vmcs.write(field::GUEST_LDTR_BASE, 0)?;
+    vmcs.write(field::GUEST_LDTR_LIMIT, 0)?;
+    vmcs.write(field::GUEST_LDTR_ACCESS_RIGHTS, 0x1_0000)?;
+    vmcs.write(field::GUEST_TR_SELECTOR, 0x18)?;
+    vmcs.write(field::GUEST_TR_BASE, tss)?;
+    vmcs.write(field::GUEST_TR_LIMIT, 103)?;
+    vmcs.write(field::GUEST_TR_ACCESS_RIGHTS, 0x8B)?;
+    vmcs.write(field::GUEST_GDTR_BASE, gdtr.base)?;
+    vmcs.write(field::GUEST_GDTR_LIMIT, u32::from(gdtr.limit))?;
+    vmcs.write(field::GUEST_IDTR_BASE, guest_idt)?;
+    vmcs.write(field::GUEST_IDTR_LIMIT, 256 * 16 - 1)?;
+    vmcs.write(field::GUEST_IA32_DEBUGCTL, 0)?;
+    vmcs.write(field::GUEST_IA32_SYSENTER_CS, 0)?;
+    vmcs.write(field::GUEST_IA32_SYSENTER_ESP, 0)?;
+    vmcs.write(field::GUEST_IA32_SYSENTER_EIP, 0)?;
+    vmcs.write(field::GUEST_INTERRUPTIBILITY_STATE, 0)?;
+    vmcs.write(field::GUEST_ACTIVITY_STATE, 0)?;
+    vmcs.write(field::GUEST_PENDING_DEBUG_EXCEPTIONS, 0)?;
+    Ok(())
+}
