@@ -165,7 +165,11 @@ unsafe extern "sysv64" fn deliver_erets(ss_bits: u64, dispatcher: Dispatcher, re
 
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-pub(crate) unsafe extern "sysv64" fn deliver_emulated(ss_bits: u64, dispatcher: Dispatcher, red_zone: u64) {
+pub(crate) unsafe extern "sysv64" fn deliver_emulated(
+    ss_bits: u64,
+    dispatcher: Dispatcher,
+    red_zone: u64,
+) {
     core::arch::naked_asm!(
         build_frame_and_dispatch!(),
         crate::__fred_emulated_return!(),
