@@ -93,8 +93,16 @@ pub fn test(args: &[String]) -> Result {
     package_args(&mut package);
     run(&mut package)?;
 
+    step("example hypervisor: formatting and clippy (x86_64-unknown-none)");
+    let example = util::root().join("examples/hypervisor");
+    run(cargo().current_dir(&example).args(["fmt", "--check"]))?;
+    run(cargo()
+        .current_dir(&example)
+        .env("CARGO_TARGET_DIR", util::root().join("target/example"))
+        .args(["clippy", "--release", "--target", BARE_TARGET, "--", "-D", "warnings"]))?;
+
     if options.emulators {
-        step("emulator scenarios: not yet part of the suite (issue 6)");
+        crate::emu::test_suite()?;
     }
     if options.fuzz {
         step("fuzz smoke: not yet part of the suite (issue 7)");

@@ -6,6 +6,8 @@
 //! - `cargo xtask fuzz`: run the fuzz targets.
 
 mod check;
+mod emu;
+mod report;
 mod util;
 
 use std::process::ExitCode;
@@ -18,6 +20,8 @@ commands:
           emulator scenarios, fuzz smoke)
           --no-emulators   skip the Bochs/QEMU scenario runs
           --no-fuzz        skip the fuzz build and smoke runs
+  run     build the example hypervisor and boot it (qemu-kvm when nested VMX is
+          available, else Bochs); `cargo xtask run --help` for options
   help    print this text
 ";
 
@@ -29,6 +33,7 @@ fn main() -> ExitCode {
     };
     let result = match command {
         "test" => check::test(rest),
+        "run" => emu::run_command(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

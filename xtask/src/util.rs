@@ -1,5 +1,4 @@
 //! Running commands and installing prerequisites, with every action announced.
-#![allow(dead_code, reason = "probes shared with the emulator and fuzz steps as they land")]
 
 use std::env;
 use std::path::{Path, PathBuf};

@@ -436,7 +436,7 @@ fn run(
                                 exit_to_handler: phase.exit_to_handler
                                     / phase.handler_samples.max(1),
                                 exit_to_entry: phase.exit_to_entry / phase.entries.max(1),
-                                events: 0,
+                                events,
                             },
                         });
                         strategy = Strategy::DirectCall;

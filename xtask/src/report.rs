@@ -1,0 +1,176 @@
+//! Parsing the example hypervisor's serial report.
+
+use std::collections::BTreeMap;
+
+/// One `HVKIT SCENARIO` line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Scenario {
+    pub fields: BTreeMap<String, String>,
+}
+
+impl Scenario {
+    pub fn get(&self, key: &str) -> &str {
+        self.fields.get(key).map_or("", String::as_str)
+    }
+
+    pub fn number(&self, key: &str) -> Option<u64> {
+        self.fields.get(key).and_then(|value| value.parse().ok())
+    }
+}
+
+/// A parsed report.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Report {
+    pub scenarios: Vec<Scenario>,
+    pub summary: Option<BTreeMap<String, String>>,
+    pub exit_status: Option<u32>,
+    pub no_vmx: Option<String>,
+}
+
+/// Splits `key=value key="quoted value"` pairs.
+fn pairs(text: &str) -> BTreeMap<String, String> {
+    let mut fields = BTreeMap::new();
+    let mut rest = text.trim();
+    while !rest.is_empty() {
+        let Some(equals) = rest.find('=') else { break };
+        let key = rest[..equals].trim().to_string();
+        let after = &rest[equals + 1..];
+        let (value, next) = if let Some(quoted) = after.strip_prefix('"') {
+            match quoted.find('"') {
+                Some(end) => (quoted[..end].to_string(), &quoted[end + 1..]),
+                None => (quoted.to_string(), ""),
+            }
+        } else {
+            match after.find(' ') {
+                Some(end) => (after[..end].to_string(), &after[end..]),
+                None => (after.to_string(), ""),
+            }
+        };
+        fields.insert(key, value);
+        rest = next.trim_start();
+    }
+    fields
+}
+
+/// Parses the serial output (other lines are ignored).
+pub fn parse(serial: &str) -> Report {
+    let mut report = Report::default();
+    for line in serial.lines() {
+        let line = line.trim_end_matches('\r');
+        if let Some(rest) = line.strip_prefix("HVKIT SCENARIO ") {
+            report.scenarios.push(Scenario { fields: pairs(rest) });
+        } else if let Some(rest) = line.strip_prefix("HVKIT SUMMARY ") {
+            report.summary = Some(pairs(rest));
+        } else if let Some(rest) = line.strip_prefix("HVKIT EXIT status=") {
+            let digits: String = rest.chars().take_while(char::is_ascii_digit).collect();
+            report.exit_status = digits.parse().ok();
+        } else if let Some(rest) = line.strip_prefix("HVKIT NOVMX ") {
+            report.no_vmx = pairs(rest).get("reason").cloned();
+        }
+    }
+    report
+}
+
+/// What a scenario run must show: every problem found, empty when the run is good.
+pub fn problems(report: &Report) -> Vec<String> {
+    let mut problems = Vec::new();
+    if report.scenarios.is_empty() {
+        problems.push("no scenario lines".to_string());
+    }
+    for scenario in &report.scenarios {
+        let name = scenario.get("name");
+        let strategy = scenario.get("strategy");
+        match scenario.get("result") {
+            "PASS" | "SKIP" => {}
+            other => problems.push(format!("{name}/{strategy}: result {other:?}")),
+        }
+        for key in ["lost", "duplicated"] {
+            match scenario.number(key) {
+                Some(0) => {}
+                Some(count) => problems.push(format!("{name}/{strategy}: {key}={count}")),
+                None => problems.push(format!("{name}/{strategy}: missing {key}")),
+            }
+        }
+    }
+    match &report.summary {
+        None => problems.push("missing HVKIT SUMMARY line".to_string()),
+        Some(summary) => {
+            if summary.get("result").map(String::as_str) != Some("PASS") {
+                problems.push(format!("summary result {:?}", summary.get("result")));
+            }
+            let count = summary.get("scenarios").and_then(|value| value.parse::<usize>().ok());
+            if count != Some(report.scenarios.len()) {
+                problems.push(format!(
+                    "summary counts {count:?} scenarios, report has {}",
+                    report.scenarios.len()
+                ));
+            }
+        }
+    }
+    match report.exit_status {
+        Some(0) => {}
+        Some(status) => problems.push(format!("exit status {status}")),
+        None => problems.push("missing HVKIT EXIT line".to_string()),
+    }
+    problems
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const GOOD: &str = "HVKIT boot magic=0x36d76289\r\n\
+HVKIT SCENARIO name=host-nmi strategy=direct-call sent=200 exits=200 handled=200 eois=0 lost=0 duplicated=0 insns_per_event=742 result=PASS\r\n\
+HVKIT SCENARIO name=fred strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"CPU has no FRED (CPUID.(7,1):EAX[17]=0)\"\r\n\
+HVKIT SUMMARY scenarios=2 passed=1 failed=0 skipped=1 lost=0 duplicated=0 result=PASS\r\n\
+HVKIT EXIT status=0";
+
+    #[test]
+    fn a_good_report_has_no_problems() {
+        let report = parse(GOOD);
+        assert_eq!(report.scenarios.len(), 2);
+        assert_eq!(report.scenarios[0].number("handled"), Some(200));
+        assert_eq!(report.scenarios[1].get("reason"), "CPU has no FRED (CPUID.(7,1):EAX[17]=0)");
+        assert_eq!(report.exit_status, Some(0), "an unterminated last line still counts");
+        assert_eq!(problems(&report), Vec::<String>::new());
+    }
+
+    #[test]
+    fn each_kind_of_bad_report_is_caught() {
+        let lost = GOOD.replace(
+            "lost=0 duplicated=0 insns_per_event=742",
+            "lost=1 duplicated=0 insns_per_event=742",
+        );
+        assert!(problems(&parse(&lost)).iter().any(|p| p.contains("lost=1")));
+        let duplicated = GOOD.replace(
+            "lost=0 duplicated=0 insns_per_event=742",
+            "lost=0 duplicated=2 insns_per_event=742",
+        );
+        assert!(problems(&parse(&duplicated)).iter().any(|p| p.contains("duplicated=2")));
+        let failed = GOOD.replacen("result=PASS", "result=FAIL", 1);
+        assert!(problems(&parse(&failed)).iter().any(|p| p.contains("FAIL")));
+        let no_summary: String =
+            GOOD.lines().filter(|l| !l.contains("SUMMARY")).collect::<Vec<_>>().join("\n");
+        assert!(problems(&parse(&no_summary)).iter().any(|p| p.contains("SUMMARY")));
+        let no_exit: String =
+            GOOD.lines().filter(|l| !l.contains("EXIT")).collect::<Vec<_>>().join("\n");
+        assert!(problems(&parse(&no_exit)).iter().any(|p| p.contains("EXIT")));
+        let truncated: String = GOOD.lines().take(2).collect::<Vec<_>>().join("\n");
+        assert!(problems(&parse(&truncated)).len() >= 2, "a cut-off run fails");
+        let miscounted = GOOD.replace("scenarios=2", "scenarios=3");
+        assert!(problems(&parse(&miscounted)).iter().any(|p| p.contains("summary counts")));
+        let missing_field =
+            GOOD.replace(" duplicated=0 insns_per_event=742", " insns_per_event=742");
+        assert!(problems(&parse(&missing_field)).iter().any(|p| p.contains("missing duplicated")));
+        assert!(!problems(&parse("")).is_empty());
+    }
+
+    #[test]
+    fn no_vmx_line() {
+        let report = parse(
+            "HVKIT NOVMX reason=\"CPUID.1:ECX.VMX[bit 5] = 0: no VMX\"\nHVKIT EXIT status=3\n",
+        );
+        assert_eq!(report.no_vmx.as_deref(), Some("CPUID.1:ECX.VMX[bit 5] = 0: no VMX"));
+        assert_eq!(report.exit_status, Some(3));
+    }
+}
