@@ -105,7 +105,9 @@ pub fn test(args: &[String]) -> Result {
         crate::emu::test_suite()?;
     }
     if options.fuzz {
-        step("fuzz smoke: not yet part of the suite (issue 7)");
+        let seconds =
+            std::env::var("HVKIT_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
+        crate::fuzz::test_step(seconds)?;
     }
 
     println!("\nxtask test: all checks passed in {:.0?}", started.elapsed());

@@ -3,10 +3,11 @@
 //! - `cargo xtask test`: everything CI checks (formatting, clippy, host tests, `no_std` builds,
 //!   MSRV, docs, packaging, the emulator scenario suite, fuzz smoke runs).
 //! - `cargo xtask run`: build the example hypervisor and boot it (see `--help`).
-//! - `cargo xtask fuzz`: run the fuzz targets.
+//! - `cargo xtask fuzz`: run the fuzz targets (nightly, cargo-fuzz).
 
 mod check;
 mod emu;
+mod fuzz;
 mod report;
 mod util;
 
@@ -22,6 +23,8 @@ commands:
           --no-fuzz        skip the fuzz build and smoke runs
   run     build the example hypervisor and boot it (qemu-kvm when nested VMX is
           available, else Bochs); `cargo xtask run --help` for options
+  fuzz    cargo xtask fuzz [--seconds N] [TARGET]: run cargo-fuzz targets (nightly;
+          installs cargo-fuzz when missing)
   help    print this text
 ";
 
@@ -34,6 +37,7 @@ fn main() -> ExitCode {
     let result = match command {
         "test" => check::test(rest),
         "run" => emu::run_command(rest),
+        "fuzz" => fuzz::command(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

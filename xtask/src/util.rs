@@ -148,19 +148,6 @@ pub fn ensure_toolchain(toolchain: &str, components: &[&str]) -> Result {
     Ok(())
 }
 
-/// Makes sure a cargo subcommand binary exists, installing the crate when it does not.
-pub fn ensure_cargo_tool(binary: &str, krate: &str) -> Result {
-    if probe(Command::new(binary).arg("--version"))
-        || probe(cargo().args([binary.trim_start_matches("cargo-"), "--version"]))
-    {
-        return Ok(());
-    }
-    let mut install = cargo();
-    install.args(["install", "--locked", krate]);
-    note(&format!("installing {krate} (missing)"));
-    run(&mut install).or_else(|_| fail(format!("could not install it; run: {}", render(&install))))
-}
-
 /// Makes sure Debian packages are installed: each entry is (package, a file it provides).
 pub fn ensure_apt(packages: &[(&str, &str)]) -> Result {
     let missing: Vec<&str> = packages
