@@ -112,7 +112,7 @@ pub unsafe fn deliver_with_emulated_return(
     unsafe { deliver_emulated(event.ss_slot_bits(), dispatcher, red_zone_bytes) }
 }
 
-/// The frame-building part shared by both variants; ends with RSP at the frame's RIP slot.
+/// The frame-building part shared by both variants; ends with RSP at the frame (error code).
 /// rdi = SS slot bits, rsi = dispatcher, rdx = red-zone bytes.
 #[cfg(target_arch = "x86_64")]
 macro_rules! build_frame_and_dispatch {
@@ -144,9 +144,10 @@ macro_rules! build_frame_and_dispatch {
             "mov rsi, rsp\n",
             "sub rsp, 8\n",
             "call rax\n",
-            // Drop the alignment slot, the saved registers (callee-saved ones were preserved by
-            // the dispatcher; the rest are scratch for our caller) and the error code.
-            "add rsp, 136\n",
+            // Drop the alignment slot and the saved registers (callee-saved ones were preserved
+            // by the dispatcher; the rest are scratch for our caller). RSP is back at the frame:
+            // ERETS skips the error code itself.
+            "add rsp, 128\n",
         )
     };
 }

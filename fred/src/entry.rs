@@ -3,8 +3,8 @@
 //!
 //! Each stub saves the general registers below the frame the CPU pushed (as a
 //! [`SavedRegisters`]), calls the dispatcher with the frame and the registers, restores the
-//! registers (a dispatcher may change them, and the frame), pops the error code and returns with
-//! ERETU (ring-3 entry) or ERETS (ring-0 entry).
+//! registers (a dispatcher may change them, and the frame) and returns with ERETU (ring-3 entry)
+//! or ERETS (ring-0 entry), which skip the error code and pop the rest of the frame.
 //!
 //! ```no_run
 //! extern "C" fn dispatch(frame: &mut hvkit_fred::Frame, registers: &mut hvkit_fred::SavedRegisters) {
@@ -79,7 +79,8 @@ macro_rules! __fred_pop_registers {
 }
 
 /// Assembly: one stub body up to (not including) the return instruction. RSP points at the
-/// FRED frame's error code on entry and at its RIP slot at the end.
+/// FRED frame (its error code) on entry and again at the end: ERETS and ERETU skip the error
+/// code themselves.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __fred_stub_body {
@@ -92,18 +93,17 @@ macro_rules! __fred_stub_body {
             "call {dispatcher}\n",
             "add rsp, 8\n",
             $crate::__fred_pop_registers!(),
-            "add rsp, 8\n",
         )
     };
 }
 
 /// Assembly: return as ERETS/ERETU would, without them (user-space tests): RIP, RFLAGS and RSP
-/// from the frame at RSP (RIP slot). Does not unblock NMIs and does not change privilege.
+/// from the frame at RSP (which points at the error code, as for ERETS). Does not unblock NMIs and does not change privilege.
 #[doc(hidden)]
 #[macro_export]
 macro_rules! __fred_emulated_return {
     () => {
-        "push qword ptr [rsp + 16]\npopfq\nmov r11, [rsp]\nmov rsp, [rsp + 24]\njmp r11\n"
+        "push qword ptr [rsp + 24]\npopfq\nmov r11, [rsp + 8]\nmov rsp, [rsp + 32]\njmp r11\n"
     };
 }
 
@@ -158,6 +158,8 @@ macro_rules! __fred_entry_page_with {
         ::core::arch::global_asm!(
             concat!(".pushsection .text.hvkit_fred_entry_", stringify!($name), ",\"ax\",@progbits\n"),
             ".p2align 12\n",
+            concat!(".globl __hvkit_fred_entry_", stringify!($name), "\n"),
+            concat!(".hidden __hvkit_fred_entry_", stringify!($name), "\n"),
             concat!("__hvkit_fred_entry_", stringify!($name), ":\n"),
             $crate::__fred_stub_body!(),
             $user_return,

@@ -22,12 +22,13 @@ macro_rules! lkgs_ax_bytes {
 }
 pub(crate) use erets_bytes;
 
-/// ERETS: returns to supervisor mode through the FRED frame whose RIP slot is at RSP (software
-/// pops the error code first). Unblocks NMIs when the SS slot's NMI bit is set.
+/// ERETS: returns to supervisor mode through the FRED frame at RSP: it skips the error code at
+/// RSP and pops RIP, the CS slot, RFLAGS, RSP and the SS slot. Unblocks NMIs when the SS slot's
+/// NMI bit is set.
 ///
 /// # Safety
 ///
-/// CR4.FRED = 1, CPL 0, and RSP points at a valid FRED return frame (RIP, CS slot, RFLAGS,
+/// CR4.FRED = 1, CPL 0, and RSP points at a valid FRED frame (error code, RIP, CS slot, RFLAGS,
 /// RSP, SS slot) for a supervisor-mode context.
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn erets() -> ! {
@@ -35,7 +36,8 @@ pub unsafe fn erets() -> ! {
     unsafe { core::arch::asm!(erets_bytes!(), options(noreturn)) }
 }
 
-/// ERETU: returns to user mode through the FRED frame whose RIP slot is at RSP.
+/// ERETU: returns to user mode through the FRED frame at RSP (error code skipped, as for
+/// [`erets`]).
 ///
 /// # Safety
 ///

@@ -42,6 +42,8 @@ pub mod call {
     pub const STRESS_BEGIN: u64 = 16;
     /// Stress phase ends; RBX = NMIs sent.
     pub const STRESS_END: u64 = 17;
+    /// Switch the host to FRED; RAX = 1 when it did (then the timer and NMI scenarios repeat).
+    pub const FRED_BEGIN: u64 = 18;
 }
 
 /// The guest's 2 MiB area: IDT (page 0), stack (pages 1-15).
@@ -295,6 +297,26 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
             let _ = vmcall(call::PING, 0, 0);
         }
         vmcall(call::STRESS_END, sent, 0);
+    }
+
+    // Scenario 8: on a FRED host, scenarios 2 and 3 again through the FRED paths.
+    if vmcall(call::FRED_BEGIN, 0, 0).0 == 1 {
+        vmcall(call::TIMER_START, 0, 0);
+        while vmcall(call::TIMER_POLL, 0, 0).0 == 0 {
+            for _ in 0..200 {
+                core::hint::spin_loop();
+            }
+        }
+        vmcall(call::TIMER_STOP, 0, 0);
+        for strategy in 0..2u64 {
+            vmcall(call::NMI_BEGIN, strategy, 0);
+            let mut sent = 0;
+            for _ in 0..200 {
+                send_self_nmi(apic, apic_id);
+                sent += 1;
+            }
+            vmcall(call::NMI_END, sent, 0);
+        }
     }
 
     loop {

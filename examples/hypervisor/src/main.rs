@@ -13,8 +13,8 @@ mod vmx;
 
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
-    ApicSender, GuestEventQueue, IdtDirectCall, InjectionContext, IretToSelf, IrqDelivery, SelfNmi,
-    handle_host_event, reinject_idt_vectoring,
+    ApicSender, FredDirectCall, FredEretsToSelf, GuestEventQueue, IdtDirectCall, InjectionContext,
+    IretToSelf, IrqDelivery, SelfNmi, handle_host_event, reinject_idt_vectoring,
 };
 use hvkit_vmx_core::entry_check::EntryCapabilities;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoOptions};
@@ -178,11 +178,34 @@ enum Strategy {
 }
 
 impl Strategy {
-    fn name(self) -> &'static str {
-        match self {
-            Self::DirectCall => "direct-call",
-            Self::SelfNmi => "self-nmi",
+    fn name(self, fred: bool) -> &'static str {
+        match (self, fred) {
+            (Self::DirectCall, false) => "direct-call",
+            (Self::SelfNmi, false) => "self-nmi",
+            (Self::DirectCall, true) => "fred-direct-call",
+            (Self::SelfNmi, true) => "fred-self-nmi",
         }
+    }
+}
+
+/// `None` when the host can switch to FRED, else why not.
+fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
+    #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
+    // SAFETY: CPUID has no side effects.
+    let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
+    let eax = if max >= 7 {
+        #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
+        // SAFETY: as above.
+        unsafe { core::arch::x86_64::__cpuid_count(7, 1) }.eax
+    } else {
+        0
+    };
+    if !hvkit_fred::config::fred_supported(eax) {
+        Some("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
+    } else if vmx.caps.cr4.fixed1 & hvkit_fred::config::CR4_FRED == 0 {
+        Some("IA32_VMX_CR4_FIXED1 does not allow CR4.FRED in VMX operation")
+    } else {
+        None
     }
 }
 
@@ -234,6 +257,21 @@ fn run(
     let unblocker = unsafe { IretToSelf::new() };
     let mut self_nmi =
         SelfNmi::new(sender, unblocker, core::hint::spin_loop, &host::HOST_NMI_HANDLED, 1_000_000);
+    let red_zone = u64::from(host::FRED_RED_ZONE_UNITS) * 64;
+    // SAFETY: used only after the host switched to FRED (CR4.FRED = 1, CPL 0), with the red
+    // zone configured in IA32_FRED_CONFIG; the dispatcher leaves RIP/RSP/CS/SS alone.
+    let mut fred_direct = unsafe { FredDirectCall::new(host::fred_dispatcher(), red_zone) };
+    let fred_sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
+    // SAFETY: as above.
+    let fred_unblocker = unsafe { FredEretsToSelf::new(red_zone) };
+    let mut fred_self_nmi = SelfNmi::new(
+        fred_sender,
+        fred_unblocker,
+        core::hint::spin_loop,
+        &host::HOST_NMI_HANDLED,
+        1_000_000,
+    );
+    let mut fred_mode = false;
     let context = InjectionContext {
         capabilities: EntryCapabilities {
             no_error_code_consistency_check: vmx.caps.basic.no_error_code_consistency_check(),
@@ -271,9 +309,11 @@ fn run(
             }
         };
         // First act: re-deliver the host event this exit consumed.
-        let host_event = match strategy {
-            Strategy::DirectCall => handle_host_event(&mut direct, &info, true),
-            Strategy::SelfNmi => handle_host_event(&mut self_nmi, &info, true),
+        let host_event = match (strategy, fred_mode) {
+            (Strategy::DirectCall, false) => handle_host_event(&mut direct, &info, true),
+            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, &info, true),
+            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, &info, true),
+            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, &info, true),
         };
         match host_event {
             Ok((event, delivery)) => {
@@ -379,8 +419,8 @@ fn run(
                         let clean = !apic.is_in_service(host::TIMER_VECTOR)
                             && !apic.is_requested(host::TIMER_VECTOR);
                         report(Line {
-                            name: "timer-irq",
-                            strategy: strategy.name(),
+                            name: if fred_mode { "fred-timer-irq" } else { "timer-irq" },
+                            strategy: strategy.name(fred_mode),
                             sent: phase.timer_exits,
                             exits: phase.timer_exits,
                             handled: handled.min(
@@ -422,8 +462,12 @@ fn run(
                         let handled = nmi_handled + if stress { timer_handled } else { 0 };
                         let events = sent + phase.other_exits;
                         report(Line {
-                            name: if stress { "stress" } else { "host-nmi" },
-                            strategy: strategy.name(),
+                            name: match (stress, fred_mode) {
+                                (true, _) => "stress",
+                                (false, false) => "host-nmi",
+                                (false, true) => "fred-host-nmi",
+                            },
+                            strategy: strategy.name(fred_mode),
                             sent,
                             exits: phase.nmi_exits + phase.timer_exits,
                             handled,
@@ -516,10 +560,31 @@ fn run(
                         });
                         phase = snapshot();
                     }
-                    guest::call::DONE => {
-                        fred_scenario();
-                        finish()
-                    }
+                    guest::call::FRED_BEGIN => match fred_unavailable(vmx) {
+                        Some(reason) => {
+                            skip("fred", reason);
+                            registers.rax = 0;
+                        }
+                        None => match host::enable_fred() {
+                            Ok(cr4) => {
+                                if let Err(fail) = vmcs.write(field::HOST_CR4, cr4) {
+                                    println!("HVKIT error: HOST_CR4: {fail}");
+                                    port::exit(status::FAIL)
+                                }
+                                println!(
+                                    "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
+                                    host::HostFredEntry::address()
+                                );
+                                fred_mode = true;
+                                registers.rax = 1;
+                            }
+                            Err(error) => {
+                                println!("HVKIT error: FRED configuration: {error}");
+                                port::exit(status::FAIL)
+                            }
+                        },
+                    },
+                    guest::call::DONE => finish(),
                     0xDEAD => {
                         println!("HVKIT error: unexpected exception in the guest");
                         port::exit(status::FAIL)
@@ -586,23 +651,5 @@ fn emulate_cpuid(registers: &mut GuestRegisters) {
         registers.rbx = u64::from(result.ebx);
         registers.rcx = u64::from(result.ecx);
         registers.rdx = u64::from(result.edx);
-    }
-}
-
-fn fred_scenario() {
-    #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
-    // SAFETY: CPUID has no side effects.
-    let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
-    let eax = if max >= 7 {
-        #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
-        // SAFETY: as above.
-        unsafe { core::arch::x86_64::__cpuid_count(7, 1) }.eax
-    } else {
-        0
-    };
-    if hvkit_fred::config::fred_supported(eax) {
-        skip("fred", "CPU has FRED, but the example's FRED host mode is not implemented yet");
-    } else {
-        skip("fred", "CPU has no FRED (CPUID.(7,1):EAX[17]=0)");
     }
 }

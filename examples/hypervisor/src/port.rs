@@ -94,13 +94,18 @@ pub mod status {
     pub const PANIC: u32 = 4;
 }
 
-/// Prints the final line and leaves the emulator: QEMU's isa-debug-exit (port 0xF4) and Bochs'
-/// iodebug port (0x8A00: enable, then return to the debugger, whose rc file says `quit`).
+/// Prints the final line and leaves the emulator: QEMU's isa-debug-exit (port 0xF4), Bochs'
+/// iodebug port (0x8A00: enable, then return to the debugger, whose rc file says `quit`), and,
+/// for a Bochs without the debugger's iodebug, the "Shutdown" sequence on port 0x8900 (Bochs then
+/// exits with status 1; the real status is the line printed first).
 pub fn exit(status: u32) -> ! {
     println!("HVKIT EXIT status={status}");
     outl(0xF4, status);
     outw(0x8A00, 0x8A00);
     outw(0x8A00, 0x8AE0);
+    for byte in *b"Shutdown" {
+        outb(0x8900, byte);
+    }
     loop {
         // SAFETY: halting with interrupts off ends this CPU's work.
         unsafe { core::arch::asm!("cli", "hlt", options(nomem, nostack)) }

@@ -270,7 +270,6 @@ pub fn exit_handling(data: &[u8]) {
             };
             assert_eq!(entry_check::check(&event, &guest, &context.capabilities), Ok(()));
         }
-        drop(info);
         previous = Some(exit);
     }
 }

@@ -75,7 +75,7 @@ pub fn allowed(case: &EntryCase) -> bool {
             || (1..=15).contains(&case.instruction_length)
             || (case.zero_length && case.instruction_length == 0),
         kind != 0 || (case.rflags_if && !sti && !mov_ss),
-        kind != 2 || (!mov_ss && !(case.strict_sti && sti)),
+        kind != 2 || !(mov_ss || (case.strict_sti && sti)),
         kind != 2 || !(case.virtual_nmis && nmi_blocked),
         case.activity == 0
             || ACTIVITY_TABLE.iter().any(|&(state, k, v)| {
