@@ -12,11 +12,17 @@
 //!
 //! # What ran where
 //!
-//! No FRED hardware or FRED emulator is available to this project's CI. Layout and encodings
-//! (frame offsets, slot bits, MSR values, instruction bytes, entry-page offsets) are checked by
-//! host tests; software delivery and the entry stubs' save/dispatch/restore path run for real in
-//! user space with an emulated return in place of ERETS/ERETU. ERETS and ERETU themselves are
-//! verified by encoding only.
+//! No FRED hardware or FRED emulator is available to this project's CI. There, layout and
+//! encodings (frame offsets, slot bits, MSR values, instruction bytes, entry-page offsets) are
+//! checked by host tests, and software delivery and the entry stubs' save/dispatch/restore path
+//! run for real in user space with an emulated return in place of ERETS/ERETU.
+//!
+//! Outside CI, the example hypervisor's FRED host mode ran these paths for real (entry page at
+//! ring 0, software delivery ending in ERETS, NMI-marked ERETS-to-self) in an upstream Bochs
+//! build with FRED (cpu model `wildcat_lake`); `cargo xtask run --bochs PATH --cpu wildcat_lake`
+//! repeats that with a Bochs you supply. That run found that ERETS/ERETU skip the error code
+//! themselves (RSP must point at the frame, not at its RIP slot), which the stubs now do. ERETU
+//! (a return to ring 3) has not been executed anywhere.
 //!
 //! # Example: the SS slot of a re-delivered NMI
 //!

@@ -60,8 +60,9 @@
 //! - `defmt`: derives `defmt::Format` for the public types.
 //!
 //! `#![no_std]`, no allocation; minimum Rust 1.88. The direct-call and unblocking assembly is
-//! `x86_64`-only; the IDT direct call and IRET-to-self are tested in user space, the FRED paths
-//! are not executed in CI (no FRED hardware or emulator there).
+//! `x86_64`-only; the IDT direct call and IRET-to-self are tested in user space. The FRED paths
+//! are not executed in CI (no FRED hardware or emulator there); they ran in the example
+//! hypervisor under an upstream Bochs build with FRED (`wildcat_lake`).
 #![cfg_attr(not(test), no_std)]
 #![deny(unsafe_op_in_unsafe_fn)]
 #![deny(clippy::undocumented_unsafe_blocks)]
