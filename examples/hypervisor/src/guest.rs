@@ -126,13 +126,6 @@ unsafe extern "C" {
     fn guest_fault_entry();
 }
 
-fn gate(handler: u64) -> (u64, u64) {
-    (
-        (handler & 0xFFFF) | (0x08 << 16) | (0x8E << 40) | ((handler >> 16) & 0xFFFF) << 48,
-        handler >> 32,
-    )
-}
-
 /// Base of the guest area.
 pub fn area() -> u64 {
     core::ptr::addr_of!(AREA) as u64
@@ -158,7 +151,7 @@ pub fn init() {
             0x40 => guest_irq_entry as *const () as u64,
             _ => guest_fault_entry as *const () as u64,
         };
-        let (low, high) = gate(handler);
+        let (low, high) = crate::host::gate(handler);
         table[vector * 2] = low;
         table[vector * 2 + 1] = high;
     }
@@ -201,6 +194,30 @@ fn send_self_nmi(apic: u64, apic_id: u32) {
     }
 }
 
+/// Scenario 2's guest half: keep running while the host timer fires.
+fn timer_scenario() {
+    vmcall(call::TIMER_START, 0, 0);
+    while vmcall(call::TIMER_POLL, 0, 0).0 == 0 {
+        for _ in 0..200 {
+            core::hint::spin_loop();
+        }
+    }
+    vmcall(call::TIMER_STOP, 0, 0);
+}
+
+/// Scenario 3's guest half: 200 self-NMIs through the physical APIC, per strategy.
+fn host_nmi_scenarios(apic: u64, apic_id: u32) {
+    for strategy in 0..2u64 {
+        vmcall(call::NMI_BEGIN, strategy, 0);
+        let mut sent = 0;
+        for _ in 0..200 {
+            send_self_nmi(apic, apic_id);
+            sent += 1;
+        }
+        vmcall(call::NMI_END, sent, 0);
+    }
+}
+
 /// The guest program: the guest half of every scenario, in order.
 pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
     // Scenario 1: CPUID and VMCALL round trips, checked here.
@@ -226,24 +243,10 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
     vmcall(call::ROUND_TRIPS_END, checked, mismatches);
 
     // Scenario 2: host timer interrupts while the guest runs.
-    vmcall(call::TIMER_START, 0, 0);
-    while vmcall(call::TIMER_POLL, 0, 0).0 == 0 {
-        for _ in 0..200 {
-            core::hint::spin_loop();
-        }
-    }
-    vmcall(call::TIMER_STOP, 0, 0);
+    timer_scenario();
 
     // Scenario 3: host NMIs while the guest runs, each strategy.
-    for strategy in 0..2u64 {
-        vmcall(call::NMI_BEGIN, strategy, 0);
-        let mut sent = 0;
-        for _ in 0..200 {
-            send_self_nmi(apic, apic_id);
-            sent += 1;
-        }
-        vmcall(call::NMI_END, sent, 0);
-    }
+    host_nmi_scenarios(apic, apic_id);
 
     // Scenario 4: virtual NMIs forwarded while the guest blocks NMIs.
     let start = GUEST_NMI_COUNT.load(Ordering::SeqCst);
@@ -301,22 +304,8 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
 
     // Scenario 8: on a FRED host, scenarios 2 and 3 again through the FRED paths.
     if vmcall(call::FRED_BEGIN, 0, 0).0 == 1 {
-        vmcall(call::TIMER_START, 0, 0);
-        while vmcall(call::TIMER_POLL, 0, 0).0 == 0 {
-            for _ in 0..200 {
-                core::hint::spin_loop();
-            }
-        }
-        vmcall(call::TIMER_STOP, 0, 0);
-        for strategy in 0..2u64 {
-            vmcall(call::NMI_BEGIN, strategy, 0);
-            let mut sent = 0;
-            for _ in 0..200 {
-                send_self_nmi(apic, apic_id);
-                sent += 1;
-            }
-            vmcall(call::NMI_END, sent, 0);
-        }
+        timer_scenario();
+        host_nmi_scenarios(apic, apic_id);
     }
 
     loop {

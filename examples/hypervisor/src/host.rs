@@ -151,7 +151,8 @@ extern "C" fn host_exception(vector: u64, frame: *const u64) -> ! {
     crate::port::exit(crate::port::status::PANIC)
 }
 
-fn gate(handler: u64) -> (u64, u64) {
+/// A 64-bit interrupt gate (present, DPL 0, selector 0x08, no IST) for `handler`.
+pub fn gate(handler: u64) -> (u64, u64) {
     let low = (handler & 0xFFFF) | (0x08 << 16) | (0x8E << 40) | ((handler >> 16) & 0xFFFF) << 48;
     (low, handler >> 32)
 }

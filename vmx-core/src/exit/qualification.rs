@@ -303,43 +303,57 @@ raw_newtype! {
     VmxInstructionInfo: u32
 }
 
+/// The memory-operand fields that VMX-instruction and descriptor-table instruction information
+/// share (SDM "Format of the VM-Exit Instruction-Information Field"): scaling 1:0, register
+/// operand 6:3, address size 9:7, register/memory 10, segment 17:15, index 21:18 (+ invalid 22),
+/// base 26:23 (+ invalid 27).
+macro_rules! memory_operand_fields {
+    ($name:ident) => {
+        impl $name {
+            /// Bits 1:0: scaling (0 none, 1 by 2, 2 by 4, 3 by 8).
+            pub const fn scaling(self) -> u8 {
+                self.bits(0, 2) as u8
+            }
+            /// Bits 6:3: the register operand (when bit 10 says register).
+            pub const fn register1(self) -> GeneralRegister {
+                GeneralRegister(self.bits(3, 4) as u8)
+            }
+            /// Bits 9:7: address size (0 16-bit, 1 32-bit, 2 64-bit).
+            pub const fn address_size(self) -> u8 {
+                self.bits(7, 3) as u8
+            }
+            /// Bit 10: the operand is a register (`true`) or memory (`false`).
+            pub const fn register_operand(self) -> bool {
+                self.bit(10)
+            }
+            /// Bits 17:15: segment register (0 ES ... 5 GS).
+            pub const fn segment(self) -> u8 {
+                self.bits(15, 3) as u8
+            }
+            /// Bits 21:18: index register.
+            pub const fn index_register(self) -> GeneralRegister {
+                GeneralRegister(self.bits(18, 4) as u8)
+            }
+            /// Bit 22: index register invalid.
+            pub const fn index_invalid(self) -> bool {
+                self.bit(22)
+            }
+            /// Bits 26:23: base register.
+            pub const fn base_register(self) -> GeneralRegister {
+                GeneralRegister(self.bits(23, 4) as u8)
+            }
+            /// Bit 27: base register invalid.
+            pub const fn base_invalid(self) -> bool {
+                self.bit(27)
+            }
+        }
+    };
+}
+
+memory_operand_fields!(VmxInstructionInfo);
+memory_operand_fields!(DescriptorTableInfo);
+
 impl VmxInstructionInfo {
-    /// Bits 1:0: scaling (0 none, 1 by 2, 2 by 4, 3 by 8).
-    pub const fn scaling(self) -> u8 {
-        self.bits(0, 2) as u8
-    }
-    /// Bits 6:3: register operand 1 (VMREAD/VMWRITE with register operand).
-    pub const fn register1(self) -> GeneralRegister {
-        GeneralRegister(self.bits(3, 4) as u8)
-    }
-    /// Bits 9:7: address size (0 16-bit, 1 32-bit, 2 64-bit).
-    pub const fn address_size(self) -> u8 {
-        self.bits(7, 3) as u8
-    }
-    /// Bit 10: memory operand is a register (`true`) or memory (`false`).
-    pub const fn register_operand(self) -> bool {
-        self.bit(10)
-    }
-    /// Bits 17:15: segment register (0 ES ... 5 GS).
-    pub const fn segment(self) -> u8 {
-        self.bits(15, 3) as u8
-    }
-    /// Bits 21:18: index register.
-    pub const fn index_register(self) -> GeneralRegister {
-        GeneralRegister(self.bits(18, 4) as u8)
-    }
-    /// Bit 22: index register invalid.
-    pub const fn index_invalid(self) -> bool {
-        self.bit(22)
-    }
-    /// Bits 26:23: base register.
-    pub const fn base_register(self) -> GeneralRegister {
-        GeneralRegister(self.bits(23, 4) as u8)
-    }
-    /// Bit 27: base register invalid.
-    pub const fn base_invalid(self) -> bool {
-        self.bit(27)
-    }
     /// Bits 31:28: register operand 2 (VMREAD/VMWRITE field encoding, INVEPT/INVVPID type).
     pub const fn register2(self) -> GeneralRegister {
         GeneralRegister(self.bits(28, 4) as u8)
@@ -367,45 +381,9 @@ raw_newtype! {
 }
 
 impl DescriptorTableInfo {
-    /// Bits 1:0: scaling.
-    pub const fn scaling(self) -> u8 {
-        self.bits(0, 2) as u8
-    }
-    /// Bits 6:3: register operand (LDTR/TR exits with a register operand).
-    pub const fn register1(self) -> GeneralRegister {
-        GeneralRegister(self.bits(3, 4) as u8)
-    }
-    /// Bits 9:7: address size.
-    pub const fn address_size(self) -> u8 {
-        self.bits(7, 3) as u8
-    }
-    /// Bit 10: register operand (LDTR/TR only).
-    pub const fn register_operand(self) -> bool {
-        self.bit(10)
-    }
     /// Bit 11: operand size 32-bit (GDTR/IDTR only; `false`: 16-bit).
     pub const fn operand_size_32(self) -> bool {
         self.bit(11)
-    }
-    /// Bits 17:15: segment register.
-    pub const fn segment(self) -> u8 {
-        self.bits(15, 3) as u8
-    }
-    /// Bits 21:18: index register.
-    pub const fn index_register(self) -> GeneralRegister {
-        GeneralRegister(self.bits(18, 4) as u8)
-    }
-    /// Bit 22: index register invalid.
-    pub const fn index_invalid(self) -> bool {
-        self.bit(22)
-    }
-    /// Bits 26:23: base register.
-    pub const fn base_register(self) -> GeneralRegister {
-        GeneralRegister(self.bits(23, 4) as u8)
-    }
-    /// Bit 27: base register invalid.
-    pub const fn base_invalid(self) -> bool {
-        self.bit(27)
     }
     /// Bits 29:28: the instruction.
     pub const fn instruction(self) -> DescriptorTableInstruction {
