@@ -152,6 +152,12 @@ macro_rules! build_frame_and_dispatch {
     };
 }
 
+/// The address of the ERETS variant (tests read its machine code).
+#[cfg(all(test, target_arch = "x86_64"))]
+pub(crate) fn deliver_erets_address() -> u64 {
+    deliver_erets as *const () as u64
+}
+
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
 unsafe extern "sysv64" fn deliver_erets(ss_bits: u64, dispatcher: Dispatcher, red_zone: u64) {

@@ -242,6 +242,40 @@ mod user_space_tests {
     }
 
     crate::fred_entry_page_emulated_return!(TestEntry => record);
+    crate::fred_entry_page!(RealEntry => record);
+
+    fn code(address: u64, length: usize) -> std::vec::Vec<u8> {
+        // SAFETY: reading this crate's own machine code, which is mapped readable.
+        unsafe { core::slice::from_raw_parts(address as *const u8, length) }.to_vec()
+    }
+
+    fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
+        haystack.windows(needle.len()).position(|window| window == needle)
+    }
+
+    /// Regression (found under a FRED-capable Bochs): ERETS/ERETU skip the error code
+    /// themselves, so the stubs must return with RSP at the frame: the instruction before
+    /// ERETS/ERETU is the last register pop (`pop r15`), not `add rsp, 8`.
+    #[test]
+    fn real_stubs_return_with_rsp_at_the_error_code() {
+        let user = code(RealEntry::address(), 256);
+        let kernel = code(RealEntry::kernel_entry(), 256);
+        for (stub, erex) in
+            [(&user, [0xF3u8, 0x0F, 0x01, 0xCA]), (&kernel, [0xF2, 0x0F, 0x01, 0xCA])]
+        {
+            let at = find(stub, &erex).expect("return instruction in the stub");
+            assert_eq!(&stub[at - 2..at], &[0x41, 0x5F], "pop r15 right before the return");
+        }
+    }
+
+    /// Same regression for software delivery: after the dispatcher, only the alignment slot
+    /// and the saved registers are dropped (`add rsp, 128`), then ERETS.
+    #[test]
+    fn software_delivery_returns_with_rsp_at_the_error_code() {
+        let body = code(crate::deliver::deliver_erets_address(), 512);
+        let at = find(&body, &[0xF2, 0x0F, 0x01, 0xCA]).expect("ERETS in deliver");
+        assert_eq!(&body[at - 7..at], &[0x48, 0x81, 0xC4, 0x80, 0x00, 0x00, 0x00], "add rsp, 128");
+    }
 
     static ENTRY: Mutex<u64> = Mutex::new(0);
     static mut ENTRY_SLOT: u64 = 0;
