@@ -16,6 +16,7 @@
 //! destinations: an NMI "to self" cannot be written. Fixed and lowest-priority vectors 0-15 are
 //! rejected ([`IpiError::ReservedVector`]); destinations are checked against the APIC mode when
 //! the ICR value is produced ([`Ipi::encode`]).
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

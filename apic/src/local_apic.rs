@@ -1,4 +1,5 @@
 //! The [`LocalApic`] interface shared by xAPIC and x2APIC.
+#![forbid(unsafe_code)]
 
 use crate::icr::{Destination, Ipi, IpiError, Mode, Target};
 use crate::lvt::{Divide, LvtEntry, TimerMode};

@@ -1,5 +1,6 @@
 //! Local vector table entries and the APIC timer (SDM Vol. 3A "Local Vector Table",
 //! "APIC Timer").
+#![forbid(unsafe_code)]
 
 /// LVT delivery modes (bits 10:8). Not every LVT entry accepts every mode: the timer and error
 /// entries only use fixed.

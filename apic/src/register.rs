@@ -1,6 +1,7 @@
 //! Local APIC register offsets (xAPIC MMIO offsets; SDM Vol. 3A "Local APIC Register Address
 //! Map") and their x2APIC MSR numbers (0x800 + offset / 16; SDM "x2APIC Register Address
 //! Space").
+#![forbid(unsafe_code)]
 
 /// Local APIC ID.
 pub const ID: u32 = 0x020;

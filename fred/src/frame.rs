@@ -1,5 +1,6 @@
 //! The FRED stack frame and its CS and SS slots (FRED specification, "Event Delivery";
 //! shared/FACTS.md section 3).
+#![forbid(unsafe_code)]
 
 use core::mem::{align_of, offset_of, size_of};
 

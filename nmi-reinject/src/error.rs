@@ -1,4 +1,5 @@
 //! Errors, each saying what state the event is in.
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

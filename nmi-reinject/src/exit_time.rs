@@ -6,6 +6,7 @@
 //! the NMI (shared/FACTS.md section 1; Linux KVM commit 11df586d774f). Reading the exit
 //! information with VMREAD is fine. The order is: host NMI first, then the acknowledged
 //! interrupt, then guest-side work.
+#![forbid(unsafe_code)]
 
 use crate::error::ReinjectError;
 use crate::strategy::{IrqDelivery, NmiReinjector};

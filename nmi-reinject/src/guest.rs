@@ -1,6 +1,7 @@
 //! Guest-side event handling: re-injecting an event whose delivery a VM exit interrupted,
 //! restoring NMI blocking after "NMI unblocking due to IRET", injecting through the VM-entry
 //! validator, and queueing events until the guest can take them (shared/FACTS.md sections 6-7).
+#![forbid(unsafe_code)]
 
 use core::fmt;
 use hvkit_vmx_core::VmFail;

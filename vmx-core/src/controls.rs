@@ -6,6 +6,7 @@
 //! error naming the control set and bit ([`ControlError`]). With IA32_VMX_BASIC\[55\] the
 //! `IA32_VMX_TRUE_*` MSRs are used, so "default1" controls that the processor lets software clear
 //! (CR3-load/store exiting, for example) stay clear.
+#![forbid(unsafe_code)]
 
 use crate::caps::VmxCapabilities;
 use core::fmt;

@@ -6,6 +6,7 @@
 //! hardware (VMfailValid error 7 for the control-field rules, an exit with reason 33 for the
 //! guest-state rules). The rules that depend on the processor take their switches from
 //! [`EntryCapabilities`].
+#![forbid(unsafe_code)]
 
 use crate::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo, vector};
 use core::fmt;

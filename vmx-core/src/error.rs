@@ -1,5 +1,6 @@
 //! VMX instruction failures: `VMfailInvalid` and `VMfailValid` with the VM-instruction error
 //! number (SDM Vol. 3C, "VM Instruction Error Numbers"; shared/FACTS.md section 11).
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

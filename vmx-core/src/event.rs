@@ -1,6 +1,7 @@
 //! Events: interruption information, event types, guest interruptibility and activity state,
 //! pending debug exceptions (SDM Vol. 3C "VM-Entry Controls for Event Injection", "Information
 //! for VM Exits Due to Vectored Events", "Guest Non-Register State").
+#![forbid(unsafe_code)]
 
 use core::fmt;
 

@@ -25,6 +25,7 @@
 //! Encoding layout (SDM B.1; shared/FACTS.md section 8): bit 0 access type (1 = high half of a
 //! 64-bit field), bits 9:1 index, bits 11:10 type (0 control, 1 VM-exit information, 2 guest state,
 //! 3 host state), bit 12 reserved (0), bits 14:13 width (0 16-bit, 1 64-bit, 2 32-bit, 3 natural).
+#![forbid(unsafe_code)]
 
 use core::fmt;
 use core::marker::PhantomData;

@@ -2,6 +2,7 @@
 //! for ..." tables and "VM-Exit Instruction Information"). Every decoder accepts any value,
 //! never panics, keeps the raw bits (`raw()` returns the input) and reports unknown encodings
 //! as values.
+#![forbid(unsafe_code)]
 
 use super::BasicExitReason;
 
