@@ -7,15 +7,6 @@ use hvkit_apic::{ApicBase, CountingMode, LocalApic, MmioRegisters, Svr, XApic};
 
 static mut APIC: Option<XApic<MmioRegisters>> = None;
 
-fn read_msr(msr: u32) -> u64 {
-    let (low, high): (u32, u32);
-    // SAFETY: RDMSR of an architectural MSR at CPL 0.
-    unsafe {
-        core::arch::asm!("rdmsr", in("ecx") msr, out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
-    };
-    (u64::from(high) << 32) | u64::from(low)
-}
-
 /// The APIC handle (single CPU, used with interrupts off or from the handlers).
 #[allow(
     static_mut_refs,
@@ -34,7 +25,7 @@ pub fn get() -> &'static mut XApic<MmioRegisters> {
 
 /// Finds the APIC, checks xAPIC mode, software-enables it.
 pub fn init() -> Result<u32, hvkit_apic::ModeError> {
-    let base = ApicBase(read_msr(0x1B));
+    let base = ApicBase(crate::cpu::rdmsr(0x1B));
     let Some(page) = NonNull::new(base.base_address() as *mut u32) else {
         return Err(hvkit_apic::ModeError::NotInMode {
             expected: hvkit_apic::Mode::XApic,
@@ -54,7 +45,7 @@ pub fn init() -> Result<u32, hvkit_apic::ModeError> {
 
 /// Physical base of the APIC page.
 pub fn base_address() -> u64 {
-    ApicBase(read_msr(0x1B)).base_address()
+    ApicBase(crate::cpu::rdmsr(0x1B)).base_address()
 }
 
 /// EOI.
@@ -79,7 +70,7 @@ pub fn stop_timer() {
 
 /// A second handle on the same APIC page, for the self-NMI strategy (which owns its sender).
 pub fn second_handle() -> XApic<MmioRegisters> {
-    let base = ApicBase(read_msr(0x1B));
+    let base = ApicBase(crate::cpu::rdmsr(0x1B));
     let page = NonNull::new(base.base_address() as *mut u32).unwrap_or(NonNull::dangling());
     // SAFETY: the same identity-mapped APIC page as `init`; single CPU, used only with
     // interrupts disabled, never concurrently with the first handle.

@@ -234,14 +234,7 @@ extern "C" fn fred_dispatch(
     frame: &mut hvkit_fred::Frame,
     _registers: &mut hvkit_fred::SavedRegisters,
 ) {
-    let tsc = {
-        let (low, high): (u32, u32);
-        // SAFETY: RDTSC has no side effects.
-        unsafe {
-            core::arch::asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
-        };
-        (u64::from(high) << 32) | u64::from(low)
-    };
+    let tsc = crate::cpu::rdtsc();
     match (frame.ss.event_type(), frame.ss.vector()) {
         (hvkit_fred::EventType::Nmi, _) => {
             HOST_NMI_TSC.store(tsc, Ordering::SeqCst);
@@ -272,14 +265,6 @@ pub fn fred_dispatcher() -> hvkit_fred::Dispatcher {
 /// Red zone configured in IA32_FRED_CONFIG (one 64-byte unit, as Linux does).
 pub const FRED_RED_ZONE_UNITS: u8 = 1;
 
-fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: FRED MSRs, written only when CPUID reports FRED.
-    unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
-            options(nostack, preserves_flags));
-    }
-}
-
 /// Switches the host to FRED event delivery. Returns the new CR4.
 pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     use hvkit_fred::config::{CR4_FRED, msr};
@@ -288,10 +273,10 @@ pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
         core::ptr::addr_of!(FRED_STACK) as u64 + FRED_STACK_SIZE as u64,
     )?;
     for level in 0..4u8 {
-        wrmsr(msr::rsp(level), stack);
+        crate::cpu::wrmsr(msr::rsp(level), stack);
     }
-    wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
-    wrmsr(msr::IA32_FRED_CONFIG, config.raw());
+    crate::cpu::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
+    crate::cpu::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
     let cr4: u64;
     // SAFETY: reading and writing CR4 at CPL 0; FRED is supported (the caller checked CPUID and
     // the VMX CR4 fixed bits), and the entry page and MSRs are set up.

@@ -6,6 +6,7 @@
 
 mod apic;
 mod boot;
+mod cpu;
 mod guest;
 mod host;
 mod port;
@@ -26,15 +27,6 @@ use port::status;
 fn panic(info: &core::panic::PanicInfo<'_>) -> ! {
     println!("HVKIT panic: {info}");
     port::exit(status::PANIC)
-}
-
-fn rdtsc() -> u64 {
-    let (low, high): (u32, u32);
-    // SAFETY: RDTSC has no side effects.
-    unsafe {
-        core::arch::asm!("rdtsc", out("eax") low, out("edx") high, options(nomem, nostack, preserves_flags))
-    };
-    (u64::from(high) << 32) | u64::from(low)
 }
 
 /// One scenario line.
@@ -171,6 +163,9 @@ extern "C" fn kernel_main() -> ! {
     run(&mut vmcs, &vmx, apic::base_address(), apic_id)
 }
 
+/// Host timer interrupts the timer scenario waits for.
+const TIMER_TARGET: u64 = 100;
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Strategy {
     DirectCall,
@@ -190,16 +185,7 @@ impl Strategy {
 
 /// `None` when the host can switch to FRED, else why not.
 fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
-    #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
-    // SAFETY: CPUID has no side effects.
-    let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
-    let eax = if max >= 7 {
-        #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
-        // SAFETY: as above.
-        unsafe { core::arch::x86_64::__cpuid_count(7, 1) }.eax
-    } else {
-        0
-    };
+    let eax = hvkit_fred::config::cpuid_7_1_eax();
     if !hvkit_fred::config::fred_supported(eax) {
         Some("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
     } else if vmx.caps.cr4.fixed1 & hvkit_fred::config::CR4_FRED == 0 {
@@ -287,7 +273,6 @@ fn run(
     let mut previous = None;
     let mut strategy = Strategy::DirectCall;
     let mut phase = snapshot();
-    let mut timer_target = 0u64;
     let mut armed_page: Option<u64> = None;
 
     loop {
@@ -300,7 +285,7 @@ fn run(
                 port::exit(status::FAIL)
             }
         };
-        let exit_tsc = rdtsc();
+        let exit_tsc = cpu::rdtsc();
         let info = match ExitInfo::read(vmcs, &exit, ExitInfoOptions::default()) {
             Ok(info) => info,
             Err(fail) => {
@@ -398,13 +383,12 @@ fn run(
                     }
                     guest::call::TIMER_START => {
                         phase = snapshot();
-                        timer_target = 100;
                         apic::start_timer(50_000);
                     }
                     guest::call::TIMER_POLL => {
                         registers.rax = u64::from(
                             host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - phase.host_timer
-                                >= timer_target,
+                                >= TIMER_TARGET,
                         );
                         advance = true;
                     }
@@ -621,7 +605,7 @@ fn run(
             println!("HVKIT error: guest event queue: {error}");
             port::exit(status::FAIL)
         }
-        phase.exit_to_entry += rdtsc() - exit_tsc;
+        phase.exit_to_entry += cpu::rdtsc() - exit_tsc;
         phase.entries += 1;
         previous = Some(exit);
     }

@@ -3,9 +3,7 @@
 use crate::host;
 use crate::println;
 use hvkit_vmx_core::VmFail;
-use hvkit_vmx_core::caps::{
-    CapabilityMsrs, FeatureControl, HardwareMsrs, VmxCapabilities, VmxonReadiness, msr,
-};
+use hvkit_vmx_core::caps::{FeatureControl, HardwareMsrs, VmxCapabilities, VmxonReadiness, msr};
 use hvkit_vmx_core::controls::{
     self, AdjustedControls, ControlRequest, EntryControls, ExitControls, PinBasedControls,
     PrimaryControls, SecondaryControls,
@@ -46,18 +44,6 @@ pub fn detect() -> Result<(), &'static str> {
     Ok(())
 }
 
-fn rdmsr(number: u32) -> u64 {
-    // SAFETY: only architectural MSRs that exist on VMX CPUs are read.
-    unsafe { HardwareMsrs::new() }.read_msr(number).unwrap_or(0)
-}
-
-fn wrmsr(number: u32, value: u64) {
-    // SAFETY: IA32_FEATURE_CONTROL, written only while unlocked.
-    unsafe {
-        core::arch::asm!("wrmsr", in("ecx") number, in("eax") value as u32, in("edx") (value >> 32) as u32, options(nostack, preserves_flags))
-    };
-}
-
 fn read_cr(number: u8) -> u64 {
     let value: u64;
     // SAFETY: reading control registers at CPL 0 has no side effects.
@@ -89,10 +75,12 @@ pub struct Vmx {
 
 /// Enables VMX: feature control, fixed bits, VMXON, VMCS. Prints each step.
 pub fn enable() -> Result<Vmx, &'static str> {
-    let feature = FeatureControl(rdmsr(msr::IA32_FEATURE_CONTROL));
+    let feature = FeatureControl(crate::cpu::rdmsr(msr::IA32_FEATURE_CONTROL));
     match feature.vmxon_readiness() {
         VmxonReadiness::Ready => {}
-        VmxonReadiness::NeedsEnabling => wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()),
+        VmxonReadiness::NeedsEnabling => {
+            crate::cpu::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value())
+        }
         VmxonReadiness::DisabledByFirmware => {
             return Err(
                 "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)",
