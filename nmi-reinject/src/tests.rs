@@ -370,6 +370,13 @@ struct FakeSender<'a> {
     fail_send: bool,
 }
 
+impl<'a> FakeSender<'a> {
+    /// An edge-triggering sender whose NMIs never reach the handler on their own.
+    fn new(handled: &'a AtomicU64) -> Self {
+        Self { handled, latency: None, log: std::vec::Vec::new(), level: false, fail_send: false }
+    }
+}
+
 impl SelfIpiSender for FakeSender<'_> {
     fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
         if self.fail_send {
@@ -407,13 +414,7 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
         let handled = AtomicU64::new(7);
         let polls = std::cell::Cell::new(0);
         let unblocks = std::cell::Cell::new(0);
-        let sender = FakeSender {
-            handled: &handled,
-            latency: Some(latency),
-            log: std::vec::Vec::new(),
-            level: false,
-            fail_send: false,
-        };
+        let sender = FakeSender { latency: Some(latency), ..FakeSender::new(&handled) };
         let delay = || {
             polls.set(polls.get() + 1);
             if polls.get() == latency {
@@ -443,13 +444,7 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
 fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
     let handled = AtomicU64::new(0);
     let unblocks = std::cell::Cell::new(0);
-    let sender = FakeSender {
-        handled: &handled,
-        latency: None,
-        log: std::vec::Vec::new(),
-        level: false,
-        fail_send: true,
-    };
+    let sender = FakeSender { fail_send: true, ..FakeSender::new(&handled) };
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
     let error = strategy.reinject_nmi().unwrap_err();
     assert_eq!(error.state(), EventState::NotDelivered);
@@ -460,13 +455,7 @@ fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
 fn self_nmi_irqs_requeue_edge_and_refuse_level() {
     let handled = AtomicU64::new(0);
     let unblocks = std::cell::Cell::new(0);
-    let sender = FakeSender {
-        handled: &handled,
-        latency: None,
-        log: std::vec::Vec::new(),
-        level: false,
-        fail_send: false,
-    };
+    let sender = FakeSender::new(&handled);
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
     assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
     assert_eq!(strategy.sender_mut().log, ["ipi", "eoi"], "re-queue before EOI");
