@@ -7,6 +7,7 @@
 mod apic;
 mod boot;
 mod cpu;
+mod entry_diff;
 mod guest;
 mod host;
 mod port;
@@ -152,6 +153,7 @@ extern "C" fn kernel_main() -> ! {
     };
     guest::init();
     let eptp = vmx::build_ept(guest::area());
+    entry_diff::run(&vmx, guest::stack_top(), guest::idt(), eptp);
     let mut vmcs = vmx::vmcs();
     let guest_rip = guest::main as *const () as u64;
     if let Err(fail) =

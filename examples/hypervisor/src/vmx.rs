@@ -170,6 +170,19 @@ pub fn vmcs() -> ActiveVmcs<'static> {
     }
 }
 
+/// Lends the VMX root token to `body` (which may make another VMCS current), then makes the
+/// example's VMCS current again. Call before [`vmcs`].
+#[allow(static_mut_refs, reason = "single CPU; no `ActiveVmcs` exists yet")]
+pub fn with_root(body: impl FnOnce(&mut VmxRoot)) -> Result<(), VmFail> {
+    // SAFETY: `enable` stored the root token; single CPU; `vmcs` has not been called yet.
+    let Some(root) = (unsafe { VMX_ROOT.as_mut() }) else {
+        crate::port::exit(crate::port::status::PANIC)
+    };
+    body(root);
+    // SAFETY: the example's VMCS region was cleared by `enable` and never launched.
+    unsafe { root.load(core::ptr::addr_of!(VMCS_REGION) as u64) }.map(drop)
+}
+
 /// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.
 pub fn build_ept(area: u64) -> u64 {
     let area_index = (area >> 21) as usize;
