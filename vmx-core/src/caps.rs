@@ -405,6 +405,7 @@ impl FixedBits {
 }
 
 /// Everything the VMX capability MSRs say, read once.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmxCapabilities {
     /// IA32_VMX_BASIC.
