@@ -348,9 +348,6 @@ impl fmt::Display for ControlError {
     }
 }
 
-/// The allowed settings of a 32-bit control set: a capability MSR's low half is the allowed-0
-/// settings (a 1 means the control must be 1), its high half the allowed-1 settings (a 0 means
-
 /// `defmt::Format` for the control bit sets: the raw value in hex (decode with the SDM tables).
 #[cfg(feature = "defmt")]
 macro_rules! format_as_bits {
@@ -374,6 +371,8 @@ format_as_bits!(
     EntryControls,
 );
 
+/// The allowed settings of a 32-bit control set: a capability MSR's low half is the allowed-0
+/// settings (a 1 means the control must be 1), its high half the allowed-1 settings (a 0 means
 /// the control must be 0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
