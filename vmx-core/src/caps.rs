@@ -1,4 +1,4 @@
-//! VMX capability MSRs (SDM Vol. 3D Appendix A; shared/FACTS.md section 8): reading them
+//! VMX capability MSRs (SDM Vol. 3D Appendix A): reading them
 //! safely and decoding them.
 //!
 //! MSRs are read through [`CapabilityMsrs`], so the decoding and the control adjustment in
