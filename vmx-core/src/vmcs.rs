@@ -139,8 +139,9 @@ impl SoftVmcs {
     /// the returned token lets [`ExitInfo`](crate::exit::ExitInfo) read them.
     ///
     /// A processor rewrites the exit-information fields at every VM exit (SDM Vol. 3C 27.2
-    /// "Recording VM-Exit Information and Updating VM-Entry Control Fields"): the valid bit of the VM-exit interruption information
-    /// and of the IDT-vectoring information is 0 unless this exit is due to an event or
+    /// "Recording VM-Exit Information and Updating VM-Entry Control Fields"): the valid bit of
+    /// the VM-exit interruption information and of the IDT-vectoring information is 0 unless
+    /// this exit is due to an event or
     /// interrupted an event's delivery, and the other fields (qualification, error codes,
     /// instruction length and information, linear and physical address, original event data)
     /// are undefined when they do not apply. So every exit-information field not set with
