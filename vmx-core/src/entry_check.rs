@@ -1,6 +1,6 @@
 //! A validator of the VM-entry event-injection fields and the guest state tied to them
 //! (SDM Vol. 3C 26.2.1.3 "Checks on VM-Entry Control Fields" and 26.3.1.5 "Checks on Guest
-//! Non-Register State"; shared/FACTS.md section 7).
+//! Non-Register State").
 //!
 //! Run [`check`] before writing an injection: a violation here is a VM-entry failure on
 //! hardware (VMfailValid error 7 for the control-field rules, an exit with reason 33 for the
