@@ -94,10 +94,12 @@ pub fn idt_vectoring_event(
 }
 
 /// `true` when the exit reports "NMI unblocking due to IRET" in a way that obliges the
-/// hypervisor to set blocking-by-NMI again before re-entry (SDM Vol. 3C 27.2.3 "Information
-/// for VM Exits During Event Delivery" and 27.2.2 for the exit qualification): virtual NMIs on, IDT-vectoring information not valid, and either the exit interruption information is
-/// valid with bit 12 set and a vector other than #DF, or the exit is an EPT violation, a
-/// page-modification-log-full exit or a NOTIFY exit whose qualification has bit 12 set.
+/// hypervisor to set blocking-by-NMI again before re-entry (SDM Vol. 3C 27.2.2 "Information for
+/// VM Exits Due to Vectored Events" for the exit interruption information, 27.2.1 for the exit
+/// qualifications): virtual NMIs on, IDT-vectoring information not valid, and either the exit
+/// interruption information is valid with bit 12 set and a vector other than #DF, or the exit
+/// is an EPT violation, a page-modification-log-full exit or a NOTIFY exit whose qualification
+/// has bit 12 set.
 pub fn nmi_unblocked_by_iret(info: &ExitInfo<'_>, virtual_nmis: bool) -> bool {
     if !virtual_nmis || info.idt_vectoring_info.is_valid() {
         return false;
