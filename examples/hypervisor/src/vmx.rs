@@ -8,6 +8,7 @@ use hvkit_vmx_core::controls::{
     self, AdjustedControls, ControlRequest, EntryControls, ExitControls, PinBasedControls,
     PrimaryControls, SecondaryControls,
 };
+use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
@@ -228,7 +229,8 @@ pub fn setup_vmcs(
     }
     vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
     vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
-    vmcs.write(field::EXCEPTION_BITMAP, 0)?;
+    // #DB and #AC always exit (a guest could otherwise hang the host with them).
+    vmcs.write(field::EXCEPTION_BITMAP, ExceptionBitmap::new().raw())?;
     vmcs.write(field::CR3_TARGET_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_STORE_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_LOAD_COUNT, 0)?;
