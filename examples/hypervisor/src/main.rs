@@ -205,6 +205,7 @@ struct Counters {
     ept_violations: u64,
     reinjected: u64,
     merged_nmis: u64,
+    reflected: u64,
     blocking_restored: u64,
     reinject_errors: u64,
     host_nmi: u64,
@@ -327,7 +328,10 @@ fn run(
             }
             BasicExitReason::ExternalInterrupt => phase.timer_exits += 1,
             BasicExitReason::NmiWindow => phase.nmi_window_exits += 1,
-            BasicExitReason::ExceptionOrNmi => reflect_exception(&info, &mut reflected),
+            BasicExitReason::ExceptionOrNmi => {
+                reflect_exception(&info, &mut reflected);
+                phase.reflected += 1;
+            }
             BasicExitReason::InterruptWindow => {}
             BasicExitReason::Cpuid => {
                 emulate_cpuid(&mut registers);
@@ -545,6 +549,32 @@ fn run(
                         });
                         phase = snapshot();
                     }
+                    guest::call::REFLECT_BEGIN => phase = snapshot(),
+                    guest::call::REFLECT_END => {
+                        let expected = 2 * guest::REFLECTED_EACH;
+                        report(Line {
+                            name: "exception-reflection",
+                            strategy: "n/a",
+                            sent: expected,
+                            exits: phase.reflected,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: 0,
+                            // Every INT1 and single step exited (#DB is always intercepted),
+                            // was reflected once, and each single step reached the guest
+                            // handler with DR6.BS set by the hypervisor.
+                            pass: phase.reflected == expected && second == guest::REFLECTED_EACH,
+                            extra: Extra::default(),
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::NMI_SEND_TIMEOUTS if first != 0 => {
+                        println!(
+                            "HVKIT error: the guest gave up {first} self-NMI sends (ICR busy)"
+                        );
+                        port::exit(status::FAIL)
+                    }
+                    guest::call::NMI_SEND_TIMEOUTS => {}
                     guest::call::FRED_BEGIN => match fred_unavailable(vmx) {
                         Some(reason) => {
                             skip("fred", reason);
