@@ -4,6 +4,7 @@ use crate::report::{self, Report};
 use crate::util::{self, Failure, Result, fail, note, root, run, step};
 use std::fs;
 use std::io::Read;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
@@ -462,23 +463,44 @@ pub fn ensure_bochs31() -> Result<PathBuf> {
         fs::create_dir_all(parent)
             .map_err(|e| Failure(format!("creating {}: {e}", parent.display())))?;
     }
+    // The build's own output goes to a log beside the root; its tail is shown on failure.
+    let mut log_name = root.file_name().unwrap_or_default().to_os_string();
+    log_name.push(".build.log");
+    let log = root.with_file_name(log_name);
+    let logged = |command: &mut Command| -> Result {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)
+            .map_err(|e| Failure(format!("opening {}: {e}", log.display())))?;
+        let copy = file.try_clone().map_err(|e| Failure(format!("{}: {e}", log.display())))?;
+        util::run(command.stdout(copy).stderr(file)).map_err(|Failure(message)| {
+            Failure(format!("{message}\n    {}, last lines:\n{}", log.display(), tail(&log, 15)))
+        })
+    };
+    let _ = fs::remove_file(&log);
+    note(&format!("build output goes to {}", log.display()));
     let built = (|| {
-        util::run(
+        logged(
             Command::new("debootstrap")
                 .args(["--variant=minbase", "testing"])
                 .arg(&root)
-                .arg(&mirror)
-                .stdout(Stdio::null()),
+                .arg(&mirror),
         )?;
-        util::run(
+        // No service may start inside the root while packages are configured.
+        let policy = root.join("usr/sbin/policy-rc.d");
+        fs::write(&policy, "#!/bin/sh\nexit 101\n")
+            .map_err(|e| Failure(format!("writing {}: {e}", policy.display())))?;
+        fs::set_permissions(&policy, fs::Permissions::from_mode(0o755))
+            .map_err(|e| Failure(format!("{}: {e}", policy.display())))?;
+        logged(
             Command::new("chroot")
                 .arg(&root)
                 .args(["env", "DEBIAN_FRONTEND=noninteractive", "apt-get", "install", "-y", "-q"])
                 .arg("--no-install-recommends")
-                .args(BOCHS31_PACKAGES)
-                .stdout(Stdio::null()),
+                .args(BOCHS31_PACKAGES),
         )?;
-        util::run(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
+        logged(Command::new("chroot").arg(&root).args(["apt-get", "clean"]))
     })();
     unmount_below(&root);
     built.map_err(|Failure(message)| {
@@ -645,9 +667,9 @@ pub fn test_suite() -> Result<PhaseTimes> {
     times.record(&format!("qemu tcg x{QEMU_TEST_CPUS}"), started);
     step("emulator phase times");
     for (phase, time) in &times.0 {
-        note(&format!("{phase:<34} {time:>8.1?}"));
+        note(&format!("{phase:<40} {time:>8.1?}"));
     }
-    note(&format!("{:<34} {:>8.1?}", "total", times.total()));
+    note(&format!("{:<40} {:>8.1?}", "total", times.total()));
     if failures.is_empty() {
         note("all emulator runs passed");
         Ok(times)
@@ -715,6 +737,7 @@ pub fn run_command(args: &[String]) -> Result {
     let emulator = emulator.unwrap_or_else(|| {
         if kvm_nested_available() { "qemu-kvm".to_string() } else { "bochs".to_string() }
     });
+    let bochs31 = if emulator == "bochs31" { Some(ensure_bochs31()?) } else { None };
     util::ensure_apt(PACKAGES)?;
     let iso = build_image()?;
     let timeout = Duration::from_secs(timeout);
@@ -732,7 +755,7 @@ pub fn run_command(args: &[String]) -> Result {
             run_bochs_on(&iso, &settings, BochsMachine { cpus, chroot: None })?
         }
         "bochs31" => {
-            let root = ensure_bochs31()?;
+            let Some(root) = bochs31 else { return fail("no Bochs 3.1 root") };
             step(&format!("booting in {} ({})", bochs31_version(&root), root.display()));
             let settings = BochsRun {
                 binary: BOCHS31_BINARY,
