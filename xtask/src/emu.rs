@@ -353,6 +353,8 @@ pub const BOCHS31_BINARY: &str = "/usr/bin/bochs-bin";
 /// The BIOS images inside the root.
 pub const BOCHS31_BIOS: &str = "/usr/share/bochs/BIOS-bochs-latest";
 pub const BOCHS31_VGA_BIOS: &str = "/usr/share/bochs/VGABIOS-lgpl-latest";
+/// The `display_library: term` plugin inside the root (package bochs-term).
+const BOCHS31_TERM_PLUGIN: &str = "/usr/lib/x86_64-linux-gnu/bochs/plugins/libbx_term_gui.so";
 /// The default CPU model for `cargo xtask run --emulator bochs31`.
 pub const BOCHS31_DEFAULT_MODEL: &str = "wildcat_lake";
 /// Written last when the root is complete; its first line says what was built.
@@ -374,7 +376,7 @@ pub fn bochs31_root() -> Result<PathBuf> {
 fn bochs31_complete(root: &Path) -> bool {
     let marker = fs::read_to_string(root.join(BOCHS31_MARKER)).unwrap_or_default();
     marker.lines().next() == Some(BOCHS31_MARKER_LINE)
-        && [BOCHS31_BINARY, BOCHS31_BIOS, BOCHS31_VGA_BIOS]
+        && [BOCHS31_BINARY, BOCHS31_BIOS, BOCHS31_VGA_BIOS, BOCHS31_TERM_PLUGIN]
             .iter()
             .all(|file| root.join(file.trim_start_matches('/')).is_file())
 }
@@ -521,7 +523,7 @@ pub fn ensure_bochs31() -> Result<PathBuf> {
         .map_err(|e| Failure(format!("writing the marker: {e}")))?;
     if !bochs31_complete(&root) {
         return fail(format!(
-            "the Bochs 3.1 root in {} lacks {BOCHS31_BINARY} or the BIOS images after installing",
+            "the Bochs 3.1 root in {} lacks {BOCHS31_BINARY}, the BIOS images or the term plugin after installing",
             root.display()
         ));
     }

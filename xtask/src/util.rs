@@ -300,14 +300,14 @@ mod tests {
     use super::*;
 
     const DEB822: &str = "Types: deb\n\
-# http://snapshot.debian.org/archive/debian/20250520T000000Z\n\
-URIs: http://deb.debian.org/debian\n\
+# a comment\n\
+URIs: http://mirror.example/debian\n\
 Suites: bookworm bookworm-updates\n\
 Components: main\n\
 Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\
 \n\
 Types: deb\n\
-URIs: http://deb.debian.org/debian-security\n\
+URIs: http://mirror.example/debian-security\n\
 Suites: bookworm-security\n\
 Components: main\n";
 
@@ -316,7 +316,7 @@ Components: main\n";
         let sources = parse_deb822_sources(DEB822);
         assert_eq!(sources.len(), 2);
         assert_eq!(sources[0].suites, ["bookworm", "bookworm-updates"]);
-        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://deb.debian.org/debian"));
+        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://mirror.example/debian"));
         let security_only = &sources[1..];
         assert_eq!(debian_mirror(security_only), None);
     }
@@ -335,14 +335,14 @@ Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n URIs: http://evil.exampl
     #[test]
     fn one_line_sources_with_options_and_third_party_repositories() {
         let text = "# deb http://commented.example/debian sid main\n\
-deb https://packages.cloud.google.com/apt cloud-sdk-bookworm main\n\
-deb-src http://ftp.de.debian.org/debian bookworm main\n\
-deb [arch=amd64 signed-by=/k.gpg] http://ftp.de.debian.org/debian/ bookworm main non-free\n";
+deb https://vendor.example/apt cloud-sdk-bookworm main\n\
+deb-src http://other.example/debian bookworm main\n\
+deb [arch=amd64 signed-by=/k.gpg] http://other.example/debian/ bookworm main non-free\n";
         let sources = parse_sources_list(text);
         assert_eq!(sources.len(), 2);
         assert_eq!(sources[1].components, ["main", "non-free"]);
-        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://ftp.de.debian.org/debian"));
-        let ubuntu = parse_sources_list("deb http://archive.ubuntu.com/ubuntu noble main\n");
+        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://other.example/debian"));
+        let ubuntu = parse_sources_list("deb http://mirror.example/ubuntu noble main\n");
         assert_eq!(debian_mirror(&ubuntu), None);
     }
 }
