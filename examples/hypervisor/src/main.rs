@@ -163,6 +163,9 @@ extern "C" fn kernel_main() -> ! {
     run(&mut vmcs, &vmx, apic::base_address(), apic_id)
 }
 
+/// Why the EPT-violation scenarios SKIP on a CPU with VMX but no usable EPT.
+const NO_EPT: &str = "no EPT (IA32_VMX_PROCBASED_CTLS2 does not allow enable EPT, or no 4-level WB EPT with 2 MiB pages): the scenario needs an EPT violation";
+
 /// Host timer interrupts the timer scenario waits for.
 const TIMER_TARGET: u64 = 100;
 
@@ -501,11 +504,17 @@ fn run(
                     }
                     guest::call::VECTORING_ARM => {
                         phase = snapshot();
-                        let page = guest::idt();
-                        vmx::set_page_access(guest::area(), page, 0);
-                        vmx::invept_all();
-                        armed_page = Some(page);
+                        if vmx.ept {
+                            let page = guest::idt();
+                            vmx::set_page_access(guest::area(), page, 0);
+                            vmx::invept_all();
+                            armed_page = Some(page);
+                        }
                         queue.queue_irq(guest::GUEST_IRQ_VECTOR);
+                    }
+                    guest::call::VECTORING_END if !vmx.ept => {
+                        skip("idt-vectoring", NO_EPT);
+                        phase = snapshot();
                     }
                     guest::call::VECTORING_END => {
                         report(Line {
@@ -526,12 +535,18 @@ fn run(
                         queue.queue_nmi();
                     }
                     guest::call::UNMAP_STACK => {
-                        let rsp = vmcs.read(field::GUEST_RSP).unwrap_or(0);
-                        let page = rsp & !0xFFF;
-                        vmx::set_page_access(guest::area(), page, 0);
-                        vmx::invept_all();
-                        armed_page = Some(page);
+                        if vmx.ept {
+                            let rsp = vmcs.read(field::GUEST_RSP).unwrap_or(0);
+                            let page = rsp & !0xFFF;
+                            vmx::set_page_access(guest::area(), page, 0);
+                            vmx::invept_all();
+                            armed_page = Some(page);
+                        }
                         queue.queue_nmi();
+                    }
+                    guest::call::IRET_END if !vmx.ept => {
+                        skip("nmi-unblocking-iret", NO_EPT);
+                        phase = snapshot();
                     }
                     guest::call::IRET_END => {
                         report(Line {
