@@ -31,7 +31,7 @@
 
 use crate::vmx::Vmx;
 use crate::{Extra, Line, println, report};
-use hvkit_nmi_reinject::NmiUnblocker as _;
+use hvkit_nmi_reinject::{InjectionContext, NmiUnblocker as _};
 use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::controls::{PinBasedControls, PrimaryControls, SecondaryControls};
 use hvkit_vmx_core::entry_check::{
@@ -153,6 +153,9 @@ enum Verdict {
     Control(EntryRule),
     /// A rule of SDM 26.3: exit reason 33 with bit 31 expected.
     Guest(EntryRule),
+    /// A control-consistency rule of SDM 26.2.1.1 that hvkit checks outside the entry
+    /// validator: VMfailValid with error 7 expected.
+    Controls(&'static str),
 }
 
 /// What the CPU did.
@@ -176,7 +179,7 @@ impl Outcome {
         matches!(
             (self, verdict),
             (Self::Entered { .. }, Verdict::Accept)
-                | (Self::ControlFail, Verdict::Control(_))
+                | (Self::ControlFail, Verdict::Control(_) | Verdict::Controls(_))
                 | (Self::GuestFail { .. }, Verdict::Guest(_))
         )
     }
@@ -603,8 +606,19 @@ fn verdict(case: &Case, setup: &Setup<'_>) -> Verdict {
         virtual_nmis: case.virtual_nmis,
         unrestricted_guest: case.mode != Mode::Protected,
     };
-    // vmx-core has no check of the SDM 26.2.1.1 consistency rules between NMI exiting, virtual
-    // NMIs and NMI-window exiting: hvkit's verdict is the entry validator's alone.
+    // SDM 26.2.1.1, checked first like the CPU does: hvkit's only consistency check of these
+    // controls is `InjectionContext::nmi_window_usable` (NMI-window exiting needs virtual NMIs
+    // and its allowed-1 bit). Nothing in hvkit checks "virtual NMIs needs NMI exiting".
+    let context = InjectionContext {
+        capabilities: setup.caps,
+        virtual_nmis: case.virtual_nmis,
+        unrestricted_guest: case.mode != Mode::Protected,
+        primary_controls: setup.vmx.caps.primary_controls(),
+        injected_event_data: false,
+    };
+    if case.nmi_window && !context.nmi_window_usable() {
+        return Verdict::Controls("nmi_window_usable");
+    }
     let is_control = |rule: EntryRule| rule.section().starts_with("26.2");
     match entry_check::check(&event, &guest, &setup.caps) {
         Ok(()) => Verdict::Accept,
