@@ -10,10 +10,11 @@
 //! - 26.3.1.4 / 26.3.1.5: RFLAGS.IF, the interruptibility state and the activity state against
 //!   the injected event.
 //!
-//! Each case is run on a VMCS of its own (VMCLEAR, VMPTRLD, the example's full guest and host
-//! state written again, then the case's fields, then VMLAUNCH), so no case sees another's
-//! leftovers and every entry is a VMLAUNCH from the clear launch state. A guest that enters must
-//! come straight back: the exception bitmap is all ones and the guest IDT limit is 0, so the
+//! All cases run on one VMCS of this module's own, set up once with the example's complete,
+//! known-good guest and host state; before each case every field a case or a VM exit changes is
+//! written back, then the case's fields. VMLAUNCH is used until an entry is accepted (a failed
+//! entry leaves the launch state clear), VMRESUME after that. A guest that enters must
+//! //! come straight back: the exception bitmap is all ones and the guest IDT limit is 0, so the
 //! delivery of any injected event raises #GP, which exits with the injected event in the
 //! IDT-vectoring information (compared too). Without injection, the VMX-preemption timer with
 //! value 0 exits before the first instruction (SDM 26.5.1), in the active, HLT and shutdown
