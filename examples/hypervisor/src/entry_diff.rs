@@ -14,7 +14,7 @@
 //! known-good guest and host state; before each case every field a case or a VM exit changes is
 //! written back, then the case's fields. VMLAUNCH is used until an entry is accepted (a failed
 //! entry leaves the launch state clear), VMRESUME after that. A guest that enters must
-//! //! come straight back: the exception bitmap is all ones and the guest IDT limit is 0, so the
+//! come straight back: the exception bitmap is all ones and the guest IDT limit is 0, so the
 //! delivery of any injected event raises #GP, which exits with the injected event in the
 //! IDT-vectoring information (compared too). Without injection, the VMX-preemption timer with
 //! value 0 exits before the first instruction (SDM 26.5.1), in the active, HLT and shutdown
