@@ -371,6 +371,7 @@ pub fn run(vmx: &Vmx, guest_stack_top: u64, guest_idt: u64, eptp: u64) {
             }
         };
         generate(&setup, &mut |case| one(&mut harness, &setup, case, &mut tally));
+        harness.probe_library_launch_state(region, &setup);
         cleaned = unblock_virtual_nmis(&mut harness, &setup);
     });
     if !matches!(cleaned, Outcome::Entered { reason: 18, .. }) {
@@ -798,6 +799,41 @@ impl<'r> Harness<'r> {
         )?;
         setup.base_cr0 = vmcs.read(field::GUEST_CR0)?;
         Ok(Self { root, launched: false })
+    }
+
+    /// Compares the launch state `ActiveVmcs::run` assumes after a failed entry with the CPU's:
+    /// an entry that fails on the guest state leaves the VMCS clear (SDM VMLAUNCH pseudocode:
+    /// "launch state of VMCS <- launched" only once guest state and MSRs loaded), so the next
+    /// entry must be a VMLAUNCH again. Prints what hvkit's handle did; counted nowhere else.
+    fn probe_library_launch_state(&mut self, region: u64, setup: &Setup<'_>) {
+        // SAFETY: as in `new`: this module's region; VMCLEAR leaves it clear for VMPTRLD.
+        let loaded = unsafe { self.root.clear(region) }
+            // SAFETY: as above.
+            .and_then(|()| unsafe { self.root.load(region) });
+        let Ok(mut vmcs) = loaded else {
+            println!("HVKIT entry-diff launch-state-probe result=harness-error");
+            return;
+        };
+        // STI and MOV-SS blocking together: an invalid guest state (SDM 26.3.1.5).
+        let invalid = Case { interruptibility: 3, ..Case::NEUTRAL };
+        let mut registers = GuestRegisters::default();
+        let first = match write_case(&mut vmcs, setup, &invalid) {
+            // SAFETY: as in `attempt`.
+            Ok(()) => unsafe { vmcs.run(&mut registers, None) }.map(|_| read_exit(&vmcs)),
+            Err(fail) => Err(fail),
+        };
+        let handle_launched = vmcs.is_launched();
+        let second = match write_case(&mut vmcs, setup, &Case::NEUTRAL) {
+            // SAFETY: as in `attempt`.
+            Ok(()) => unsafe { vmcs.run(&mut registers, None) }.map(|_| read_exit(&vmcs)),
+            Err(fail) => Err(fail),
+        };
+        println!(
+            "HVKIT entry-diff launch-state-probe first={first:?} handle_launched_after={handle_launched} second={second:?}"
+        );
+        // The CPU's launch state: launched only if one of the two entries was accepted.
+        self.launched = matches!(first, Ok(Outcome::Entered { .. }))
+            || matches!(second, Ok(Outcome::Entered { .. }));
     }
 
     /// Writes the case and attempts one VM entry (VMLAUNCH until one is accepted, then
