@@ -34,7 +34,9 @@ use crate::vmx::Vmx;
 use crate::{Extra, Line, println, report};
 use hvkit_nmi_reinject::{InjectionContext, NmiUnblocker as _};
 use hvkit_vmx_core::VmFail;
-use hvkit_vmx_core::controls::{PinBasedControls, PrimaryControls, SecondaryControls};
+use hvkit_vmx_core::controls::{
+    AllowedControls, PinBasedControls, PrimaryControls, SecondaryControls,
+};
 use hvkit_vmx_core::entry_check::{
     self, EntryCapabilities, EntryEvent, EntryRule, GuestEventState,
 };
@@ -202,8 +204,6 @@ struct Setup<'a> {
     caps: EntryCapabilities,
     preemption_timer: bool,
     unrestricted_guest: bool,
-    nmi_window: bool,
-    interrupt_window: bool,
     mtf: bool,
     sgx: bool,
     platform: Platform,
@@ -219,7 +219,8 @@ struct Setup<'a> {
 /// agreement.
 struct Deviation {
     name: &'static str,
-    platform: Platform,
+    /// The platform the deviation is known on; `None`: any (a choice the SDM leaves open).
+    platform: Option<Platform>,
     /// The SDM text the emulator departs from, and what the emulator does instead.
     reason: &'static str,
     applies: fn(&Case, Verdict, Outcome, &Setup<'_>) -> bool,
@@ -229,7 +230,7 @@ struct Deviation {
 const DEVIATIONS: &[Deviation] = &[
     Deviation {
         name: "bochs27-hlt-injection",
-        platform: Platform::Bochs,
+        platform: Some(Platform::Bochs),
         reason: "SDM 26.3.1.5: in the HLT state only external interrupts, NMIs, #DB, #MC and MTF may be injected; Bochs 2.7 (VMenterLoadCheckGuestState) has no HLT check and delivers any event",
         applies: |_, verdict, outcome, _| {
             verdict == Verdict::Guest(EntryRule::ActivityHltEvent)
@@ -238,7 +239,7 @@ const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         name: "bochs27-shutdown-vector-18",
-        platform: Platform::Bochs,
+        platform: Some(Platform::Bochs),
         reason: "SDM 26.3.1.5: in the shutdown state only an NMI or a machine check (hardware exception 18) may be injected; Bochs 2.7 tests the vector alone and accepts any type with vector 18",
         applies: |case, verdict, outcome, _| {
             verdict == Verdict::Guest(EntryRule::ActivityShutdownEvent)
@@ -248,7 +249,7 @@ const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         name: "bochs27-virtual-nmi-blocking",
-        platform: Platform::Bochs,
+        platform: Some(Platform::Bochs),
         reason: "SDM 26.3.1.5: bit 3 (blocking by NMI) must be 0 when virtual NMIs are on and an NMI is injected; Bochs 2.7 has that check commented out and injects the NMI",
         applies: |_, verdict, outcome, _| {
             verdict == Verdict::Guest(EntryRule::VirtualNmiBlocked)
@@ -257,7 +258,7 @@ const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         name: "bochs27-cet-error-code",
-        platform: Platform::Bochs,
+        platform: Some(Platform::Bochs),
         reason: "SDM 26.2.1.3: IA32_VMX_BASIC[56] lifts only the vector test; deliver-error-code must still be 0 for other types and for a real-mode guest. Bochs 2.7 with CET skips the whole deliver-error-code test",
         applies: |_, verdict, outcome, setup| {
             verdict == Verdict::Control(EntryRule::DeliverErrorCodeNotAllowed)
@@ -267,7 +268,7 @@ const DEVIATIONS: &[Deviation] = &[
     },
     Deviation {
         name: "sdm-optional-sti-nmi",
-        platform: Platform::Other,
+        platform: None,
         reason: "SDM 26.3.1.5: a processor MAY require blocking by STI to be 0 for NMI injection; hvkit requires it (EntryCapabilities::nmi_requires_no_sti_blocking), this CPU does not",
         applies: |case, verdict, outcome, _| {
             verdict == Verdict::Guest(EntryRule::NmiBlockedByMovSsOrSti)
@@ -280,8 +281,9 @@ const DEVIATIONS: &[Deviation] = &[
 /// Why a generated case was not run.
 #[derive(Clone, Copy)]
 enum Skip {
-    /// A control of the case is not allowed by its capability MSR (the entry would fail on the
-    /// allowed-1 rule, which tests nothing about events).
+    /// A control of the case cannot take the case's setting on this CPU (its capability MSR's
+    /// allowed-0 or allowed-1 bit forbids it; the entry would fail on that rule, which tests
+    /// nothing about events).
     ControlUnsupported,
     /// The CPU lacks "unrestricted guest" (or EPT), so CR0.PE = 0 cannot be entered.
     NoUnrestrictedGuest,
@@ -418,8 +420,6 @@ impl<'a> Setup<'a> {
             },
             preemption_timer: pin.allows(6),
             unrestricted_guest,
-            nmi_window: primary.allows(22),
-            interrupt_window: primary.allows(2),
             mtf: primary.allows(27),
             sgx: leaf7.ebx & (1 << 2) != 0,
             platform,
@@ -658,7 +658,17 @@ fn certainly_fails(case: &Case, setup: &Setup<'_>) -> bool {
 }
 
 fn skip_reason(case: &Case, setup: &Setup<'_>) -> Option<Skip> {
-    if (case.nmi_window && !setup.nmi_window) || (case.interrupt_window && !setup.interrupt_window)
+    // A control can take the case's setting when its allowed-1 bit permits 1 and its allowed-0
+    // bit does not force 1 (SDM Appendix A.3).
+    let settable = |allowed: AllowedControls, bit: u32, on: bool| {
+        if on { allowed.allows(bit) } else { allowed.must_be_one & (1 << bit) == 0 }
+    };
+    let pin = setup.vmx.caps.pin_controls();
+    let primary = setup.vmx.caps.primary_controls();
+    if !settable(pin, 3, case.nmi_exiting)
+        || !settable(pin, 5, case.virtual_nmis)
+        || !settable(primary, 22, case.nmi_window)
+        || !settable(primary, 2, case.interrupt_window)
     {
         return Some(Skip::ControlUnsupported);
     }
@@ -709,8 +719,7 @@ fn one(harness: &mut Harness<'_>, setup: &Setup<'_>, case: Case, tally: &mut Tal
     };
     if kind != OutcomeKind::VectoringMismatch {
         for (index, deviation) in DEVIATIONS.iter().enumerate() {
-            let platform_ok =
-                deviation.platform == Platform::Other || deviation.platform == setup.platform;
+            let platform_ok = deviation.platform.is_none_or(|known| known == setup.platform);
             if platform_ok && (deviation.applies)(&case, expected, outcome, setup) {
                 tally.explained[index] += 1;
                 return;
