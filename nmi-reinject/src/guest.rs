@@ -172,6 +172,9 @@ impl InjectionContext {
                 nested_exception: caps.basic.nested_exception(),
                 fred_guest,
                 nmi_requires_no_sti_blocking: true,
+                // SGX is a CPUID feature, not a VMX capability: the strict choice refuses the
+                // enclave-interruption bit; a hypervisor with SGX guests sets it.
+                sgx: false,
             },
             virtual_nmis: controls.pin.contains(PinBasedControls::VIRTUAL_NMIS),
             unrestricted_guest: secondary_active
