@@ -205,6 +205,8 @@ fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
 struct Counters {
     nmi_exits: u64,
     timer_exits: u64,
+    /// Timer ticks the host took while it ran (interrupts enabled), with no exit.
+    host_direct_ticks: u64,
     other_exits: u64,
     nmi_window_exits: u64,
     ept_violations: u64,
@@ -311,9 +313,11 @@ fn run(
                     _ => 0,
                 };
                 if delivery == Some(IrqDelivery::Requeued) {
-                    // The interrupt waits in the APIC: let the host take it now.
-                    // SAFETY: the host IDT is loaded; handlers are ready.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    // The interrupt waits in the APIC: let the host take it before re-entry.
+                    // Ticks the host takes beyond that one arrived while the host ran: they
+                    // never caused an exit, so they are counted as taken directly.
+                    let taken = take_requeued_interrupt();
+                    phase.host_direct_ticks += taken.saturating_sub(1);
                 }
                 if handler_tsc > exit_tsc && delivery != Some(IrqDelivery::Requeued) {
                     phase.exit_to_handler += handler_tsc - exit_tsc;
@@ -400,7 +404,7 @@ fn run(
                     guest::call::TIMER_STOP => {
                         apic::stop_timer();
                         // A last tick may be pending: let the host take it before counting.
-                        drain_host_interrupts();
+                        phase.host_direct_ticks += drain_host_interrupts();
                         let now = snapshot();
                         let handled = now.host_timer - phase.host_timer;
                         let apic = apic::get();
@@ -410,11 +414,11 @@ fn run(
                         report(Line {
                             name: if fred_mode { "fred-timer-irq" } else { "timer-irq" },
                             strategy: strategy.name(fred_mode),
-                            sent: phase.timer_exits,
+                            // Every tick reached the host once: through an exit and re-delivery,
+                            // or directly while the host ran with interrupts enabled.
+                            sent: phase.timer_exits + phase.host_direct_ticks,
                             exits: phase.timer_exits,
-                            handled: handled.min(
-                                phase.timer_exits + (handled - handled.min(phase.timer_exits)),
-                            ),
+                            handled,
                             eois: now.host_eoi - phase.host_eoi,
                             insns_per_event: phase.exit_to_handler / phase.handler_samples.max(1),
                             pass: clean
@@ -442,12 +446,13 @@ fn run(
                         let stress = command == guest::call::STRESS_END;
                         if stress {
                             apic::stop_timer();
-                            drain_host_interrupts();
+                            phase.host_direct_ticks += drain_host_interrupts();
                         }
                         let now = snapshot();
                         let nmi_handled = now.host_nmi - phase.host_nmi;
                         let timer_handled = now.host_timer - phase.host_timer;
-                        let sent = first + if stress { phase.timer_exits } else { 0 };
+                        let sent = first
+                            + if stress { phase.timer_exits + phase.host_direct_ticks } else { 0 };
                         let handled = nmi_handled + if stress { timer_handled } else { 0 };
                         let events = sent + phase.other_exits;
                         report(Line {
@@ -693,11 +698,29 @@ fn reflect_exception(info: &ExitInfo<'_>, reflected: &mut Option<GuestEvent>) {
 }
 
 /// Lets pending host interrupts (a last timer tick) reach their handlers.
-fn drain_host_interrupts() {
+/// Returns how many timer ticks the host took meanwhile (they reached it without an exit).
+fn drain_host_interrupts() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
     for _ in 0..1000 {
         // SAFETY: the host IDT is loaded; handlers are ready.
         unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
     }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
+}
+
+/// Opens interrupt windows until the re-queued interrupt has reached its handler (bounded: a
+/// self-IPI travels through the APIC and may take a while on SMP machines) and returns how many
+/// timer ticks the host took in them.
+fn take_requeued_interrupt() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        // SAFETY: the host IDT is loaded; handlers are ready.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        if host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) != before {
+            break;
+        }
+    }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
 }
 
 fn emulate_cpuid(registers: &mut GuestRegisters) {
