@@ -82,17 +82,20 @@ pub fn classify<'exit>(
         return Ok(HostEvent::None);
     }
     let interruption = info.interruption_info;
-    match info.reason.basic() {
-        BasicExitReason::ExceptionOrNmi
+    // Compare the number, not the decoded enum: one compare on the hot path.
+    const EXCEPTION_OR_NMI: u16 = BasicExitReason::ExceptionOrNmi.number();
+    const EXTERNAL_INTERRUPT: u16 = BasicExitReason::ExternalInterrupt.number();
+    match info.reason.basic_number() {
+        EXCEPTION_OR_NMI
             if interruption.is_valid() && interruption.event_type() == EventType::Nmi =>
         {
             Ok(HostEvent::Nmi)
         }
-        BasicExitReason::ExternalInterrupt if !acknowledge_on_exit => Ok(HostEvent::PendingIrq),
-        BasicExitReason::ExternalInterrupt if interruption.is_valid() => {
+        EXTERNAL_INTERRUPT if !acknowledge_on_exit => Ok(HostEvent::PendingIrq),
+        EXTERNAL_INTERRUPT if interruption.is_valid() => {
             Ok(HostEvent::AcknowledgedIrq(interruption.vector()))
         }
-        BasicExitReason::ExternalInterrupt => {
+        EXTERNAL_INTERRUPT => {
             Err(HostEventError::AcknowledgedWithoutVector { info: interruption.raw() })
         }
         _ => Ok(HostEvent::None),

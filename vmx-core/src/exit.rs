@@ -272,6 +272,14 @@ impl ExitReason {
         self.0
     }
 
+    /// Bits 15:0, the basic exit reason's number (cheaper to compare than
+    /// [`ExitReason::basic`] on a hot path: `reason.basic_number() ==
+    /// BasicExitReason::Cpuid.number()` compiles to one compare).
+    #[inline]
+    pub const fn basic_number(self) -> u16 {
+        (self.0 & 0xFFFF) as u16
+    }
+
     /// Bits 15:0, decoded.
     #[inline]
     pub const fn basic(self) -> BasicExitReason {
@@ -343,11 +351,15 @@ impl<'exit> ExitHead<'exit> {
     /// Reads the exit reason and the VM-exit interruption information of the exit `exit`.
     #[inline]
     pub fn read(vmcs: &impl VmcsAccess, _exit: &'exit VmExit) -> Result<Self, VmFail> {
+        let (reason, interruption_info) = vmcs.read_raw_pair(
+            field::EXIT_REASON.encoding(),
+            field::VM_EXIT_INTERRUPTION_INFO.encoding(),
+        )?;
+        #[allow(clippy::cast_possible_truncation, reason = "both fields are 32 bits wide")]
+        let (reason, interruption_info) = (reason as u32, interruption_info as u32);
         Ok(Self {
-            reason: ExitReason(vmcs.read(field::EXIT_REASON)?),
-            interruption_info: InterruptionInfo::from_raw(
-                vmcs.read(field::VM_EXIT_INTERRUPTION_INFO)?,
-            ),
+            reason: ExitReason(reason),
+            interruption_info: InterruptionInfo::from_raw(interruption_info),
             _exit: PhantomData,
         })
     }
@@ -574,6 +586,8 @@ mod tests {
         let reason = ExitReason::from_raw(0x8000_0021);
         assert!(reason.is_entry_failure());
         assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
+        assert_eq!(reason.basic_number(), 0x21, "flags are not part of the number");
+        assert_eq!(ExitReason::from_raw(0xFFFF_FFFF).basic_number(), 0xFFFF);
         for (bit, getter) in [
             (26, ExitReason::bus_lock_preempted as fn(ExitReason) -> bool),
             (27, ExitReason::enclave_mode),

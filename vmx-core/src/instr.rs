@@ -287,6 +287,28 @@ mod hw {
         if failed != 0 { Err(decode_failure()) } else { Ok(value) }
     }
 
+    /// Two VMREADs with one status capture: `vmread; jbe; vmread; setbe`. If the first fails
+    /// the second is skipped and its flags reach the `setbe`; either way a failure is decoded
+    /// out of line from the error field, which holds the number of the access that failed.
+    ///
+    /// # Safety
+    ///
+    /// VMX root operation at CPL 0 (outside it, VMREAD raises #UD).
+    #[inline(always)]
+    pub unsafe fn vmread_pair(first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        let (a, b): (u64, u64);
+        let failed: u8;
+        // SAFETY: per the caller's contract; register operands only. Both statuses are
+        // captured in this block.
+        unsafe {
+            asm!("vmread {a}, {first}", "jbe 2f", "vmread {b}, {second}", "2:", "setbe {failed}",
+                 first = in(reg) u64::from(first), second = in(reg) u64::from(second),
+                 a = out(reg) a, b = out(reg) b,
+                 failed = out(reg_byte) failed, options(nostack, nomem));
+        }
+        if failed != 0 { Err(decode_failure()) } else { Ok((a, b)) }
+    }
+
     /// VMWRITE: writes the field `encoding` of the current VMCS.
     ///
     /// The hot path is `vmwrite; jbe` (asm goto); a failure is decoded out of line into

@@ -17,6 +17,13 @@ pub trait VmcsAccess {
     /// hardware.
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail>;
 
+    /// Reads two fields by raw encoding: `Ok` only when both reads succeed, else the first
+    /// failure. Hardware implements it with one status check for both VMREADs.
+    #[inline(always)]
+    fn read_raw_pair(&self, first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        Ok((self.read_raw(first)?, self.read_raw(second)?))
+    }
+
     /// Reads a typed field.
     #[inline(always)]
     fn read<W: Width, A: Access>(&self, field: Field<W, A>) -> Result<W::Value, VmFail> {
@@ -396,6 +403,12 @@ impl VmcsAccess for ActiveVmcs<'_> {
     }
 
     #[inline(always)]
+    fn read_raw_pair(&self, first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        // SAFETY: as above.
+        unsafe { crate::instr::vmread_pair(first, second) }
+    }
+
+    #[inline(always)]
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         if encoding == field::HOST_RSP.encoding() || encoding == field::HOST_RIP.encoding() {
             // The runner's cached host state no longer describes the VMCS: rewrite it at the
@@ -431,6 +444,7 @@ impl ActiveVmcs<'_> {
     ///    loaded) describe the context this function is called in.
     /// 2. Interrupts are disabled (RFLAGS.IF = 0); a VM exit clears RFLAGS anyway.
     /// 3. The guest cannot reach host memory it must not touch (EPT or equivalent).
+    #[inline]
     pub unsafe fn run(
         &mut self,
         registers: &mut GuestRegisters,
@@ -635,6 +649,19 @@ mod tests {
                 assert!(!vmcs.supports(encoding | reserved), "{:#x}", encoding | reserved);
             }
         }
+    }
+
+    #[test]
+    fn read_pair_succeeds_only_when_both_reads_do() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.set_exit_information(EXIT_REASON, 10).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_INFO, 0x8000_0202).unwrap();
+        let (reason, info) = (EXIT_REASON.encoding(), VM_EXIT_INTERRUPTION_INFO.encoding());
+        assert_eq!(vmcs.read_raw_pair(reason, info), Ok((10, 0x8000_0202)));
+        assert_eq!(vmcs.read_raw_pair(info, reason), Ok((0x8000_0202, 10)));
+        assert_eq!(vmcs.read_raw_pair(0x203C, reason), Err(UNSUPPORTED));
+        assert_eq!(vmcs.read_raw_pair(reason, 0x203C), Err(UNSUPPORTED));
+        assert_eq!(vmcs.last_instruction_error(), 12);
     }
 
     #[test]
