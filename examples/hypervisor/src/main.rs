@@ -377,6 +377,7 @@ fn run(
                 match command {
                     guest::call::PING => registers.rbx = first.wrapping_add(1),
                     guest::call::ROUND_TRIPS_END => {
+                        vmx::micro_benchmarks(vmcs, &exit, &mut direct);
                         let round_trips = phase.other_exits - 1;
                         report(Line {
                             name: "round-trips",
