@@ -26,7 +26,7 @@ commands:
   run     build the example hypervisor and boot it (qemu-kvm when nested VMX is
           available, else Bochs); `cargo xtask run --help` for options
   fuzz    cargo xtask fuzz [--seconds N] [TARGET]: run cargo-fuzz targets (nightly;
-          installs cargo-fuzz when missing)
+          installs cargo-fuzz when missing); --smoke: only the smoke step of `test`
   bench   boot the example in Bochs (clock sync=none: 1 TSC tick = 1 instruction) and print
           the exit-path instruction counts against goals, budgets and KVM; fails above a
           committed budget; `cargo xtask bench --help` for options
