@@ -400,15 +400,33 @@ impl<'exit> ExitHead<'exit> {
         } else {
             None
         };
+        // The six fields every exit has, as three VMREAD pairs (one status check per pair).
+        let (qualification, interruption_error_code) = vmcs.read_raw_pair(
+            field::EXIT_QUALIFICATION.encoding(),
+            field::VM_EXIT_INTERRUPTION_ERROR_CODE.encoding(),
+        )?;
+        let (idt_vectoring_info, idt_vectoring_error_code) = vmcs.read_raw_pair(
+            field::IDT_VECTORING_INFO.encoding(),
+            field::IDT_VECTORING_ERROR_CODE.encoding(),
+        )?;
+        let (instruction_length, instruction_info) = vmcs.read_raw_pair(
+            field::VM_EXIT_INSTRUCTION_LENGTH.encoding(),
+            field::VM_EXIT_INSTRUCTION_INFO.encoding(),
+        )?;
+        let narrow = |value: u64| -> u32 {
+            #[allow(clippy::cast_possible_truncation, reason = "32-bit exit-information fields")]
+            let value = value as u32;
+            value
+        };
         Ok(ExitInfo {
             reason,
-            qualification: vmcs.read(field::EXIT_QUALIFICATION)?,
+            qualification,
             interruption_info: self.interruption_info,
-            interruption_error_code: vmcs.read(field::VM_EXIT_INTERRUPTION_ERROR_CODE)?,
-            idt_vectoring_info: InterruptionInfo::from_raw(vmcs.read(field::IDT_VECTORING_INFO)?),
-            idt_vectoring_error_code: vmcs.read(field::IDT_VECTORING_ERROR_CODE)?,
-            instruction_length: vmcs.read(field::VM_EXIT_INSTRUCTION_LENGTH)?,
-            instruction_info: vmcs.read(field::VM_EXIT_INSTRUCTION_INFO)?,
+            interruption_error_code: narrow(interruption_error_code),
+            idt_vectoring_info: InterruptionInfo::from_raw(narrow(idt_vectoring_info)),
+            idt_vectoring_error_code: narrow(idt_vectoring_error_code),
+            instruction_length: narrow(instruction_length),
+            instruction_info: narrow(instruction_info),
             guest_linear_address,
             guest_physical_address,
             original_event_data,

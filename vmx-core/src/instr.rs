@@ -13,12 +13,12 @@
 //! defect pattern). How much is captured depends on how hot the instruction is:
 //!
 //! - VMREAD and VMWRITE, which run on every VM exit, capture one flag: `setbe` (CF or ZF) after
-//!   VMREAD, an asm-goto `jbe` after VMWRITE. Which failure it was is decided on a `#[cold]` path
-//!   ([`hw::decode_failure`]), which reads the VM-instruction error field with its own two-flag
-//!   capture: if that read reports VMfailInvalid there is no current VMCS, so the failed access
-//!   was VMfailInvalid too (for VMREAD/VMWRITE in VMX root operation that is its only cause);
-//!   otherwise it was VMfailValid with the number read. The hot path is then `vmread; setbe;
-//!   test; jne` (or `vmwrite; jbe`), as in KVM.
+//!   VMREAD, an asm-goto `jbe` after VMWRITE. Which failure it was is decided on a `#[cold]`
+//!   path, which reads the VM-instruction error field with its own two-flag capture
+//!   ([`failure_from_error_read`]): if that read reports VMfailInvalid there is no current VMCS,
+//!   so the failed access was VMfailInvalid too (for VMREAD/VMWRITE in VMX root operation that
+//!   is its only cause); otherwise it was VMfailValid with the number read. The hot path is then
+//!   `vmread; setbe; test; jne` (or `vmwrite; jbe`); KVM's is `vmread; jbe`.
 //! - The rarely run instructions (VMXON, VMXOFF, VMCLEAR, VMPTRLD, VMPTRST, INVEPT, INVVPID,
 //!   VMLAUNCH/VMRESUME outside [`ActiveVmcs::run`](crate::vmcs::ActiveVmcs::run)) capture CF and
 //!   ZF with `setc`/`setz` and decode them with [`vm_result`]: after a failed VMXON there is no

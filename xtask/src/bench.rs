@@ -64,7 +64,7 @@ pub const PATHS: &[Path] = &[
     Path {
         name: "exit -> next entry, nothing to inject (CPUID/VMCALL)",
         goal: 200,
-        budget: 240,
+        budget: 230,
         kvm: None,
     },
     Path {
