@@ -19,7 +19,7 @@ use hvkit_nmi_reinject::{
     InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi, handle_host_event,
     inject, reflected_exception, reinject_idt_vectoring,
 };
-use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoOptions};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfo, ExitInfoOptions};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{GuestRegisters, VmcsAccess};
 use port::status;
@@ -289,8 +289,9 @@ fn run(
             }
         };
         let exit_tsc = cpu::rdtsc();
-        let info = match ExitInfo::read(vmcs, &exit, ExitInfoOptions::default()) {
-            Ok(info) => info,
+        // Phase one: only what re-delivery needs (exit reason, interruption information).
+        let head = match ExitHead::read(vmcs, &exit) {
+            Ok(head) => head,
             Err(fail) => {
                 println!("HVKIT error: reading exit information: {fail}");
                 port::exit(status::FAIL)
@@ -298,10 +299,10 @@ fn run(
         };
         // First act: re-deliver the host event this exit consumed.
         let host_event = match (strategy, fred_mode) {
-            (Strategy::DirectCall, false) => handle_host_event(&mut direct, &info, true),
-            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, &info, true),
-            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, &info, true),
-            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, &info, true),
+            (Strategy::DirectCall, false) => handle_host_event(&mut direct, head, true),
+            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, head, true),
+            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, head, true),
+            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, head, true),
         };
         match host_event {
             Ok((event, delivery)) => {
@@ -329,6 +330,14 @@ fn run(
                 phase.reinject_errors += 1;
             }
         }
+        // Phase two: the rest of the snapshot, after the host event is re-delivered.
+        let info = match head.complete(vmcs, ExitInfoOptions::default()) {
+            Ok(info) => info,
+            Err(fail) => {
+                println!("HVKIT error: reading exit information: {fail}");
+                port::exit(status::FAIL)
+            }
+        };
         let reason = info.reason.basic();
         let mut advance = false;
         match reason {
@@ -372,6 +381,7 @@ fn run(
                 match command {
                     guest::call::PING => registers.rbx = first.wrapping_add(1),
                     guest::call::ROUND_TRIPS_END => {
+                        vmx::micro_benchmarks(vmcs, &exit, &mut direct);
                         let round_trips = phase.other_exits - 1;
                         report(Line {
                             name: "round-trips",
