@@ -456,7 +456,9 @@ impl ActiveVmcs<'_> {
         let status = unsafe { vm_run(registers, u64::from(self.launched), &mut self.host_rsp) };
         match status {
             0 => {
-                self.launched = true;
+                if !self.launched {
+                    self.launched = launched_after_vmlaunch(self.exit_reason_for_launch());
+                }
                 Ok(VmExit::new())
             }
             1 => Err(VmFail::Invalid),
@@ -465,6 +467,33 @@ impl ActiveVmcs<'_> {
                 Err(fail) => fail,
             }),
         }
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+impl ActiveVmcs<'_> {
+    /// The exit reason after a VMLAUNCH returned through a VM exit (first entry only, off the
+    /// hot path).
+    #[cold]
+    fn exit_reason_for_launch(&self) -> Result<u32, VmFail> {
+        self.read(field::EXIT_REASON)
+    }
+}
+
+/// The launch state after a VMLAUNCH that returned through a VM exit: launched, unless the exit
+/// is a VM-entry failure (exit reason bit 31: invalid guest state, MSR loading, machine check),
+/// which leaves the VMCS clear (SDM Vol. 3C "VM-Entry Failures During or After Loading Guest
+/// State": the launch state is set only by a VM entry that succeeds). An unreadable exit
+/// reason counts as not launched, so the next entry tries VMLAUNCH again and reports its own
+/// error rather than a misleading VMRESUME failure.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "the guest runner that uses it is x86_64-only")
+)]
+const fn launched_after_vmlaunch(exit_reason: Result<u32, VmFail>) -> bool {
+    match exit_reason {
+        Ok(reason) => reason & (1 << 31) == 0,
+        Err(_) => false,
     }
 }
 
@@ -573,6 +602,19 @@ unsafe extern "sysv64" fn vm_run(
 mod tests {
     use super::*;
     use crate::field::*;
+
+    #[test]
+    fn a_failed_vm_entry_leaves_the_vmcs_clear() {
+        // Exit reason 33 with bit 31: invalid guest state, found by the example's differential
+        // entry check (the next VMRESUME failed with error 5 when this was ignored).
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0021)));
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0022)), "MSR loading");
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0029)), "machine check during entry");
+        assert!(!launched_after_vmlaunch(Err(VmFail::Invalid)));
+        assert!(launched_after_vmlaunch(Ok(0x0000_0021)), "bit 31 clear: a real exit");
+        assert!(launched_after_vmlaunch(Ok(10)), "CPUID exit");
+        assert!(launched_after_vmlaunch(Ok(0x7FFF_FFFF)));
+    }
 
     const UNSUPPORTED: VmFail = VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent);
     const READ_ONLY: VmFail = VmFail::Valid(VmInstructionError::VmwriteReadOnlyComponent);
