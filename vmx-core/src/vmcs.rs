@@ -91,6 +91,51 @@ fn truncate(width: FieldWidth, value: u64) -> u64 {
     }
 }
 
+/// How many catalog fields a VM exit rewrites: the exit-information fields except the
+/// VM-instruction error field (which only failing VMX instructions write).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const EXIT_INFORMATION_COUNT: usize = {
+    let mut count = 0;
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        if rewritten_at_exit(&field::ALL[index]) {
+            count += 1;
+        }
+        index += 1;
+    }
+    count
+};
+
+/// The catalog indices of those fields, so that a simulated exit visits only them.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const EXIT_INFORMATION_SLOTS: [usize; EXIT_INFORMATION_COUNT] = {
+    let mut slots = [0; EXIT_INFORMATION_COUNT];
+    let (mut index, mut next) = (0, 0);
+    while index < CATALOG_LEN {
+        if rewritten_at_exit(&field::ALL[index]) {
+            slots[next] = index;
+            next += 1;
+        }
+        index += 1;
+    }
+    slots
+};
+
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const fn rewritten_at_exit(info: &FieldInfo) -> bool {
+    matches!(info.field_encoding().field_type(), FieldType::ExitInformation)
+        && info.encoding != field::VM_INSTRUCTION_ERROR.encoding()
+}
+
 /// An in-memory VMCS that answers like hardware.
 ///
 /// - Reading or writing an encoding it does not support fails with VMfailValid and error 12
@@ -191,17 +236,13 @@ impl SoftVmcs {
     /// VM-instruction error field (0x4400) is the exception: VM exits do not write it, only
     /// failing VMX instructions do, so it keeps its value.
     pub fn complete_exit(&mut self) -> VmExit {
-        for ((value, fresh), info) in
-            self.values.iter_mut().zip(self.set_for_this_exit.iter_mut()).zip(field::ALL)
-        {
-            let exit_information = info.field_encoding().field_type() == FieldType::ExitInformation;
-            if exit_information
-                && !*fresh
-                && info.encoding != field::VM_INSTRUCTION_ERROR.encoding()
+        for &index in &EXIT_INFORMATION_SLOTS {
+            let fresh = self.set_for_this_exit.get_mut(index).map(core::mem::take);
+            if fresh == Some(false)
+                && let Some(value) = self.values.get_mut(index)
             {
                 *value = 0;
             }
-            *fresh = false;
         }
         VmExit::new()
     }
@@ -602,6 +643,21 @@ unsafe extern "sysv64" fn vm_run(
 mod tests {
     use super::*;
     use crate::field::*;
+
+    #[test]
+    fn a_simulated_exit_visits_exactly_the_fields_an_exit_rewrites() {
+        let expected: std::vec::Vec<u32> = ALL
+            .iter()
+            .filter(|info| info.encoding & (3 << 10) == 1 << 10 && info.encoding != 0x4400)
+            .map(|info| info.encoding)
+            .collect();
+        let visited: std::vec::Vec<u32> =
+            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[index].encoding).collect();
+        assert_eq!(visited, expected);
+        for encoding in [0x4402, 0x6400, 0x4408, 0x440A, 0x440C, 0x2400, 0x2404] {
+            assert!(visited.contains(&encoding), "{encoding:#x}");
+        }
+    }
 
     #[test]
     fn a_failed_vm_entry_leaves_the_vmcs_clear() {
