@@ -138,6 +138,7 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
     run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["test", "--workspace", "--doc"]))?;
 
     phases.begin("packaging: each library packages and its packaged copy builds");
+    forget_packaged_sources()?;
     let mut package = cargo();
     package.args(["package", "--allow-dirty"]);
     package_args(&mut package);
@@ -188,4 +189,33 @@ mod tests {
         assert!(lines[2].starts_with("fuzz smoke") && lines[2].ends_with("10.0    25%"), "{text}");
         assert!(lines[3].starts_with("total") && lines[3].contains("40.0"), "{text}");
     }
+}
+
+/// `cargo package` verifies each library against the others through a temporary local registry
+/// under `target/package`, and Cargo unpacks those crates under
+/// `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION`, where an earlier run's copy is
+/// reused as long as the version is the same. So a checkout whose API changed without a version
+/// bump would be verified against an old copy of its own crates. Remove those unpacked copies
+/// (only hvkit's, only from such local registries) first.
+fn forget_packaged_sources() -> Result {
+    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cargo"))
+    });
+    let Some(sources) = cargo_home.map(|home| home.join("registry/src")) else { return Ok(()) };
+    let Ok(registries) = std::fs::read_dir(&sources) else { return Ok(()) };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = std::fs::read_dir(registry.path()) else { continue };
+        for unpacked in crates.flatten() {
+            let name = unpacked.file_name().to_string_lossy().into_owned();
+            if LIBRARIES.iter().any(|library| name.starts_with(&format!("{library}-"))) {
+                std::fs::remove_dir_all(unpacked.path()).or_else(|error| {
+                    fail(format!("removing {}: {error}", unpacked.path().display()))
+                })?;
+            }
+        }
+    }
+    Ok(())
 }
