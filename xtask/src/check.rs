@@ -140,7 +140,7 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
     phases.begin("packaging: each library packages and its packaged copy builds");
     forget_packaged_sources()?;
     let mut package = cargo();
-    package.args(["package", "--allow-dirty"]);
+    package.args(["package", "--allow-dirty", "--target-dir", "target/package-build"]);
     package_args(&mut package);
     run(&mut package)?;
 
@@ -192,12 +192,20 @@ mod tests {
 }
 
 /// `cargo package` verifies each library against the others through a temporary local registry
-/// under `target/package`, and Cargo unpacks those crates under
-/// `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION`, where an earlier run's copy is
-/// reused as long as the version is the same. So a checkout whose API changed without a version
-/// bump would be verified against an old copy of its own crates. Remove those unpacked copies
-/// (only hvkit's, only from such local registries) first.
+/// under `target/package`. Cargo treats registry crates as immutable: it unpacks them under
+/// `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION` and reuses both that copy and
+/// their compiled artifacts as long as the version is the same. So a checkout whose API changed
+/// without a version bump would be verified against an earlier run's build of its own crates.
+/// Verification builds in its own target directory, removed first with the packages and the
+/// unpacked copies (only hvkit's, only from such local registries).
 fn forget_packaged_sources() -> Result {
+    for stale in ["target/package", "target/package-build"] {
+        let path = util::root().join(stale);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .or_else(|error| fail(format!("removing {}: {error}", path.display())))?;
+        }
+    }
     let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| {
         std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cargo"))
     });
