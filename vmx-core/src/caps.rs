@@ -537,6 +537,49 @@ impl VmxCapabilities {
     pub const fn entry_controls(&self) -> AllowedControls {
         AllowedControls::from_msr(self.entry)
     }
+
+    /// Which VMCS FRED-state controls the processor offers.
+    pub const fn fred_controls(&self) -> FredControlSupport {
+        let secondary_exit = match self.secondary_exit {
+            Some(allowed) => allowed,
+            None => 0,
+        };
+        FredControlSupport {
+            load_guest_on_entry: self.entry_controls().allows(23),
+            secondary_exit_controls: self.exit_controls().allows(31)
+                && self.secondary_exit.is_some(),
+            save_guest_on_exit: secondary_exit & 1 != 0,
+            load_host_on_exit: secondary_exit & 2 != 0,
+        }
+    }
+}
+
+/// The VMCS FRED-state controls a processor offers (SDM Vol. 3D A.4.2 and A.5): what
+/// [`ControlRequest::with_fred_state`](crate::controls::ControlRequest::with_fred_state)
+/// needs. Without them, the host's FRED MSRs survive a guest only if the guest cannot write
+/// them (intercept 0x1CC-0x1D4 in the MSR bitmap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FredControlSupport {
+    /// VM-entry control bit 23 "load FRED" may be 1.
+    pub load_guest_on_entry: bool,
+    /// Primary VM-exit control bit 31 "activate secondary controls" may be 1 and
+    /// IA32_VMX_EXIT_CTLS2 (0x493) was read.
+    pub secondary_exit_controls: bool,
+    /// Secondary VM-exit control bit 0 "save FRED" may be 1.
+    pub save_guest_on_exit: bool,
+    /// Secondary VM-exit control bit 1 "load FRED" may be 1.
+    pub load_host_on_exit: bool,
+}
+
+impl FredControlSupport {
+    /// Every control needed to switch FRED state at entry and exit is offered.
+    pub const fn complete(&self) -> bool {
+        self.load_guest_on_entry
+            && self.secondary_exit_controls
+            && self.save_guest_on_exit
+            && self.load_host_on_exit
+    }
 }
 
 #[cfg(test)]

@@ -11,6 +11,13 @@
 use crate::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo, vector};
 use core::fmt;
 
+/// Type 7 (other event) vector 0: monitor trap flag.
+pub const OTHER_EVENT_MTF: u8 = 0;
+/// Type 7 (other event) vector 1: SYSCALL (FRED guests only).
+pub const OTHER_EVENT_SYSCALL: u8 = 1;
+/// Type 7 (other event) vector 2: SYSENTER (FRED guests only).
+pub const OTHER_EVENT_SYSENTER: u8 = 2;
+
 /// The VM-entry event to check: the three VM-entry event-injection fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
@@ -53,7 +60,10 @@ pub struct EntryCapabilities {
     pub monitor_trap_flag: bool,
     /// IA32_VMX_BASIC\[58\]: nested-exception bit 13 may be set (type 3 only).
     pub nested_exception: bool,
-    /// The guest uses FRED (CR4.FRED): type 7 may carry vectors 0-2 (MTF, SYSCALL, SYSENTER).
+    /// The guest runs with FRED ("IA-32e mode guest" = 1 and guest CR4.FRED = 1): type 7 may
+    /// also carry vector 1 (SYSCALL) or 2 (SYSENTER), which need no monitor-trap-flag support
+    /// and take an instruction length like types 4-6. `false` (as in [`Self::STRICT`]) keeps
+    /// type 7 to vector 0 (MTF).
     pub fred_guest: bool,
     /// Treat STI blocking as forbidding NMI injection (the SDM allows processors to require
     /// it; `true` is the portable choice).
@@ -152,10 +162,11 @@ rules! {
         "\"process posted interrupts\" needs \"external-interrupt exiting\" and \"acknowledge interrupt on exit\"";
     /// Interruption type 1 is reserved.
     ReservedType => "26.2.1.3", "interruption type 1 (reserved) may not be injected";
-    /// Type 7 needs the monitor-trap-flag control.
-    OtherEventUnsupported => "26.2.1.3", "type 7 (other event) needs monitor-trap-flag support";
-    /// Type 7 vector: 0 (MTF), or 0-2 for a FRED guest.
-    OtherEventVector => "26.2.1.3", "type 7 (other event) needs vector 0 (0-2 with FRED)";
+    /// Type 7 vector 0 (MTF) needs the monitor-trap-flag control.
+    OtherEventUnsupported => "26.2.1.3", "type 7 (other event) vector 0 (MTF) needs monitor-trap-flag support";
+    /// Type 7 vector: 0 (MTF), or 1 (SYSCALL) / 2 (SYSENTER) for a FRED guest only.
+    OtherEventVector => "26.2.1.3",
+        "type 7 (other event) needs vector 0 (MTF), or vector 1 (SYSCALL) or 2 (SYSENTER) with a FRED guest";
     /// NMI must be vector 2.
     NmiVector => "26.2.1.3", "type 2 (NMI) needs vector 2";
     /// Hardware exceptions use vectors 0-31.
@@ -172,9 +183,10 @@ rules! {
     NestedException => "26.2.1.3", "bit 13 (nested exception) needs IA32_VMX_BASIC[58] and type 3";
     /// Error code bits 31:16 must be 0.
     ErrorCodeHighBits => "26.2.1.3", "the VM-entry exception error code must have bits 31:16 clear";
-    /// Types 4, 5 and 6 need an instruction length of 1-15 (0 with IA32_VMX_MISC\[30\]).
+    /// Types 4, 5 and 6, and type 7 vectors 1-2 (FRED), need an instruction length of 1-15
+    /// (0 with IA32_VMX_MISC\[30\]).
     InstructionLength => "26.2.1.3",
-        "types 4, 5 and 6 need a VM-entry instruction length of 1-15 (0 allowed with IA32_VMX_MISC[30])";
+        "types 4, 5 and 6 (and type 7 SYSCALL/SYSENTER) need a VM-entry instruction length of 1-15 (0 allowed with IA32_VMX_MISC[30])";
     /// An external interrupt needs RFLAGS.IF = 1.
     ExternalInterruptIfClear => "26.3.1.5", "an external interrupt needs guest RFLAGS.IF = 1";
     /// An external interrupt needs no STI or MOV-SS blocking.
@@ -284,12 +296,14 @@ pub fn check(
     let vector = info.vector();
     match event_type {
         EventType::Reserved => return fail(EntryRule::ReservedType),
-        EventType::Other if !caps.monitor_trap_flag => {
-            return fail(EntryRule::OtherEventUnsupported);
-        }
-        EventType::Other if vector > if caps.fred_guest { 2 } else { 0 } => {
-            return fail(EntryRule::OtherEventVector);
-        }
+        EventType::Other => match vector {
+            OTHER_EVENT_MTF if !caps.monitor_trap_flag => {
+                return fail(EntryRule::OtherEventUnsupported);
+            }
+            OTHER_EVENT_MTF => {}
+            OTHER_EVENT_SYSCALL | OTHER_EVENT_SYSENTER if caps.fred_guest => {}
+            _ => return fail(EntryRule::OtherEventVector),
+        },
         EventType::Nmi if vector != vector::NMI => return fail(EntryRule::NmiVector),
         EventType::HardwareException if vector > 31 => return fail(EntryRule::ExceptionVector),
         _ => {}
@@ -315,7 +329,11 @@ pub fn check(
     if info.error_code_valid() && event.error_code & 0xFFFF_0000 != 0 {
         return fail(EntryRule::ErrorCodeHighBits);
     }
-    if event_type.uses_instruction_length() {
+    // SYSCALL and SYSENTER injected into a FRED guest carry their instruction length as the
+    // software events do (FRED spec, VMX interactions; KVM checks only the upper bound, the
+    // stricter rule here also passes there).
+    let fred_instruction = event_type == EventType::Other && vector != OTHER_EVENT_MTF;
+    if event_type.uses_instruction_length() || fred_instruction {
         let length = event.instruction_length;
         let shortest = if caps.zero_length_injection { 0 } else { 1 };
         if length < shortest || length > 15 {
@@ -416,6 +434,53 @@ mod tests {
         let fred = EntryCapabilities { fred_guest: true, ..mtf };
         assert_eq!(rule(event(0x8000_0702), ACTIVE, fred), None);
         assert_eq!(rule(event(0x8000_0703), ACTIVE, fred), Some(R::OtherEventVector));
+    }
+
+    #[test]
+    fn type_7_syscall_and_sysenter_only_for_fred_guests() {
+        let fred = EntryCapabilities { fred_guest: true, ..CAPS };
+        for vector in [OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER] {
+            let injected = event(0x8000_0700 | u32::from(vector));
+            // Not a FRED guest: refused, with or without MTF support.
+            assert_eq!(rule(injected, ACTIVE, CAPS), Some(R::OtherEventVector), "{vector}");
+            let mtf = EntryCapabilities { monitor_trap_flag: true, ..CAPS };
+            assert_eq!(rule(injected, ACTIVE, mtf), Some(R::OtherEventVector), "{vector}");
+            // A FRED guest needs no MTF support for them.
+            assert_eq!(rule(injected, ACTIVE, fred), None, "{vector}");
+        }
+        // Vector 0 stays MTF: still needs MTF support in a FRED guest.
+        assert_eq!(rule(event(0x8000_0700), ACTIVE, fred), Some(R::OtherEventUnsupported));
+        for vector in [3u32, 0x80, 0xFF] {
+            assert_eq!(rule(event(0x8000_0700 | vector), ACTIVE, fred), Some(R::OtherEventVector));
+        }
+    }
+
+    #[test]
+    fn type_7_syscall_and_sysenter_instruction_length_boundaries() {
+        let fred = EntryCapabilities { fred_guest: true, ..CAPS };
+        for vector in [OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER] {
+            let mut injected = event(0x8000_0700 | u32::from(vector));
+            for (length, ok) in [(0, false), (1, true), (2, true), (15, true), (16, false)] {
+                injected.instruction_length = length;
+                let expected = if ok { None } else { Some(R::InstructionLength) };
+                assert_eq!(
+                    rule(injected, ACTIVE, fred),
+                    expected,
+                    "vector {vector} length {length}"
+                );
+            }
+            injected.instruction_length = 0;
+            let zero = EntryCapabilities { zero_length_injection: true, ..fred };
+            assert_eq!(rule(injected, ACTIVE, zero), None, "IA32_VMX_MISC[30]");
+        }
+        // MTF (vector 0) has no instruction length.
+        let mtf = EntryCapabilities { monitor_trap_flag: true, ..fred };
+        let mut injected = event(0x8000_0700);
+        for length in [0, 16, 0xFFFF] {
+            injected.instruction_length = length;
+            assert_eq!(rule(injected, ACTIVE, mtf), None, "MTF length {length}");
+        }
+        assert_eq!((OTHER_EVENT_MTF, OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER), (0, 1, 2));
     }
 
     #[test]
