@@ -83,8 +83,8 @@ pub use guest::{
     nmi_unblocked_by_iret, reflected_exception, reinject_idt_vectoring,
 };
 pub use strategy::{
-    ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
-    IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
+    AfterIrqHook, ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall,
+    IretToSelf, IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
 };
 
 #[cfg(test)]

@@ -33,6 +33,43 @@ pub trait NmiReinjector {
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError>;
 }
 
+/// Any strategy with a hook that runs after each successful interrupt re-delivery, for hosts
+/// that must do work once an interrupt was dispatched from an interrupts-off context (for
+/// example re-arming deferred timers whose expiry the handler could not program with
+/// interrupts off).
+///
+/// The hook gets the vector and how it was re-delivered ([`IrqDelivery::Handled`]: the handler
+/// has run; [`IrqDelivery::Requeued`]: it runs when the host next enables interrupts). It is
+/// not called when re-delivery fails, and NMIs pass straight through. Costs nothing for
+/// strategies that are not wrapped.
+#[derive(Debug, Clone, Copy)]
+pub struct AfterIrqHook<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> {
+    /// The wrapped strategy.
+    pub strategy: R,
+    hook: F,
+}
+
+impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> AfterIrqHook<R, F> {
+    /// `strategy`, with `hook` run after each interrupt it re-delivers.
+    pub const fn new(strategy: R, hook: F) -> Self {
+        Self { strategy, hook }
+    }
+}
+
+impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook<R, F> {
+    #[inline(always)]
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi()
+    }
+
+    #[inline]
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        let delivery = self.strategy.reinject_irq(vector)?;
+        (self.hook)(vector, delivery);
+        Ok(delivery)
+    }
+}
+
 /// Host handler addresses for interrupt vectors, for [`IdtDirectCall`].
 pub trait HandlerTable {
     /// The handler entry for `vector`, if any. It must be an interrupt handler that preserves
@@ -273,6 +310,12 @@ impl<A: LocalApic> SelfIpiSender for ApicSender<A> {
 /// Interrupts: the vector is re-sent as a fixed self-IPI and then EOI'd ([`IrqDelivery::Requeued`]):
 /// the host takes it when it enables interrupts, after any higher-priority pending ones (the
 /// original order is not kept). Level-triggered interrupts are refused: EOI would drop the level.
+///
+/// After a timeout ([`ReinjectError::NmiNotHandled`], state `InFlight`) the NMI was sent and
+/// NMIs unblocked, so it must not be sent again: keep waiting with
+/// [`poll_in_flight`](Self::poll_in_flight) (as often as the host's policy allows, Xen
+/// waited 1000 ms in all) before entering the guest. [`in_flight`](Self::in_flight) shows the
+/// handled-counter value the wait is for the counter to move from.
 #[derive(Debug)]
 pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
     sender: S,
@@ -280,6 +323,8 @@ pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
     delay: D,
     handled: &'counter AtomicU64,
     max_polls: u32,
+    /// The counter's value before the send of an NMI that timed out and is still in flight.
+    in_flight: Option<u64>,
 }
 
 impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S, U, D> {
@@ -292,7 +337,39 @@ impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S,
         handled: &'counter AtomicU64,
         max_polls: u32,
     ) -> Self {
-        Self { sender, unblocker, delay, handled, max_polls }
+        Self { sender, unblocker, delay, handled, max_polls, in_flight: None }
+    }
+
+    /// The handled-counter value from before the send of the NMI still in flight (the last
+    /// [`reinject_nmi`](NmiReinjector::reinject_nmi) timed out and no
+    /// [`poll_in_flight`](Self::poll_in_flight) has seen the counter move since), or `None`.
+    /// The NMI has been handled once the counter differs from it.
+    pub const fn in_flight(&self) -> Option<u64> {
+        self.in_flight
+    }
+
+    /// Keeps waiting for the NMI in flight: up to the strategy's bound of polls, with its delay
+    /// between them, without sending anything or unblocking NMIs again. `Ok` when the handler
+    /// has run (or nothing was in flight); on another timeout the NMI stays in flight.
+    pub fn poll_in_flight(&mut self) -> Result<(), ReinjectError> {
+        let Some(baseline) = self.in_flight else {
+            return Ok(());
+        };
+        self.wait_for_handler(baseline)
+    }
+
+    /// Polls until `handled` moves away from `baseline`; records `baseline` as in flight on a
+    /// timeout and clears it on success.
+    fn wait_for_handler(&mut self, baseline: u64) -> Result<(), ReinjectError> {
+        for _ in 0..self.max_polls {
+            if self.handled.load(Ordering::SeqCst) != baseline {
+                self.in_flight = None;
+                return Ok(());
+            }
+            self.delay.delay();
+        }
+        self.in_flight = Some(baseline);
+        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
     }
 
     /// The sender (e.g. to reach the APIC).
@@ -306,13 +383,7 @@ impl<S: SelfIpiSender, U: NmiUnblocker, D: Delay> NmiReinjector for SelfNmi<'_, 
         let before = self.handled.load(Ordering::SeqCst);
         self.sender.send_self_nmi().map_err(apic_error)?;
         self.unblocker.unblock_nmis();
-        for _ in 0..self.max_polls {
-            if self.handled.load(Ordering::SeqCst) != before {
-                return Ok(());
-            }
-            self.delay.delay();
-        }
-        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
+        self.wait_for_handler(before)
     }
 
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
