@@ -82,6 +82,7 @@ pub use guest::{
     InjectionContext, NmiQueued, ReflectError, ReflectedException, idt_vectoring_event, inject,
     nmi_unblocked_by_iret, reflected_exception, reinject_idt_vectoring,
 };
+pub use idt::{IdtEntry, InterruptFrame};
 pub use strategy::{
     AfterIrqHook, ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall,
     IretToSelf, IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,

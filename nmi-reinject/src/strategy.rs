@@ -1,6 +1,7 @@
 //! The [`NmiReinjector`] trait and its implementations.
 
 use crate::error::{ReinjectError, Unsupported, apic_error};
+use crate::idt::IdtEntry;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{Delay, LocalApic};
 
@@ -70,21 +71,20 @@ impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook
     }
 }
 
-/// Host handler addresses for interrupt vectors, for [`IdtDirectCall`].
+/// Host interrupt entries by vector, for [`IdtDirectCall`].
 pub trait HandlerTable {
-    /// The handler entry for `vector`, if any. It must be an interrupt handler that preserves
-    /// every register and returns with IRETQ.
-    fn handler(&self, vector: u8) -> Option<u64>;
+    /// The entry for `vector`, if any (see [`IdtEntry`] for what an entry must do).
+    fn handler(&self, vector: u8) -> Option<IdtEntry>;
 }
 
-impl HandlerTable for [u64; 256] {
-    fn handler(&self, vector: u8) -> Option<u64> {
-        self.get(usize::from(vector)).copied().filter(|&address| address != 0)
+impl HandlerTable for [Option<IdtEntry>; 256] {
+    fn handler(&self, vector: u8) -> Option<IdtEntry> {
+        self.get(usize::from(vector)).copied().flatten()
     }
 }
 
-impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
-    fn handler(&self, vector: u8) -> Option<u64> {
+impl<F: Fn(u8) -> Option<IdtEntry>> HandlerTable for F {
+    fn handler(&self, vector: u8) -> Option<IdtEntry> {
         self(vector)
     }
 }
@@ -92,12 +92,14 @@ impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
 /// Direct call on IDT hosts: the IRET frame the CPU would have pushed, then a call into the
 /// handler, which returns with IRETQ (unblocking NMIs). This is what Linux KVM does.
 ///
-/// The NMI entry must be a dedicated entry that is safe on the current stack, **not** the IDT's
-/// NMI gate if that gate uses an IST stack: called directly, an IST handler would run on the
-/// wrong stack (a real bug fixed in Linux, commit a217a6593cec).
+/// Every entry it calls meets the direct-call contract documented on [`IdtEntry`] (frame,
+/// stack, registers). The NMI entry must be a dedicated entry that is safe on the current
+/// stack, **not** the IDT's NMI gate if that gate uses an IST stack: called directly, an IST
+/// handler would run on the wrong stack (a real bug fixed in Linux, commit a217a6593cec).
+/// [`idt_entry_stub!`](crate::idt_entry_stub) builds such entries around Rust handlers.
 #[derive(Debug, Clone, Copy)]
 pub struct IdtDirectCall<T: HandlerTable> {
-    nmi_entry: u64,
+    nmi_entry: IdtEntry,
     handlers: T,
     /// CS and SS of the host, read at construction for the IRET frame.
     cs: u64,
@@ -111,10 +113,9 @@ impl<T: HandlerTable> IdtDirectCall<T> {
     ///
     /// # Safety
     ///
-    /// `nmi_entry` and every address `handlers` returns are interrupt entries that preserve all
-    /// registers and end with IRETQ, safe to run on the caller's stack with interrupts disabled;
-    /// re-delivery is called with interrupts disabled at CPL 0.
-    pub unsafe fn new(nmi_entry: u64, handlers: T) -> Self {
+    /// Re-delivery is called with interrupts disabled at CPL 0 (the entries themselves are
+    /// vouched for by the [`IdtEntry`] values).
+    pub unsafe fn new(nmi_entry: IdtEntry, handlers: T) -> Self {
         #[cfg(target_arch = "x86_64")]
         let (cs, ss) = crate::idt::current_selectors();
         #[cfg(not(target_arch = "x86_64"))]
@@ -128,7 +129,7 @@ impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
     #[inline]
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
         // SAFETY: the constructor's contract covers the entry.
-        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry, self.cs, self.ss) };
+        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry.address(), self.cs, self.ss) };
         Ok(())
     }
 
@@ -141,7 +142,7 @@ impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
             .handler(vector)
             .ok_or(ReinjectError::Unsupported(Unsupported::NoHandler { vector }))?;
         // SAFETY: the constructor's contract covers the handlers.
-        unsafe { crate::idt::call_with_iret_frame(handler, self.cs, self.ss) };
+        unsafe { crate::idt::call_with_iret_frame(handler.address(), self.cs, self.ss) };
         Ok(IrqDelivery::Handled)
     }
 }

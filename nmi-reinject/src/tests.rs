@@ -560,9 +560,9 @@ fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn idt_direct_call_refuses_what_it_cannot_deliver() {
-    let table = [0u64; 256];
-    // SAFETY: no handler is ever called: every vector is refused before any call.
-    let mut strategy = unsafe { IdtDirectCall::new(0, table) };
+    let table: [Option<IdtEntry>; 256] = [None; 256];
+    // SAFETY: no entry is ever called: every vector is refused before any call.
+    let mut strategy = unsafe { IdtDirectCall::new(IdtEntry::from_address(0), table) };
     assert_eq!(
         strategy.reinject_irq(0x40),
         Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))

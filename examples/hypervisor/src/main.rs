@@ -16,8 +16,8 @@ mod vmx;
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
     ApicSender, FredDirectCall, FredEretsToSelf, GuestEvent, GuestEventQueue, IdtDirectCall,
-    InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi, handle_host_event,
-    inject, reflected_exception, reinject_idt_vectoring,
+    IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi,
+    handle_host_event, inject, reflected_exception, reinject_idt_vectoring,
 };
 use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfo, ExitInfoOptions};
@@ -262,15 +262,19 @@ fn snapshot() -> Counters {
     }
 }
 
-fn timer_handler(vector: u8) -> Option<u64> {
-    (vector == host::TIMER_VECTOR).then(host::timer_entry)
+fn timer_handler(vector: u8) -> Option<IdtEntry> {
+    // SAFETY: the host timer entry saves every register it uses, runs on the current stack
+    // (no IST) and ends with IRETQ: the direct-call contract.
+    (vector == host::TIMER_VECTOR).then(|| unsafe { IdtEntry::from_address(host::timer_entry()) })
 }
 
 fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
-    // SAFETY: the host NMI entry is non-IST and the timer entry preserves all registers; both
-    // end with IRETQ; re-delivery runs with interrupts disabled.
+    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
+    // IRETQ: the direct-call contract.
+    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
+    // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let mut direct =
-        unsafe { IdtDirectCall::new(host::nmi_entry(), timer_handler as fn(u8) -> Option<u64>) };
+        unsafe { IdtDirectCall::new(nmi_entry, timer_handler as fn(u8) -> Option<IdtEntry>) };
     let sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
     // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
     let unblocker = unsafe { IretToSelf::new() };
