@@ -82,9 +82,10 @@ pub use guest::{
     InjectionContext, NmiQueued, ReflectError, ReflectedException, idt_vectoring_event, inject,
     nmi_unblocked_by_iret, reflected_exception, reinject_idt_vectoring,
 };
+pub use idt::{IdtEntry, InterruptFrame};
 pub use strategy::{
-    ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
-    IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
+    AfterIrqHook, ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall,
+    IretToSelf, IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
 };
 
 #[cfg(test)]

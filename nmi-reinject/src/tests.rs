@@ -455,6 +455,57 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
 }
 
 #[test]
+fn self_nmi_in_flight_is_waited_for_without_a_second_send() {
+    let handled = AtomicU64::new(7);
+    let unblocks = std::cell::Cell::new(0);
+    let polls = std::cell::Cell::new(0);
+    let sender = FakeSender::new(&handled);
+    let delay = || polls.set(polls.get() + 1);
+    let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), delay, &handled, 3);
+    assert_eq!(strategy.in_flight(), None);
+    assert_eq!(strategy.poll_in_flight(), Ok(()), "nothing in flight: nothing to wait for");
+    assert_eq!(polls.get(), 0);
+    assert_eq!(strategy.reinject_nmi(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(strategy.in_flight(), Some(7), "the counter value before the send");
+    // Still not handled: another bounded wait, nothing sent or unblocked again.
+    assert_eq!(strategy.poll_in_flight(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(polls.get(), 6);
+    assert_eq!(strategy.in_flight(), Some(7));
+    // The handler runs: the next poll succeeds at once and nothing is in flight any more.
+    handled.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(strategy.poll_in_flight(), Ok(()));
+    assert_eq!(polls.get(), 6, "no delay once the counter moved");
+    assert_eq!(strategy.in_flight(), None);
+    assert_eq!(strategy.sender_mut().log, ["nmi"], "one send in all");
+    assert_eq!(unblocks.get(), 1, "one unblock in all");
+    // A later NMI that is handled in time leaves nothing in flight either.
+    strategy.sender_mut().latency = Some(0);
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.in_flight(), None);
+}
+
+#[test]
+fn after_irq_hook_runs_once_per_redelivered_interrupt_only() {
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let seen = std::cell::RefCell::new(std::vec::Vec::new());
+    let sender = FakeSender { latency: Some(0), ..FakeSender::new(&handled) };
+    let inner = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 3);
+    let mut strategy =
+        AfterIrqHook::new(inner, |vector, delivery| seen.borrow_mut().push((vector, delivery)));
+    assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
+    assert_eq!(*seen.borrow(), [(0xEC, IrqDelivery::Requeued)]);
+    assert_eq!(strategy.strategy.sender_mut().log, ["ipi", "eoi"], "hook after the EOI");
+    // A refused vector: no hook.
+    assert!(strategy.reinject_irq(8).is_err());
+    assert_eq!(seen.borrow().len(), 1);
+    // NMIs pass through without the hook.
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.borrow().len(), 1);
+}
+
+#[test]
 fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
     let handled = AtomicU64::new(0);
     let unblocks = std::cell::Cell::new(0);
@@ -509,9 +560,9 @@ fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn idt_direct_call_refuses_what_it_cannot_deliver() {
-    let table = [0u64; 256];
-    // SAFETY: no handler is ever called: every vector is refused before any call.
-    let mut strategy = unsafe { IdtDirectCall::new(0, table) };
+    let table: [Option<IdtEntry>; 256] = [None; 256];
+    // SAFETY: no entry is ever called: every vector is refused before any call.
+    let mut strategy = unsafe { IdtDirectCall::new(IdtEntry::from_address(0), table) };
     assert_eq!(
         strategy.reinject_irq(0x40),
         Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))
