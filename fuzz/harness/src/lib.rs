@@ -3,6 +3,7 @@
 //! when an invariant breaks. The same functions replay the committed seeds on stable
 //! (`tests/replay.rs`).
 
+pub mod model;
 mod oracle;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -381,4 +382,11 @@ pub fn fred_frame(data: &[u8]) {
         Ok(levels) => assert_eq!(levels.level(stack_vector), Some(level)),
         Err(_) => assert!(stack_vector > 31 || level > 3),
     }
+}
+
+/// The whole exit sequence (host re-delivery, IDT-vectoring re-injection, the guest event
+/// queue, VM entry) against the independent model of VMX event delivery (`model`), over
+/// every configuration bit a user may have.
+pub fn exit_sequence(data: &[u8]) {
+    model::driver::run(data);
 }
