@@ -372,7 +372,10 @@ impl Machine {
             4 => {
                 let _ = self.guest.iret(&self.config);
             }
-            5 => {
+            5 if self.guest.depth() == 0 => {
+                // The idle idiom STI; HLT, outside handlers (a guest that halts inside its
+                // handler never returns from it): IF=1 while halted.
+                self.guest.interrupts_enabled = true;
                 self.guest.activity = Activity::Hlt;
                 return self.host_irq_exit(HOST_TIMER_VECTOR);
             }

@@ -1,0 +1,97 @@
+//! Inputs of the `exit_sequence` target that reproduce the defects the model of VMX event
+//! delivery found in hvkit (issue 10). Input layout: two configuration bytes (see
+//! `model::Config::from_bits`; high byte bit 1 = library told to treat STI as blocking NMIs,
+//! bit 2 = the model writes invalid exit fields itself), then five bytes per exit: guest step,
+//! host events, hypervisor actions, vector, extra.
+//!
+//! Each test passes once the defect is fixed; until then it is ignored with the item number.
+
+fn run(input: &[u8]) {
+    hvkit_fuzz_harness::exit_sequence(input);
+}
+
+/// Virtual NMIs off, an NMI owed under MOV-SS blocking: NMI-window exiting must not be set
+/// (SDM 26.2.1.1: NMI-window exiting requires virtual NMIs; VM-instruction error 7).
+#[test]
+#[ignore = "issue 10 item 1"]
+fn nmi_window_requires_virtual_nmis_26_2_1_1() {
+    run(&[0x02, 0x04, 0x03, 0x00, 0x01, 0x00, 0x00]);
+}
+
+/// NMI-window exiting not allowed by IA32_VMX_PROCBASED_CTLS: it must not be set (26.2.1.1).
+#[test]
+#[ignore = "issue 10 item 1"]
+fn nmi_window_only_where_the_capability_allows_it() {
+    run(&[0x01, 0x04, 0x03, 0x00, 0x01, 0x00, 0x00]);
+}
+
+/// NMI owed while virtual-NMI blocking holds, interrupt owed, guest IF=1 inside its NMI
+/// handler: requesting the interrupt window without injecting livelocks (SDM 25.2: the window
+/// opens whatever the NMI blocking, before the guest's IRET).
+#[test]
+#[ignore = "issue 10 item 2"]
+fn interrupt_window_opens_whatever_the_nmi_blocking_25_2() {
+    run(&[
+        0x03, 0x04, // virtual NMIs, NMI window allowed
+        0x00, 0x00, 0x06, 0x40, 0x00, // CPUID exit; two NMIs and vector 0x40 owed
+        0x01, 0x00, 0x00, 0x00, 0x00, // in the NMI handler: STI
+        0x00, 0x00, 0x00, 0x00, 0x00, // then one more instruction: IF=1, no STI blocking
+    ]);
+}
+
+/// An NMI's delivery hit an EPT violation while the hypervisor had already injected #UD:
+/// `reinject_idt_vectoring` refuses, and must not have cleared blocking-by-NMI first.
+#[test]
+#[ignore = "issue 10 item 3"]
+fn failed_reinjection_leaves_the_vmcs_unchanged() {
+    run(&[0x03, 0x04, 0x00, 0x00, 0x01, 0x00, 0x00, 0x00, 0x20, 0x18, 0x00, 0x00]);
+}
+
+/// IRET in the guest's NMI handler unblocked NMIs and hit an EPT violation; the hypervisor
+/// injected an NMI while handling the exit: restoring virtual-NMI blocking on top of a pending
+/// NMI injection makes the VM entry fail (SDM 26.3.1.5).
+#[test]
+#[ignore = "issue 10 item 3"]
+fn nmi_blocking_restore_respects_a_pending_nmi_injection() {
+    run(&[0x03, 0x04, 0x00, 0x00, 0x01, 0x00, 0x00, 0x0A, 0x00, 0x08, 0x00, 0x00]);
+}
+
+/// INIT emulated (wait-for-SIPI) with an interrupt owed and IF=1: prepare_entry must defer,
+/// not fail (SDM 26.3.1.5: no event may be injected in wait-for-SIPI).
+#[test]
+#[ignore = "issue 10 item 3"]
+fn owed_events_wait_in_wait_for_sipi_26_3_1_5() {
+    run(&[0x03, 0x04, 0x01, 0x00, 0x00, 0x00, 0x00, 0x0B, 0x00, 0x04, 0x40, 0x00]);
+}
+
+/// FRED guest: a #PF (event data = CR2) is re-injected, then an owed NMI is injected: its
+/// INJECTED_EVENT_DATA must be 0, not the #PF's CR2.
+#[test]
+#[ignore = "issue 10 item 4"]
+fn injected_event_data_is_never_stale() {
+    run(&[0x83, 0x04, 0x08, 0x20, 0x01, 0x05, 0x02, 0x00, 0x00, 0x00, 0x00, 0x00]);
+}
+
+/// Three NMIs requested before the guest handled any: one is delivered, one is held, the
+/// third merges (NMI latching).
+#[test]
+#[ignore = "issue 10 item 5"]
+fn nmis_latch_one_beside_one_in_service() {
+    run(&[0x03, 0x04, 0x00, 0x00, 0x03, 0x00, 0x00]);
+}
+
+/// A #UD whose delivery hit an EPT violation is re-injected once; the next exits must not
+/// report that IDT-vectoring information again (SDM 28.2.4: written at every exit).
+#[test]
+#[ignore = "issue 10 item 6"]
+fn exit_completion_invalidates_idt_vectoring_28_2_4() {
+    run(&[0x03, 0x00, 0x08, 0x20, 0x00, 0x00, 0x00]);
+}
+
+/// On a processor that does not block NMIs after STI (its NMI window opens under STI
+/// blocking), a library told that STI blocks NMIs requests the NMI window and never injects.
+#[test]
+#[ignore = "model finding: NMI window under STI blocking with nmi_requires_no_sti_blocking"]
+fn nmi_window_under_sti_blocking_does_not_livelock() {
+    run(&[0x03, 0x06, 0x01, 0x00, 0x01, 0x00, 0x00]);
+}
