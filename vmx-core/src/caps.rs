@@ -1,4 +1,4 @@
-//! VMX capability MSRs (SDM Vol. 3D Appendix A; shared/FACTS.md section 8): reading them
+//! VMX capability MSRs (SDM Vol. 3D Appendix A): reading them
 //! safely and decoding them.
 //!
 //! MSRs are read through [`CapabilityMsrs`], so the decoding and the control adjustment in
@@ -71,7 +71,9 @@ impl CapabilityMsrs for RecordedMsrs<'_> {
     }
 }
 
-/// RDMSR on this processor.
+/// RDMSR on this processor, for IA32_FEATURE_CONTROL (0x3A) and the VMX capability MSRs
+/// (0x480-0x493) only: [`CapabilityMsrs::read_msr`] answers `None` for every other number, so no
+/// safe call reads an arbitrary MSR.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug)]
 pub struct HardwareMsrs {
@@ -94,10 +96,21 @@ impl HardwareMsrs {
 #[cfg(target_arch = "x86_64")]
 impl CapabilityMsrs for HardwareMsrs {
     fn read_msr(&self, msr: u32) -> Option<u64> {
-        // SAFETY: CPL 0 is the constructor's contract, and VmxCapabilities::read only asks for
-        // MSRs whose existence it has established.
+        if !is_vmx_capability_msr(msr) {
+            return None;
+        }
+        // SAFETY: CPL 0 and VMX are the constructor's contract; the number is
+        // IA32_FEATURE_CONTROL or a VMX capability MSR, and VmxCapabilities::read asks for the
+        // optional ones (secondary, tertiary, EPT/VPID, VM functions, EXIT_CTLS2) only after the
+        // controls that announce them.
         Some(unsafe { x86::msr::rdmsr(msr) })
     }
+}
+
+/// `true` for the MSRs [`HardwareMsrs`] reads: IA32_FEATURE_CONTROL and IA32_VMX_BASIC ..
+/// IA32_VMX_EXIT_CTLS2 (SDM Vol. 4 "Model-Specific Registers", 0x3A and 0x480-0x493).
+pub const fn is_vmx_capability_msr(msr: u32) -> bool {
+    matches!(msr, msr::IA32_FEATURE_CONTROL | msr::IA32_VMX_BASIC..=msr::IA32_VMX_EXIT_CTLS2)
 }
 
 /// A required capability MSR could not be read.
@@ -392,6 +405,7 @@ impl FixedBits {
 }
 
 /// Everything the VMX capability MSRs say, read once.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmxCapabilities {
     /// IA32_VMX_BASIC.
@@ -528,6 +542,17 @@ impl VmxCapabilities {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardware_reads_only_feature_control_and_vmx_capability_msrs() {
+        for number in [0x3A, 0x480, 0x485, 0x48B, 0x490, 0x493] {
+            assert!(is_vmx_capability_msr(number), "{number:#x}");
+        }
+        // Neighbours of the range and MSRs a safe caller must not reach.
+        for number in [0x39, 0x3B, 0x47F, 0x494, 0x1B, 0xC000_0082, 0xC000_0080, 0x6E0] {
+            assert!(!is_vmx_capability_msr(number), "{number:#x}");
+        }
+    }
 
     #[test]
     fn basic_fields_from_recorded_values() {

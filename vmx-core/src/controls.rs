@@ -348,6 +348,29 @@ impl fmt::Display for ControlError {
     }
 }
 
+/// `defmt::Format` for the control bit sets: the raw value in hex (decode with the SDM tables).
+#[cfg(feature = "defmt")]
+macro_rules! format_as_bits {
+    ($($name:ident),* $(,)?) => {$(
+        impl defmt::Format for $name {
+            fn format(&self, f: defmt::Formatter<'_>) {
+                defmt::write!(f, "{=str}({=u64:#x})", stringify!($name), u64::from(self.bits()));
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "defmt")]
+format_as_bits!(
+    PinBasedControls,
+    PrimaryControls,
+    SecondaryControls,
+    TertiaryControls,
+    ExitControls,
+    SecondaryExitControls,
+    EntryControls,
+);
+
 /// The allowed settings of a 32-bit control set: a capability MSR's low half is the allowed-0
 /// settings (a 1 means the control must be 1), its high half the allowed-1 settings (a 0 means
 /// the control must be 0).
@@ -417,6 +440,7 @@ pub struct ControlRequest {
 }
 
 /// The values to write into the control fields, produced by [`adjust`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdjustedControls {
     /// For field 0x4000.

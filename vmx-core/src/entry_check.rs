@@ -1,6 +1,6 @@
 //! A validator of the VM-entry event-injection fields and the guest state tied to them
 //! (SDM Vol. 3C 26.2.1.3 "Checks on VM-Entry Control Fields" and 26.3.1.5 "Checks on Guest
-//! Non-Register State"; shared/FACTS.md section 7).
+//! Non-Register State").
 //!
 //! Run [`check`] before writing an injection: a violation here is a VM-entry failure on
 //! hardware (VMfailValid error 7 for the control-field rules, an exit with reason 33 for the
@@ -137,6 +137,12 @@ rules! {
     StiBlockingIfClear => "26.3.1.5", "blocking by STI needs guest RFLAGS.IF = 1";
     /// STI and MOV-SS blocking cannot both be set.
     StiAndMovSs => "26.3.1.5", "blocking by STI and by MOV SS cannot both be 1";
+    /// STI or MOV-SS blocking needs the active activity state.
+    StiOrMovSsBlockingNotActive => "26.3.1.5",
+        "blocking by STI or by MOV SS needs activity state 0 (active)";
+    /// Enclave-interruption blocking cannot be combined with MOV-SS blocking.
+    EnclaveInterruptionWithMovSs => "26.3.1.5",
+        "enclave interruption (bit 4) must be 0 when blocking by MOV SS (bit 1) is 1";
     /// Interruptibility bits 31:5 must be 0.
     InterruptibilityReservedBits => "26.3.1.5", "guest interruptibility bits 31:5 must be 0";
     /// The activity state must be 0-3.
@@ -195,6 +201,16 @@ pub fn check(
     }
     if let ActivityState::Unknown(_) = guest.activity {
         return fail(EntryRule::ActivityStateInvalid);
+    }
+    if guest.activity != ActivityState::Active
+        && blocking.intersects(GuestInterruptibility::STI | GuestInterruptibility::MOV_SS)
+    {
+        return fail(EntryRule::StiOrMovSsBlockingNotActive);
+    }
+    if blocking
+        .contains(GuestInterruptibility::ENCLAVE_INTERRUPTION | GuestInterruptibility::MOV_SS)
+    {
+        return fail(EntryRule::EnclaveInterruptionWithMovSs);
     }
     if !info.is_valid() {
         return Ok(());
@@ -454,6 +470,42 @@ mod tests {
     }
 
     #[test]
+    fn sti_or_mov_ss_blocking_needs_activity_state_active() {
+        let none = event(0);
+        for blocking in [GuestInterruptibility::STI, GuestInterruptibility::MOV_SS] {
+            assert_eq!(rule(none, with(ACTIVE, blocking), CAPS), None, "{blocking:?} active");
+            for activity in
+                [ActivityState::Hlt, ActivityState::Shutdown, ActivityState::WaitForSipi]
+            {
+                let guest = GuestEventState { activity, ..with(ACTIVE, blocking) };
+                assert_eq!(
+                    rule(none, guest, CAPS),
+                    Some(R::StiOrMovSsBlockingNotActive),
+                    "{blocking:?} {activity:?}"
+                );
+            }
+        }
+        // NMI blocking (bit 3) is fine in every activity state.
+        for activity in [ActivityState::Hlt, ActivityState::Shutdown, ActivityState::WaitForSipi] {
+            let guest = GuestEventState { activity, ..with(ACTIVE, GuestInterruptibility::NMI) };
+            assert_eq!(rule(none, guest, CAPS), None, "{activity:?}");
+        }
+    }
+
+    #[test]
+    fn enclave_interruption_not_with_mov_ss_blocking() {
+        let none = event(0);
+        let enclave = GuestInterruptibility::ENCLAVE_INTERRUPTION;
+        assert_eq!(rule(none, with(ACTIVE, enclave), CAPS), None);
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), CAPS), None);
+        assert_eq!(
+            rule(none, with(ACTIVE, enclave | GuestInterruptibility::MOV_SS), CAPS),
+            Some(R::EnclaveInterruptionWithMovSs)
+        );
+        assert_eq!(rule(none, with(ACTIVE, enclave | GuestInterruptibility::STI), CAPS), None);
+    }
+
+    #[test]
     fn activity_states_limit_the_events() {
         let hlt = GuestEventState { activity: ActivityState::Hlt, ..ACTIVE };
         let mtf = EntryCapabilities { monitor_trap_flag: true, ..CAPS };
@@ -475,7 +527,7 @@ mod tests {
 
     #[test]
     fn every_rule_is_reachable_and_explained() {
-        assert_eq!(EntryRule::ALL.len(), 22);
+        assert_eq!(EntryRule::ALL.len(), 24);
         for rule in EntryRule::ALL {
             assert!(rule.section().starts_with("26."));
             assert!(!rule.text().is_empty());

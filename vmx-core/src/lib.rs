@@ -99,6 +99,7 @@ pub mod controls;
 pub mod entry_check;
 pub mod error;
 pub mod event;
+pub mod exception_bitmap;
 pub mod exit;
 pub mod field;
 pub mod instr;

@@ -68,6 +68,8 @@ pub struct SoftVmcs {
     values: [u64; CATALOG_LEN],
     supported: [bool; CATALOG_LEN],
     instruction_error: Cell<u32>,
+    /// Exit-information fields set with `set_exit_information` since the last `complete_exit`.
+    set_for_this_exit: [bool; CATALOG_LEN],
 }
 
 impl Default for SoftVmcs {
@@ -83,6 +85,7 @@ impl SoftVmcs {
             values: [0; CATALOG_LEN],
             supported: [true; CATALOG_LEN],
             instruction_error: Cell::new(0),
+            set_for_this_exit: [false; CATALOG_LEN],
         }
     }
 
@@ -112,7 +115,8 @@ impl SoftVmcs {
         self.instruction_error.get()
     }
 
-    /// Sets a read-only exit-information field, as the processor does at a VM exit.
+    /// Sets a read-only exit-information field, as the processor does at a VM exit. The value
+    /// belongs to the exit that the next [`complete_exit`](Self::complete_exit) completes.
     pub fn set_exit_information<W: Width>(
         &mut self,
         field: Field<W, ReadOnly>,
@@ -122,6 +126,9 @@ impl SoftVmcs {
         if let Some(slot) = self.values.get_mut(index) {
             *slot = truncate(info.width, W::to_raw(value));
         }
+        if let Some(fresh) = self.set_for_this_exit.get_mut(index) {
+            *fresh = true;
+        }
         if field.encoding() == field::VM_INSTRUCTION_ERROR.encoding() {
             self.instruction_error.set(W::to_raw(value) as u32);
         }
@@ -130,7 +137,31 @@ impl SoftVmcs {
 
     /// Completes a simulated VM exit: the exit-information fields now describe "this" exit and
     /// the returned token lets [`ExitInfo`](crate::exit::ExitInfo) read them.
+    ///
+    /// A processor rewrites the exit-information fields at every VM exit (SDM Vol. 3C 27.2
+    /// "Recording VM-Exit Information and Updating VM-Entry Control Fields"): the valid bit of
+    /// the VM-exit interruption information and of the IDT-vectoring information is 0 unless
+    /// this exit is due to an event or
+    /// interrupted an event's delivery, and the other fields (qualification, error codes,
+    /// instruction length and information, linear and physical address, original event data)
+    /// are undefined when they do not apply. So every exit-information field not set with
+    /// [`set_exit_information`](Self::set_exit_information) since the previous
+    /// `complete_exit` reads as 0 (not valid) here: nothing leaks from the previous exit. The
+    /// VM-instruction error field (0x4400) is the exception: VM exits do not write it, only
+    /// failing VMX instructions do, so it keeps its value.
     pub fn complete_exit(&mut self) -> VmExit {
+        for ((value, fresh), info) in
+            self.values.iter_mut().zip(self.set_for_this_exit.iter_mut()).zip(field::ALL)
+        {
+            let exit_information = info.field_encoding().field_type() == FieldType::ExitInformation;
+            if exit_information
+                && !*fresh
+                && info.encoding != field::VM_INSTRUCTION_ERROR.encoding()
+            {
+                *value = 0;
+            }
+            *fresh = false;
+        }
         VmExit::new()
     }
 
@@ -553,5 +584,55 @@ mod tests {
         let no_event_data = SoftVmcs::with_supported(|info| info.name != "ORIGINAL_EVENT_DATA");
         let mut no_event_data = no_event_data;
         assert_eq!(no_event_data.set_exit_information(ORIGINAL_EVENT_DATA, 1), Err(UNSUPPORTED));
+    }
+
+    #[test]
+    fn complete_exit_rewrites_every_exit_information_field() {
+        let mut vmcs = SoftVmcs::new();
+        // First exit: an exception exit that interrupted an NMI's delivery, every field set.
+        vmcs.set_exit_information(EXIT_REASON, 0).unwrap();
+        vmcs.set_exit_information(EXIT_QUALIFICATION, u64::MAX).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_INFO, 0x8000_0B0E).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_ERROR_CODE, u32::MAX).unwrap();
+        vmcs.set_exit_information(IDT_VECTORING_INFO, 0x8000_0202).unwrap();
+        vmcs.set_exit_information(IDT_VECTORING_ERROR_CODE, u32::MAX).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INSTRUCTION_LENGTH, 15).unwrap();
+        vmcs.set_exit_information(ORIGINAL_EVENT_DATA, u64::MAX).unwrap();
+        vmcs.set_exit_information(VM_INSTRUCTION_ERROR, 7).unwrap();
+        let exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_INFO), Ok(0x8000_0B0E));
+        assert_eq!(vmcs.read(IDT_VECTORING_INFO), Ok(0x8000_0202));
+        assert_eq!(vmcs.read(ORIGINAL_EVENT_DATA), Ok(u64::MAX));
+        vmcs.enter(exit);
+        // Second exit: a CPUID exit (reason 10) sets only its reason and instruction length.
+        vmcs.set_exit_information(EXIT_REASON, 10).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INSTRUCTION_LENGTH, 2).unwrap();
+        let exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(10));
+        assert_eq!(vmcs.read(VM_EXIT_INSTRUCTION_LENGTH), Ok(2));
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_INFO), Ok(0), "not valid: no stale event");
+        assert_eq!(vmcs.read(IDT_VECTORING_INFO), Ok(0), "not valid: no stale event");
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_ERROR_CODE), Ok(0));
+        assert_eq!(vmcs.read(IDT_VECTORING_ERROR_CODE), Ok(0));
+        assert_eq!(vmcs.read(EXIT_QUALIFICATION), Ok(0));
+        assert_eq!(vmcs.read(ORIGINAL_EVENT_DATA), Ok(0));
+        // VM exits do not write the VM-instruction error field.
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(7));
+        vmcs.enter(exit);
+        // Third exit with nothing set: every exit-information field reads 0 (reason 0).
+        let _exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(0));
+        assert_eq!(vmcs.read(VM_EXIT_INSTRUCTION_LENGTH), Ok(0));
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(7));
+    }
+
+    #[test]
+    fn complete_exit_keeps_guest_and_control_fields() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.write(GUEST_RIP, u64::MAX).unwrap();
+        vmcs.write(EXCEPTION_BITMAP, u32::MAX).unwrap();
+        let _exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(GUEST_RIP), Ok(u64::MAX));
+        assert_eq!(vmcs.read(EXCEPTION_BITMAP), Ok(u32::MAX));
     }
 }

@@ -8,6 +8,7 @@ use hvkit_vmx_core::controls::{
     self, AdjustedControls, ControlRequest, EntryControls, ExitControls, PinBasedControls,
     PrimaryControls, SecondaryControls,
 };
+use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
@@ -15,6 +16,8 @@ use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
 static mut VMXON_REGION: VmxonRegion = VmxonRegion::new(0);
 static mut VMCS_REGION: VmcsRegion = VmcsRegion::new(0);
 static mut VMX_ROOT: Option<VmxRoot> = None;
+/// Set by [`enable`] when the controls enable EPT; [`invept_all`] does nothing while clear.
+static EPT_IN_USE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// 4-level EPT: PML4, one PDPT (4 GiB), 4 PDs of 2 MiB pages, and one PT for the guest area.
 #[repr(C, align(4096))]
@@ -156,6 +159,7 @@ pub fn enable() -> Result<Vmx, &'static str> {
         controls.entry.bits(),
         ept_possible
     );
+    EPT_IN_USE.store(ept_possible, core::sync::atomic::Ordering::SeqCst);
     Ok(Vmx { caps, controls, ept: ept_possible })
 }
 
@@ -168,6 +172,19 @@ pub fn vmcs() -> ActiveVmcs<'static> {
         Some(root) => unsafe { ActiveVmcs::assume_current(root, false) },
         None => crate::port::exit(crate::port::status::PANIC),
     }
+}
+
+/// Lends the VMX root token to `body` (which may make another VMCS current), then makes the
+/// example's VMCS current again. Call before [`vmcs`].
+#[allow(static_mut_refs, reason = "single CPU; no `ActiveVmcs` exists yet")]
+pub fn with_root(body: impl FnOnce(&mut VmxRoot)) -> Result<(), VmFail> {
+    // SAFETY: `enable` stored the root token; single CPU; `vmcs` has not been called yet.
+    let Some(root) = (unsafe { VMX_ROOT.as_mut() }) else {
+        crate::port::exit(crate::port::status::PANIC)
+    };
+    body(root);
+    // SAFETY: the example's VMCS region was cleared by `enable` and never launched.
+    unsafe { root.load(core::ptr::addr_of!(VMCS_REGION) as u64) }.map(drop)
 }
 
 /// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.
@@ -202,8 +219,13 @@ pub fn set_page_access(area: u64, address: u64, rwx: u64) {
     }
 }
 
-/// Invalidates EPT-derived translations (all contexts).
+/// Invalidates EPT-derived translations (all contexts). Does nothing when EPT is not in use:
+/// INVEPT raises #UD on a CPU without EPT (Intel SDM Vol. 3C, "INVEPT—Invalidate Translations
+/// Derived from EPT", exceptions).
 pub fn invept_all() {
+    if !EPT_IN_USE.load(core::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let descriptor = hvkit_vmx_core::instr::InveptDescriptor::new(0);
     // SAFETY: VMX root, EPT in use.
     let _ = unsafe {
@@ -228,7 +250,8 @@ pub fn setup_vmcs(
     }
     vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
     vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
-    vmcs.write(field::EXCEPTION_BITMAP, 0)?;
+    // #DB and #AC always exit (a guest could otherwise hang the host with them).
+    vmcs.write(field::EXCEPTION_BITMAP, ExceptionBitmap::new().raw())?;
     vmcs.write(field::CR3_TARGET_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_STORE_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_LOAD_COUNT, 0)?;

@@ -48,6 +48,8 @@ pub fn allowed(case: &EntryCase) -> bool {
         || (sti && mov_ss)
         || (sti && !case.rflags_if)
         || case.activity > 3
+        || (case.activity != 0 && (sti || mov_ss))
+        || (mov_ss && case.interruptibility & 0x10 != 0)
     {
         return false;
     }
