@@ -494,7 +494,9 @@ pub struct Frame {
     pub nmi: bool,
 }
 
-const MAX_FRAMES: usize = 8;
+/// More than the deliveries one fuzz input can cause (32 rounds of at most two, then the
+/// drain), so no frame is ever dropped.
+const MAX_FRAMES: usize = 128;
 
 /// The guest's event-relevant state as the processor keeps it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -532,6 +534,14 @@ impl Guest {
     /// Handler frames on the stack.
     pub fn depth(&self) -> usize {
         self.depth
+    }
+
+    /// `true` when the innermost handler frame is an NMI's.
+    pub fn innermost_is_nmi(&self) -> bool {
+        self.depth
+            .checked_sub(1)
+            .and_then(|top| self.frames.get(top))
+            .is_some_and(|frame| frame.nmi)
     }
 
     /// `true` while an NMI handler frame is on the stack.
@@ -596,9 +606,10 @@ impl Guest {
 }
 
 /// Guest NMIs owed under the latching rule the model holds the library to: while one NMI is in
-/// service (its handler running, or its injection pending), at most one more is held; with
-/// none in service, at most two (one delivered at once, one held) (SDM 6.7.1 NMI latching;
-/// KVM's process_nmi).
+/// service (the guest is blocked by NMI, or an NMI injection is pending), at most one more is
+/// held; with none in service, at most two (one delivered at once, one held) (SDM Vol. 3A
+/// 6.7.1 NMI latching; KVM's process_nmi). The driver also clamps owed NMIs to one whenever
+/// one comes into service.
 pub fn owed_nmis_after_request(owed: u32, in_service: bool) -> u32 {
     let limit = if in_service { 1 } else { 2 };
     owed.saturating_add(1).min(limit)
@@ -626,6 +637,11 @@ impl VectorSet {
             }
             None => false,
         }
+    }
+
+    /// How many vectors.
+    pub fn len(&self) -> u32 {
+        self.0.iter().map(|word| word.count_ones()).sum()
     }
 
     /// `true` when empty.
