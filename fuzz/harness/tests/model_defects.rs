@@ -89,3 +89,34 @@ fn nmi_window_under_sti_blocking_does_not_livelock() {
         0x03, 0x06, 0x01, 0x00, 0x01, 0x00, 0x00,
     ]);
 }
+
+/// Blocking by SMI (interruptibility bit 2) outside SMM: the model fails the VM entry (SDM
+/// 26.3.1.5: bit 2 must be 0 if the processor is not in SMM); hvkit's validator accepts it.
+#[test]
+#[ignore = "model finding: the entry validator does not check blocking by SMI"]
+fn smi_blocking_outside_smm_fails_entry_26_3_1_5() {
+    // The event_model target masks bit 2 out to keep running; the two verdicts, directly.
+    let config = hvkit_fuzz_harness::model::Config::from_bits(0x03);
+    let view = hvkit_fuzz_harness::model::EntryView {
+        interruptibility: 0x04,
+        rflags_if: true,
+        cr0_pe: true,
+        ..Default::default()
+    };
+    assert!(hvkit_fuzz_harness::model::check_guest_state(&config, &view).is_err());
+    let guest = hvkit_vmx_core::entry_check::GuestEventState {
+        cr0_pe: true,
+        rflags_if: true,
+        interruptibility: hvkit_vmx_core::event::GuestInterruptibility::from_bits_retain(0x04),
+        activity: hvkit_vmx_core::event::ActivityState::from_raw(0),
+        virtual_nmis: true,
+        unrestricted_guest: false,
+    };
+    let event = hvkit_vmx_core::entry_check::EntryEvent {
+        info: hvkit_vmx_core::event::InterruptionInfo::from_raw(0),
+        error_code: 0,
+        instruction_length: 0,
+    };
+    let caps = hvkit_vmx_core::entry_check::EntryCapabilities::STRICT;
+    assert!(hvkit_vmx_core::entry_check::check(&event, &guest, &caps).is_err());
+}

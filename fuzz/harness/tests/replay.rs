@@ -44,6 +44,11 @@ fn exit_sequence() {
     replay("exit_sequence", hvkit_fuzz_harness::exit_sequence);
 }
 
+#[test]
+fn event_model() {
+    replay("event_model", hvkit_fuzz_harness::event_model);
+}
+
 /// Random inputs on stable too (a cheap stand-in for a fuzzer run where libFuzzer is absent).
 #[test]
 fn pseudo_random_inputs() {
@@ -63,6 +68,7 @@ fn pseudo_random_inputs() {
         hvkit_fuzz_harness::exit_handling(data);
         hvkit_fuzz_harness::apic_ipi(data);
         hvkit_fuzz_harness::fred_frame(data);
+        hvkit_fuzz_harness::event_model(data);
     }
     // The exit sequence costs more per input: fewer of them.
     for _ in 0..4_000 {
