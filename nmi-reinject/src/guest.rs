@@ -172,6 +172,9 @@ impl InjectionContext {
                 nested_exception: caps.basic.nested_exception(),
                 fred_guest,
                 nmi_requires_no_sti_blocking: true,
+                // SGX is a CPUID feature, not a VMX capability: the strict choice refuses the
+                // enclave-interruption bit; a hypervisor with SGX guests sets it.
+                sgx: false,
             },
             virtual_nmis: controls.pin.contains(PinBasedControls::VIRTUAL_NMIS),
             unrestricted_guest: secondary_active
@@ -466,13 +469,19 @@ pub struct GuestEventQueue {
     pending_nmis: u32,
     merged_nmis: u64,
     pending_irqs: [u64; 4],
+    /// The last `prepare_entry` left both window controls clear in the VMCS (so, with nothing
+    /// owed, the next one has nothing to read or write).
+    windows_clear: bool,
 }
 
 /// What [`GuestEventQueue::prepare_entry`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum EntryDecision {
-    /// Nothing owed, windows off.
+    /// Nothing owed, windows off. When the previous `prepare_entry` already left the windows
+    /// off, this is decided without any VMCS access, so an injection that other code wrote
+    /// (a re-injection) is not looked at: it is still delivered, it is just not reported as
+    /// [`AlreadyPending`](Self::AlreadyPending).
     Idle,
     /// An injection was already pending (e.g. a re-injection); windows requested as needed.
     AlreadyPending,
@@ -492,7 +501,7 @@ const MAX_OWED_NMIS: u32 = 2;
 impl GuestEventQueue {
     /// An empty queue.
     pub const fn new() -> Self {
-        Self { pending_nmis: 0, merged_nmis: 0, pending_irqs: [0; 4] }
+        Self { pending_nmis: 0, merged_nmis: 0, pending_irqs: [0; 4], windows_clear: false }
     }
 
     /// Owes the guest one more NMI, unless two are already owed (then it merges; see the type's
@@ -574,6 +583,10 @@ impl GuestEventQueue {
         vmcs: &mut impl VmcsAccess,
         context: &InjectionContext,
     ) -> Result<EntryDecision, InjectError> {
+        // The common case: nothing owed and the windows already clear: no VMCS access at all.
+        if self.windows_clear && self.pending_nmis == 0 && self.pending_irqs == [0; 4] {
+            return Ok(EntryDecision::Idle);
+        }
         let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
         let guest = guest_event_state(vmcs, context)?;
         let blocking = guest.interruptibility;
@@ -635,6 +648,7 @@ impl GuestEventQueue {
                 let encoding = field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS.encoding();
                 undo.write(vmcs, encoding, u64::from(controls.bits()))?;
             }
+            next.windows_clear = !nmi_window && !interrupt_window;
             Ok(if pending.is_valid() {
                 EntryDecision::AlreadyPending
             } else if let Some(event) = injected {

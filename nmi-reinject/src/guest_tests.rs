@@ -711,3 +711,36 @@ fn every_prepared_entry_passes_the_entry_checks() {
     }
     assert!(checked > 300, "{checked}");
 }
+
+#[test]
+fn nothing_owed_and_windows_clear_touches_no_vmcs_field() {
+    let context = context(true);
+    // A fresh queue does not know the window controls: the first call reads them and clears a
+    // window that setup code left on.
+    let mut vmcs = guest_vmcs(0, true);
+    let primary = field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS;
+    vmcs.write(primary, INTERRUPT_WINDOW | NMI_WINDOW).unwrap();
+    let mut queue = GuestEventQueue::new();
+    assert_eq!(queue.prepare_entry(&mut vmcs, &context), Ok(EntryDecision::Idle));
+    assert_eq!(vmcs.read(primary).unwrap() & (INTERRUPT_WINDOW | NMI_WINDOW), 0);
+    // Now nothing is owed and the windows are known clear: a VMCS without a single field
+    // (every access fails) is not touched.
+    let mut no_fields = SoftVmcs::with_supported(|_| false);
+    assert_eq!(queue.prepare_entry(&mut no_fields, &context), Ok(EntryDecision::Idle));
+    assert_eq!(no_fields.last_instruction_error(), 0, "no VMREAD/VMWRITE was attempted");
+    // Something owed: the full path again (and it fails on the field-less VMCS, queue intact).
+    queue.queue_irq(0x30);
+    let before = queue;
+    assert!(queue.prepare_entry(&mut no_fields, &context).is_err());
+    assert_eq!(queue, before);
+    // The guest cannot take it (IF = 0): the window goes on, so the queue no longer assumes
+    // clear windows even after the interrupt is delivered later.
+    let mut closed = guest_vmcs(0, false);
+    assert_eq!(queue.prepare_entry(&mut closed, &context), Ok(EntryDecision::WindowRequested));
+    assert_ne!(closed.read(primary).unwrap() & INTERRUPT_WINDOW, 0);
+    let mut open = closed.clone();
+    open.write(field::GUEST_RFLAGS, 0x202).unwrap();
+    assert!(matches!(queue.prepare_entry(&mut open, &context), Ok(EntryDecision::Injected(_))));
+    assert_eq!(open.read(primary).unwrap() & INTERRUPT_WINDOW, 0, "window off once delivered");
+    assert_eq!(queue.prepare_entry(&mut no_fields, &context), Ok(EntryDecision::Idle));
+}

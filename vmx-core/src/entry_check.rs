@@ -58,6 +58,9 @@ pub struct EntryCapabilities {
     /// Treat STI blocking as forbidding NMI injection (the SDM allows processors to require
     /// it; `true` is the portable choice).
     pub nmi_requires_no_sti_blocking: bool,
+    /// The processor supports SGX (CPUID.(EAX=07H,ECX=0):EBX\[2\]): only then may the guest's
+    /// enclave-interruption blocking (bit 4) be 1.
+    pub sgx: bool,
 }
 
 impl EntryCapabilities {
@@ -70,7 +73,45 @@ impl EntryCapabilities {
         nested_exception: false,
         fred_guest: false,
         nmi_requires_no_sti_blocking: true,
+        sgx: false,
     };
+}
+
+/// The VM-execution and VM-exit controls whose consistency event handling depends on
+/// (SDM Vol. 3C 26.2.1.1 "VM-Execution Control Fields", 26.2.1.2 "VM-Exit Control Fields").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EventControls {
+    /// Pin-based "NMI exiting" (bit 3).
+    pub nmi_exiting: bool,
+    /// Pin-based "virtual NMIs" (bit 5).
+    pub virtual_nmis: bool,
+    /// Pin-based "process posted interrupts" (bit 7).
+    pub process_posted_interrupts: bool,
+    /// Pin-based "external-interrupt exiting" (bit 0).
+    pub external_interrupt_exiting: bool,
+    /// Primary processor-based "NMI-window exiting" (bit 22).
+    pub nmi_window_exiting: bool,
+    /// VM-exit "acknowledge interrupt on exit" (bit 15).
+    pub acknowledge_interrupt_on_exit: bool,
+}
+
+/// Checks the consistency rules between the event controls: a violation is a VM-entry failure
+/// with VMfailValid error 7 (invalid control fields). Whether the processor allows each control
+/// at all is [`adjust`](crate::controls::adjust)'s business (capability MSRs).
+pub fn check_event_controls(controls: &EventControls) -> Result<(), EntryRule> {
+    if controls.virtual_nmis && !controls.nmi_exiting {
+        return Err(EntryRule::VirtualNmisWithoutNmiExiting);
+    }
+    if controls.nmi_window_exiting && !controls.virtual_nmis {
+        return Err(EntryRule::NmiWindowWithoutVirtualNmis);
+    }
+    if controls.process_posted_interrupts
+        && !(controls.external_interrupt_exiting && controls.acknowledge_interrupt_on_exit)
+    {
+        return Err(EntryRule::PostedInterruptsWithoutAcknowledge);
+    }
+    Ok(())
 }
 
 macro_rules! rules {
@@ -100,6 +141,15 @@ macro_rules! rules {
 }
 
 rules! {
+    /// Virtual NMIs need NMI exiting.
+    VirtualNmisWithoutNmiExiting => "26.2.1.1",
+        "the \"virtual NMIs\" control needs the \"NMI exiting\" control";
+    /// NMI-window exiting needs virtual NMIs.
+    NmiWindowWithoutVirtualNmis => "26.2.1.1",
+        "the \"NMI-window exiting\" control needs the \"virtual NMIs\" control";
+    /// Posted interrupts need external-interrupt exiting and acknowledge interrupt on exit.
+    PostedInterruptsWithoutAcknowledge => "26.2.1.1",
+        "\"process posted interrupts\" needs \"external-interrupt exiting\" and \"acknowledge interrupt on exit\"";
     /// Interruption type 1 is reserved.
     ReservedType => "26.2.1.3", "interruption type 1 (reserved) may not be injected";
     /// Type 7 needs the monitor-trap-flag control.
@@ -143,6 +193,11 @@ rules! {
     /// Enclave-interruption blocking cannot be combined with MOV-SS blocking.
     EnclaveInterruptionWithMovSs => "26.3.1.5",
         "enclave interruption (bit 4) must be 0 when blocking by MOV SS (bit 1) is 1";
+    /// Blocking by SMI (bit 2) only in SMM: a VM entry from outside SMM needs it 0.
+    SmiBlockingOutsideSmm => "26.3.1.5", "blocking by SMI (bit 2) must be 0 outside SMM";
+    /// Enclave-interruption blocking needs SGX.
+    EnclaveInterruptionWithoutSgx => "26.3.1.5",
+        "enclave interruption (bit 4) needs a processor with SGX (CPUID.(7,0):EBX[2])";
     /// Interruptibility bits 31:5 must be 0.
     InterruptibilityReservedBits => "26.3.1.5", "guest interruptibility bits 31:5 must be 0";
     /// The activity state must be 0-3.
@@ -211,6 +266,14 @@ pub fn check(
         .contains(GuestInterruptibility::ENCLAVE_INTERRUPTION | GuestInterruptibility::MOV_SS)
     {
         return fail(EntryRule::EnclaveInterruptionWithMovSs);
+    }
+    if blocking.contains(GuestInterruptibility::ENCLAVE_INTERRUPTION) && !caps.sgx {
+        return fail(EntryRule::EnclaveInterruptionWithoutSgx);
+    }
+    // VM entries that hvkit prepares start outside SMM (the dual-monitor treatment of SMIs is
+    // not supported), where blocking by SMI must be 0.
+    if blocking.contains(GuestInterruptibility::SMI) {
+        return fail(EntryRule::SmiBlockingOutsideSmm);
     }
     if !info.is_valid() {
         return Ok(());
@@ -495,14 +558,94 @@ mod tests {
     #[test]
     fn enclave_interruption_not_with_mov_ss_blocking() {
         let none = event(0);
+        let sgx = EntryCapabilities { sgx: true, ..CAPS };
         let enclave = GuestInterruptibility::ENCLAVE_INTERRUPTION;
-        assert_eq!(rule(none, with(ACTIVE, enclave), CAPS), None);
-        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), CAPS), None);
+        assert_eq!(rule(none, with(ACTIVE, enclave), sgx), None);
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), sgx), None);
         assert_eq!(
-            rule(none, with(ACTIVE, enclave | GuestInterruptibility::MOV_SS), CAPS),
+            rule(none, with(ACTIVE, enclave | GuestInterruptibility::MOV_SS), sgx),
             Some(R::EnclaveInterruptionWithMovSs)
         );
-        assert_eq!(rule(none, with(ACTIVE, enclave | GuestInterruptibility::STI), CAPS), None);
+        assert_eq!(rule(none, with(ACTIVE, enclave | GuestInterruptibility::STI), sgx), None);
+    }
+
+    #[test]
+    fn enclave_interruption_needs_sgx() {
+        let none = event(0);
+        let enclave = with(ACTIVE, GuestInterruptibility::ENCLAVE_INTERRUPTION);
+        assert_eq!(rule(none, enclave, CAPS), Some(R::EnclaveInterruptionWithoutSgx));
+        assert_eq!(rule(none, enclave, EntryCapabilities { sgx: true, ..CAPS }), None);
+        // With an injection too: the guest-state rule holds whatever is injected.
+        assert_eq!(rule(event(0x8000_0202), enclave, CAPS), Some(R::EnclaveInterruptionWithoutSgx));
+        assert_eq!(rule(none, ACTIVE, CAPS), None, "bit 4 clear needs no SGX");
+    }
+
+    #[test]
+    fn smi_blocking_only_in_smm() {
+        let none = event(0);
+        let sgx = EntryCapabilities { sgx: true, ..CAPS };
+        assert_eq!(
+            rule(none, with(ACTIVE, GuestInterruptibility::SMI), sgx),
+            Some(R::SmiBlockingOutsideSmm)
+        );
+        // Its neighbours bits 1 and 3 alone are fine.
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), sgx), None);
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::NMI), sgx), None);
+        assert_eq!(
+            rule(event(0x8000_0030), with(ACTIVE, GuestInterruptibility::SMI), sgx),
+            Some(R::SmiBlockingOutsideSmm)
+        );
+    }
+
+    #[test]
+    fn event_control_consistency() {
+        let valid = EventControls {
+            nmi_exiting: true,
+            virtual_nmis: true,
+            nmi_window_exiting: true,
+            ..EventControls::default()
+        };
+        assert_eq!(check_event_controls(&valid), Ok(()));
+        assert_eq!(check_event_controls(&EventControls::default()), Ok(()));
+        assert_eq!(
+            check_event_controls(&EventControls { nmi_exiting: false, ..valid }),
+            Err(R::VirtualNmisWithoutNmiExiting)
+        );
+        assert_eq!(
+            check_event_controls(&EventControls { nmi_exiting: true, ..EventControls::default() }),
+            Ok(()),
+            "NMI exiting alone"
+        );
+        assert_eq!(
+            check_event_controls(&EventControls {
+                nmi_window_exiting: true,
+                nmi_exiting: true,
+                ..EventControls::default()
+            }),
+            Err(R::NmiWindowWithoutVirtualNmis)
+        );
+        let posted = EventControls {
+            process_posted_interrupts: true,
+            external_interrupt_exiting: true,
+            acknowledge_interrupt_on_exit: true,
+            ..EventControls::default()
+        };
+        assert_eq!(check_event_controls(&posted), Ok(()));
+        assert_eq!(
+            check_event_controls(&EventControls { acknowledge_interrupt_on_exit: false, ..posted }),
+            Err(R::PostedInterruptsWithoutAcknowledge)
+        );
+        assert_eq!(
+            check_event_controls(&EventControls { external_interrupt_exiting: false, ..posted }),
+            Err(R::PostedInterruptsWithoutAcknowledge)
+        );
+        for rule in [
+            R::VirtualNmisWithoutNmiExiting,
+            R::NmiWindowWithoutVirtualNmis,
+            R::PostedInterruptsWithoutAcknowledge,
+        ] {
+            assert_eq!(rule.section(), "26.2.1.1");
+        }
     }
 
     #[test]
@@ -527,7 +670,7 @@ mod tests {
 
     #[test]
     fn every_rule_is_reachable_and_explained() {
-        assert_eq!(EntryRule::ALL.len(), 24);
+        assert_eq!(EntryRule::ALL.len(), 29);
         for rule in EntryRule::ALL {
             assert!(rule.section().starts_with("26."));
             assert!(!rule.text().is_empty());

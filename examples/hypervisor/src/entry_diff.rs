@@ -38,7 +38,7 @@ use hvkit_vmx_core::controls::{
     AllowedControls, PinBasedControls, PrimaryControls, SecondaryControls,
 };
 use hvkit_vmx_core::entry_check::{
-    self, EntryCapabilities, EntryEvent, EntryRule, GuestEventState,
+    self, EntryCapabilities, EntryEvent, EntryRule, EventControls, GuestEventState,
 };
 use hvkit_vmx_core::event::{ActivityState, GuestInterruptibility, InterruptionInfo};
 use hvkit_vmx_core::field;
@@ -416,6 +416,7 @@ impl<'a> Setup<'a> {
                 zero_length_injection: caps.misc.zero_length_injection(),
                 monitor_trap_flag: primary.allows(27),
                 nested_exception: caps.basic.nested_exception(),
+                sgx: leaf7.ebx & (1 << 2) != 0,
                 ..EntryCapabilities::STRICT
             },
             preemption_timer: pin.allows(6),
@@ -608,9 +609,18 @@ fn verdict(case: &Case, setup: &Setup<'_>) -> Verdict {
         virtual_nmis: case.virtual_nmis,
         unrestricted_guest: case.mode != Mode::Protected,
     };
-    // SDM 26.2.1.1, checked first like the CPU does: hvkit's only consistency check of these
-    // controls is `InjectionContext::nmi_window_usable` (NMI-window exiting needs virtual NMIs
-    // and its allowed-1 bit). Nothing in hvkit checks "virtual NMIs needs NMI exiting".
+    // SDM 26.2.1.1, checked first like the CPU does: the consistency of the event controls
+    // (`check_event_controls`), then whether this CPU offers NMI-window exiting at all
+    // (`InjectionContext::nmi_window_usable`: its allowed-1 bit).
+    let controls = EventControls {
+        nmi_exiting: case.nmi_exiting,
+        virtual_nmis: case.virtual_nmis,
+        nmi_window_exiting: case.nmi_window,
+        ..EventControls::default()
+    };
+    if let Err(rule) = entry_check::check_event_controls(&controls) {
+        return Verdict::Control(rule);
+    }
     let context = InjectionContext {
         capabilities: setup.caps,
         virtual_nmis: case.virtual_nmis,

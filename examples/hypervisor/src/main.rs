@@ -19,7 +19,7 @@ use hvkit_nmi_reinject::{
     InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi, handle_host_event,
     inject, reflected_exception, reinject_idt_vectoring,
 };
-use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoOptions};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfo, ExitInfoOptions};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{GuestRegisters, VmcsAccess};
 use port::status;
@@ -205,6 +205,8 @@ fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
 struct Counters {
     nmi_exits: u64,
     timer_exits: u64,
+    /// Timer ticks the host took while it ran (interrupts enabled), with no exit.
+    host_direct_ticks: u64,
     other_exits: u64,
     nmi_window_exits: u64,
     ept_violations: u64,
@@ -287,8 +289,9 @@ fn run(
             }
         };
         let exit_tsc = cpu::rdtsc();
-        let info = match ExitInfo::read(vmcs, &exit, ExitInfoOptions::default()) {
-            Ok(info) => info,
+        // Phase one: only what re-delivery needs (exit reason, interruption information).
+        let head = match ExitHead::read(vmcs, &exit) {
+            Ok(head) => head,
             Err(fail) => {
                 println!("HVKIT error: reading exit information: {fail}");
                 port::exit(status::FAIL)
@@ -296,10 +299,10 @@ fn run(
         };
         // First act: re-deliver the host event this exit consumed.
         let host_event = match (strategy, fred_mode) {
-            (Strategy::DirectCall, false) => handle_host_event(&mut direct, &info, true),
-            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, &info, true),
-            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, &info, true),
-            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, &info, true),
+            (Strategy::DirectCall, false) => handle_host_event(&mut direct, head, true),
+            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, head, true),
+            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, head, true),
+            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, head, true),
         };
         match host_event {
             Ok((event, delivery)) => {
@@ -311,9 +314,11 @@ fn run(
                     _ => 0,
                 };
                 if delivery == Some(IrqDelivery::Requeued) {
-                    // The interrupt waits in the APIC: let the host take it now.
-                    // SAFETY: the host IDT is loaded; handlers are ready.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    // The interrupt waits in the APIC: let the host take it before re-entry.
+                    // Ticks the host takes beyond that one arrived while the host ran: they
+                    // never caused an exit, so they are counted as taken directly.
+                    let taken = take_requeued_interrupt();
+                    phase.host_direct_ticks += taken.saturating_sub(1);
                 }
                 if handler_tsc > exit_tsc && delivery != Some(IrqDelivery::Requeued) {
                     phase.exit_to_handler += handler_tsc - exit_tsc;
@@ -325,6 +330,14 @@ fn run(
                 phase.reinject_errors += 1;
             }
         }
+        // Phase two: the rest of the snapshot, after the host event is re-delivered.
+        let info = match head.complete(vmcs, ExitInfoOptions::default()) {
+            Ok(info) => info,
+            Err(fail) => {
+                println!("HVKIT error: reading exit information: {fail}");
+                port::exit(status::FAIL)
+            }
+        };
         let reason = info.reason.basic();
         let mut advance = false;
         match reason {
@@ -368,6 +381,7 @@ fn run(
                 match command {
                     guest::call::PING => registers.rbx = first.wrapping_add(1),
                     guest::call::ROUND_TRIPS_END => {
+                        vmx::micro_benchmarks(vmcs, &exit, &mut direct);
                         let round_trips = phase.other_exits - 1;
                         report(Line {
                             name: "round-trips",
@@ -400,7 +414,7 @@ fn run(
                     guest::call::TIMER_STOP => {
                         apic::stop_timer();
                         // A last tick may be pending: let the host take it before counting.
-                        drain_host_interrupts();
+                        phase.host_direct_ticks += drain_host_interrupts();
                         let now = snapshot();
                         let handled = now.host_timer - phase.host_timer;
                         let apic = apic::get();
@@ -410,11 +424,11 @@ fn run(
                         report(Line {
                             name: if fred_mode { "fred-timer-irq" } else { "timer-irq" },
                             strategy: strategy.name(fred_mode),
-                            sent: phase.timer_exits,
+                            // Every tick reached the host once: through an exit and re-delivery,
+                            // or directly while the host ran with interrupts enabled.
+                            sent: phase.timer_exits + phase.host_direct_ticks,
                             exits: phase.timer_exits,
-                            handled: handled.min(
-                                phase.timer_exits + (handled - handled.min(phase.timer_exits)),
-                            ),
+                            handled,
                             eois: now.host_eoi - phase.host_eoi,
                             insns_per_event: phase.exit_to_handler / phase.handler_samples.max(1),
                             pass: clean
@@ -442,12 +456,13 @@ fn run(
                         let stress = command == guest::call::STRESS_END;
                         if stress {
                             apic::stop_timer();
-                            drain_host_interrupts();
+                            phase.host_direct_ticks += drain_host_interrupts();
                         }
                         let now = snapshot();
                         let nmi_handled = now.host_nmi - phase.host_nmi;
                         let timer_handled = now.host_timer - phase.host_timer;
-                        let sent = first + if stress { phase.timer_exits } else { 0 };
+                        let sent = first
+                            + if stress { phase.timer_exits + phase.host_direct_ticks } else { 0 };
                         let handled = nmi_handled + if stress { timer_handled } else { 0 };
                         let events = sent + phase.other_exits;
                         report(Line {
@@ -693,11 +708,29 @@ fn reflect_exception(info: &ExitInfo<'_>, reflected: &mut Option<GuestEvent>) {
 }
 
 /// Lets pending host interrupts (a last timer tick) reach their handlers.
-fn drain_host_interrupts() {
+/// Returns how many timer ticks the host took meanwhile (they reached it without an exit).
+fn drain_host_interrupts() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
     for _ in 0..1000 {
         // SAFETY: the host IDT is loaded; handlers are ready.
         unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
     }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
+}
+
+/// Opens interrupt windows until the re-queued interrupt has reached its handler (bounded: a
+/// self-IPI travels through the APIC and may take a while on SMP machines) and returns how many
+/// timer ticks the host took in them.
+fn take_requeued_interrupt() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        // SAFETY: the host IDT is loaded; handlers are ready.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        if host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) != before {
+            break;
+        }
+    }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
 }
 
 fn emulate_cpuid(registers: &mut GuestRegisters) {

@@ -93,6 +93,7 @@ pub fn entry_check(data: &[u8]) {
         nested_exception: case.nested,
         fred_guest: case.fred,
         nmi_requires_no_sti_blocking: case.strict_sti,
+        sgx: case.sgx,
     };
     let result = entry_check::check(&event, &guest, &caps);
     let model = oracle::allowed(&case);
