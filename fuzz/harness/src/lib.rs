@@ -412,10 +412,7 @@ pub fn event_model(data: &[u8]) {
     let flags = head[14];
     // Mostly plausible fields, sometimes raw ones.
     let info = if flags & 1 != 0 { word(0) } else { word(0) & 0x8000_3FFF };
-    // Blocking by SMI (bit 2) is left out: the model rejects it outside SMM (SDM 26.3.1.5)
-    // and hvkit's validator does not look at it (an open finding, tests/model_defects.rs).
     let interruptibility = if flags & 2 != 0 { word(8) } else { u32::from(head[8] & 0x1F) };
-    let interruptibility = interruptibility & !model::blocking::SMI;
     let activity = if flags & 4 != 0 { u32::from(head[9]) } else { u32::from(head[9] & 3) };
     let view = model::EntryView {
         pin: if config.virtual_nmis { model::pin::VIRTUAL_NMIS } else { 0 },
@@ -451,6 +448,7 @@ pub fn event_model(data: &[u8]) {
         nested_exception: config.fred,
         fred_guest: config.fred,
         nmi_requires_no_sti_blocking: config.nmi_blocked_by_sti,
+        sgx: config.sgx,
     };
     let library = entry_check::check(&event, &guest, &caps);
     assert_eq!(

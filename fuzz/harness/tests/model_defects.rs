@@ -91,11 +91,10 @@ fn nmi_window_under_sti_blocking_does_not_livelock() {
 }
 
 /// Blocking by SMI (interruptibility bit 2) outside SMM: the model fails the VM entry (SDM
-/// 26.3.1.5: bit 2 must be 0 if the processor is not in SMM); hvkit's validator accepts it.
+/// 26.3.1.5: bit 2 must be 0 if the processor is not in SMM); hvkit's validator accepted it
+/// until main's SmiBlockingOutsideSmm rule.
 #[test]
-#[ignore = "model finding: the entry validator does not check blocking by SMI"]
 fn smi_blocking_outside_smm_fails_entry_26_3_1_5() {
-    // The event_model target masks bit 2 out to keep running; the two verdicts, directly.
     let config = hvkit_fuzz_harness::model::Config::from_bits(0x03);
     let view = hvkit_fuzz_harness::model::EntryView {
         interruptibility: 0x04,

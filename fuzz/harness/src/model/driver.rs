@@ -156,6 +156,7 @@ impl Machine {
                 nested_exception: config.fred,
                 fred_guest: config.fred,
                 nmi_requires_no_sti_blocking: config.nmi_blocked_by_sti || conservative_sti,
+                sgx: config.sgx,
             },
             virtual_nmis: config.virtual_nmis,
             unrestricted_guest: config.unrestricted_guest,
@@ -666,7 +667,10 @@ pub fn run_with_portable_sti_setting(data: &[u8]) {
 fn run_with(data: &[u8], portable_sti_setting: bool) {
     let mut input = Input { data, position: 0 };
     let (low, high) = (input.byte(), input.byte());
-    let config = Config::from_bits(u16::from(low) | u16::from(high) << 8);
+    // Second byte: bit 0 the processor blocks NMIs after STI, bit 1 the portable STI
+    // setting, bit 2 explicit invalid exit fields (SGX stays off: the guest never enters an
+    // enclave here).
+    let config = Config::from_bits(u16::from(low) | u16::from(high & 1) << 8);
     let portable = portable_sti_setting && high & 0x2 != 0;
     let mut machine = Machine::new(config, portable, high & 0x4 != 0);
     let mut index = 0;

@@ -19,7 +19,8 @@
 //!   whole of VMX non-root operation and IRET does not clear it (SDM 26.7.1); a host NMI that
 //!   arrives then is held by the processor and taken by the host after the next exit, so it
 //!   never reaches the library.
-//! - The modelled processor supports HLT, shutdown and wait-for-SIPI, no SMM, no SGX, no MTF.
+//! - The modelled processor supports HLT, shutdown and wait-for-SIPI, no SMM, no MTF; SGX is a
+//!   configuration bit (enclave-interruption blocking needs it).
 
 pub mod driver;
 
@@ -96,6 +97,8 @@ pub struct Config {
     pub fred: bool,
     /// This processor also blocks NMIs after STI (the SDM allows it).
     pub nmi_blocked_by_sti: bool,
+    /// The processor supports SGX (enclave-interruption blocking may be 1).
+    pub sgx: bool,
 }
 
 impl Config {
@@ -115,6 +118,7 @@ impl Config {
             misc_30: bit(6),
             fred: bit(7) && protected_mode,
             nmi_blocked_by_sti: bit(8),
+            sgx: bit(9),
         }
     }
 
@@ -238,6 +242,8 @@ pub enum Violation {
     BlockingWhileInactive,
     /// 26.3.1.5: enclave-interruption blocking together with MOV-SS blocking.
     EnclaveWithMovSs,
+    /// 26.3.1.5: enclave-interruption blocking on a processor without SGX.
+    EnclaveWithoutSgx,
     /// 26.3.1.5: an event injected that the activity state blocks.
     InjectionBlockedByActivity {
         /// Activity state.
@@ -372,6 +378,9 @@ pub fn check_guest_state(config: &Config, view: &EntryView) -> Result<(), Violat
     }
     if state & blocking::ENCLAVE != 0 && mov_ss {
         return Err(Violation::EnclaveWithMovSs);
+    }
+    if state & blocking::ENCLAVE != 0 && !config.sgx {
+        return Err(Violation::EnclaveWithoutSgx);
     }
     if view.injection & (1 << 31) == 0 {
         return Ok(());
@@ -776,8 +785,14 @@ mod tests {
         v.interruptibility = blocking::MOV_SS;
         assert_eq!(check_entry(&config(), &v), Err(Violation::BlockingWhileInactive));
         v.activity = 0;
+        let sgx = Config { sgx: true, ..config() };
         v.interruptibility = blocking::MOV_SS | blocking::ENCLAVE;
-        assert_eq!(check_entry(&config(), &v), Err(Violation::EnclaveWithMovSs));
+        assert_eq!(check_entry(&sgx, &v), Err(Violation::EnclaveWithMovSs));
+        v.interruptibility = blocking::ENCLAVE;
+        assert_eq!(check_entry(&sgx, &v), Ok(()));
+        assert_eq!(check_entry(&config(), &v), Err(Violation::EnclaveWithoutSgx));
+        v.interruptibility = blocking::SMI;
+        assert!(matches!(check_entry(&sgx, &v), Err(Violation::InterruptibilityReserved(_))));
         v.interruptibility = 1 << 5;
         assert!(matches!(check_entry(&config(), &v), Err(Violation::InterruptibilityReserved(_))));
         v.interruptibility = 0;
