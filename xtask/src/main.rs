@@ -4,10 +4,12 @@
 //!   MSRV, docs, packaging, the emulator scenario suite, fuzz smoke runs).
 //! - `cargo xtask run`: build the example hypervisor and boot it (see `--help`).
 //! - `cargo xtask fuzz`: run the fuzz targets (nightly, cargo-fuzz).
+//! - `cargo xtask mutants`: mutation testing of the decision modules (cargo-mutants).
 
 mod check;
 mod emu;
 mod fuzz;
+mod mutants;
 mod report;
 mod util;
 
@@ -25,6 +27,9 @@ commands:
           available, else Bochs); `cargo xtask run --help` for options
   fuzz    cargo xtask fuzz [--seconds N] [TARGET]: run cargo-fuzz targets (nightly;
           installs cargo-fuzz when missing)
+  mutants cargo xtask mutants [--file PATTERN] [--jobs N]: cargo-mutants over the decision
+          modules; fails on a missed mutant not documented in mutants-survivors.md (not part
+          of `test`; installs cargo-mutants when missing)
   help    print this text
 ";
 
@@ -38,6 +43,7 @@ fn main() -> ExitCode {
         "test" => check::test(rest),
         "run" => emu::run_command(rest),
         "fuzz" => fuzz::command(rest),
+        "mutants" => mutants::command(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())
