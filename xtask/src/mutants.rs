@@ -268,9 +268,18 @@ impl Counts {
         self.caught + self.missed + self.unviable + self.timeout
     }
 
-    /// Caught (a timeout counts as caught: the tests noticed) over viable mutants.
+    /// The mutation score: caught mutants (a timeout counts as caught: the tests noticed) over
+    /// the viable mutants that are not documented as equivalent (an equivalent mutant is the
+    /// same program; no test can catch it). Untestable survivors count as missed.
     fn score(&self) -> f64 {
-        let viable = self.caught + self.missed + self.timeout;
+        let detected = self.caught + self.timeout;
+        let killable = (detected + self.missed).saturating_sub(self.equivalent);
+        if killable == 0 { 100.0 } else { 100.0 * detected as f64 / killable as f64 }
+    }
+
+    /// Caught over every viable mutant, equivalent ones included.
+    fn raw_score(&self) -> f64 {
+        let viable = self.caught + self.timeout + self.missed;
         if viable == 0 {
             100.0
         } else {
@@ -291,8 +300,8 @@ impl Counts {
 fn table(counts: &BTreeMap<String, Counts>) -> String {
     let mut text = String::new();
     let header = format!(
-        "{:<36} {:>5} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6}",
-        "file", "total", "caught", "missed", "unviable", "timeout", "equiv", "score"
+        "{:<36} {:>5} {:>6} {:>6} {:>8} {:>7} {:>6} {:>6} {:>6}",
+        "file", "total", "caught", "missed", "unviable", "timeout", "equiv", "score", "raw"
     );
     let _ = writeln!(text, "{header}");
     let _ = writeln!(text, "{}", "-".repeat(header.len()));
@@ -300,7 +309,7 @@ fn table(counts: &BTreeMap<String, Counts>) -> String {
     let mut row = |name: &str, c: &Counts| {
         let _ = writeln!(
             text,
-            "{:<36} {:>5} {:>6} {:>6} {:>8} {:>7} {:>6} {:>5.1}%",
+            "{:<36} {:>5} {:>6} {:>6} {:>8} {:>7} {:>6} {:>5.1}% {:>5.1}%",
             name,
             c.total(),
             c.caught,
@@ -308,7 +317,8 @@ fn table(counts: &BTreeMap<String, Counts>) -> String {
             c.unviable,
             c.timeout,
             c.equivalent,
-            c.score()
+            c.score(),
+            c.raw_score()
         );
     };
     for (file, c) in counts {
@@ -401,7 +411,10 @@ pub fn command(args: &[String]) -> Result {
         .filter(|survivor| options.files.contains(&survivor.mutant.file.as_str()))
         .collect();
 
-    step("mutation score per file (score = caught and timed out / viable mutants)");
+    step(
+        "mutation score per file (score: caught and timed out / viable mutants not documented \
+         as equivalent; raw: over all viable mutants)",
+    );
     print!("{}", table(&counts));
     let untestable: usize = counts.values().map(|c| c.untestable).sum();
     if untestable > 0 {
@@ -483,7 +496,12 @@ mod tests {
         let c = Counts { caught: 18, missed: 1, unviable: 5, timeout: 1, ..Counts::default() };
         assert_eq!(c.total(), 25);
         assert!((c.score() - 95.0).abs() < 1e-9);
+        assert!((c.raw_score() - 95.0).abs() < 1e-9);
         assert!((Counts::default().score() - 100.0).abs() < 1e-9);
+        // An equivalent mutant is not a mutant any test could catch.
+        let c = Counts { caught: 19, missed: 2, equivalent: 1, ..Counts::default() };
+        assert!((c.score() - 95.0).abs() < 1e-9);
+        assert!((c.raw_score() - 100.0 * 19.0 / 21.0).abs() < 1e-9);
     }
 
     #[test]
