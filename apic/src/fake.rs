@@ -1,7 +1,7 @@
 //! Recording fakes of the register backends, for host tests of code that drives an APIC
 //! (this crate's tests, hvkit-nmi-reinject's, fuzz targets). No allocation: fixed-size logs.
 
-use crate::hw::MsrAccess;
+use crate::hw::{ApicMsr, MsrAccess};
 use crate::register as reg;
 use crate::xapic::XApicRegisters;
 
@@ -141,8 +141,8 @@ impl FakeMsrs {
     }
 }
 
-impl MsrAccess for FakeMsrs {
-    fn read_msr(&self, msr: u32) -> u64 {
+impl FakeMsrs {
+    fn value(&self, msr: u32) -> u64 {
         self.values
             .iter()
             .take(self.count)
@@ -150,11 +150,29 @@ impl MsrAccess for FakeMsrs {
             .map_or(0, |(_, v)| *v)
     }
 
-    fn write_msr(&mut self, msr: u32, value: u64) {
+    fn log_write(&mut self, msr: u32, value: u64) {
         if let Some(entry) = self.log.get_mut(self.writes) {
             *entry = (msr, value);
         }
         self.writes += 1;
         self.set(msr, value);
+    }
+}
+
+impl MsrAccess for FakeMsrs {
+    fn read_apic_base(&self) -> u64 {
+        self.value(reg::IA32_APIC_BASE)
+    }
+
+    unsafe fn write_apic_base(&mut self, value: u64) {
+        self.log_write(reg::IA32_APIC_BASE, value);
+    }
+
+    fn read_msr(&self, msr: ApicMsr) -> u64 {
+        self.value(msr.number())
+    }
+
+    fn write_msr(&mut self, msr: ApicMsr, value: u64) {
+        self.log_write(msr.number(), value);
     }
 }

@@ -53,8 +53,8 @@ mod xapic;
 pub use detect::{ApicBase, ApicState, CpuidFeatures};
 #[cfg(target_arch = "x86_64")]
 pub use hw::HardwareMsrs;
-pub use hw::{MmioRegisters, MsrAccess};
-pub use icr::{Destination, FixedTarget, Ipi, IpiError, Mode, Target};
+pub use hw::{ApicMsr, MmioRegisters, MsrAccess};
+pub use icr::{Destination, FixedTarget, Ipi, IpiError, Mode, NmiSource, Target};
 pub use local_apic::{ApicVersion, CountingMode, Delay, LocalApic, Lvt, MicrosecondDelay, Svr};
 pub use x2apic::X2Apic;
 pub use xapic::{XApic, XApicRegisters};

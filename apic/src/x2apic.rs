@@ -2,7 +2,7 @@
 
 use crate::ModeError;
 use crate::detect::{ApicBase, ApicState, CpuidFeatures};
-use crate::hw::MsrAccess;
+use crate::hw::{ApicMsr, MsrAccess};
 use crate::icr::{Ipi, IpiError, Mode};
 use crate::local_apic::{Delay, LocalApic};
 use crate::register as reg;
@@ -21,7 +21,7 @@ pub struct X2Apic<M: MsrAccess> {
 impl<M: MsrAccess> X2Apic<M> {
     /// A handle, after checking that IA32_APIC_BASE says x2APIC mode is on.
     pub fn new(msrs: M) -> Result<Self, ModeError> {
-        match ApicBase(msrs.read_msr(reg::IA32_APIC_BASE)).state() {
+        match ApicBase(msrs.read_apic_base()).state() {
             ApicState::Enabled(Mode::X2Apic) => Ok(Self { msrs, _per_cpu: PhantomData }),
             found => Err(ModeError::NotInMode { expected: Mode::X2Apic, found }),
         }
@@ -32,12 +32,15 @@ impl<M: MsrAccess> X2Apic<M> {
         if !cpuid.x2apic {
             return Err(ModeError::X2ApicUnsupported);
         }
-        let base = ApicBase(msrs.read_msr(reg::IA32_APIC_BASE));
+        let base = ApicBase(msrs.read_apic_base());
         match base.state() {
             ApicState::Enabled(_) => {}
             found => return Err(ModeError::NotInMode { expected: Mode::XApic, found }),
         }
-        msrs.write_msr(reg::IA32_APIC_BASE, base.x2apic_enabling_value());
+        // SAFETY: the value keeps the base address and only sets the enable bits: xAPIC (or
+        // enabled x2APIC) to x2APIC is a valid transition (SDM Vol. 3A "x2APIC State
+        // Transitions"), and the xAPIC page is not moved.
+        unsafe { msrs.write_apic_base(base.x2apic_enabling_value()) };
         Self::new(msrs)
     }
 
@@ -67,7 +70,7 @@ impl<M: MsrAccess> X2Apic<M> {
             crate::lvt::LvtEntry::fixed(vector).with_timer_mode(crate::lvt::TimerMode::TscDeadline);
         self.write(reg::LVT_TIMER, entry.raw());
         core::sync::atomic::fence(core::sync::atomic::Ordering::SeqCst);
-        self.msrs.write_msr(reg::IA32_TSC_DEADLINE, deadline);
+        self.msrs.write_msr(ApicMsr::TSC_DEADLINE, deadline);
         Ok(())
     }
 }
@@ -76,11 +79,11 @@ impl<M: MsrAccess> LocalApic for X2Apic<M> {
     const MODE: Mode = Mode::X2Apic;
 
     fn read(&self, offset: u32) -> u32 {
-        self.msrs.read_msr(reg::x2apic_msr(offset)) as u32
+        self.msrs.read_msr(ApicMsr::x2apic_register(offset)) as u32
     }
 
     fn write(&mut self, offset: u32, value: u32) {
-        self.msrs.write_msr(reg::x2apic_msr(offset), u64::from(value));
+        self.msrs.write_msr(ApicMsr::x2apic_register(offset), u64::from(value));
     }
 
     fn id(&self) -> u32 {
@@ -94,7 +97,7 @@ impl<M: MsrAccess> LocalApic for X2Apic<M> {
         _delay: &mut impl Delay,
     ) -> Result<(), IpiError> {
         let icr = ipi.encode(Mode::X2Apic)?;
-        self.msrs.write_msr(reg::X2APIC_ICR, icr);
+        self.msrs.write_msr(ApicMsr::ICR, icr);
         Ok(())
     }
 
@@ -107,7 +110,7 @@ impl<M: MsrAccess> LocalApic for X2Apic<M> {
         if vector < 16 {
             return Err(IpiError::ReservedVector { vector });
         }
-        self.msrs.write_msr(reg::X2APIC_SELF_IPI, u64::from(vector));
+        self.msrs.write_msr(ApicMsr::SELF_IPI, u64::from(vector));
         Ok(())
     }
 }

@@ -2,8 +2,8 @@
 //! pushed for an NMI or external interrupt, call the dispatcher, and return with ERETS, which
 //! unblocks NMIs for an NMI frame (the FRED half of KVM-style direct-call re-delivery).
 //!
-//! What the frame holds (shared/FACTS.md section 3): error code 0; RIP = the instruction after
-//! the return; CS slot = current CS, stack level 0; RFLAGS at entry to [`deliver`]; RSP = the
+//! What the frame holds (Intel FRED specification, "FRED Event Delivery"): error code 0; RIP =
+//! the instruction after the return; CS slot = current CS, stack level 0; RFLAGS at entry to [`deliver`]; RSP = the
 //! stack pointer before the red zone; SS slot = current SS, event type, vector, NMI bit for
 //! NMIs, 64-bit-mode bit; event data 0; reserved 0. The frame sits below the red zone, 64-byte
 //! aligned; the [`SavedRegisters`](crate::SavedRegisters) the dispatcher receives sit below it,

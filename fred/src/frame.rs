@@ -220,6 +220,7 @@ impl SsSlot {
 
 /// The 64-byte FRED stack frame, lowest address first. The CPU pushes it at a 64-byte aligned
 /// address.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[repr(C, align(64))]
 pub struct Frame {

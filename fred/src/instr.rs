@@ -1,5 +1,6 @@
-//! ERETS, ERETU and LKGS. The instructions are emitted as bytes (FRED specification;
-//! shared/FACTS.md section 3) so that any assembler accepts them; a test checks the bytes against
+//! ERETS, ERETU and LKGS. The instructions are emitted as bytes (Intel FRED specification,
+//! instruction reference for ERETS, ERETU and LKGS) so that any assembler accepts them; a test
+//! checks the bytes against
 //! both the specification and LLVM's own encoding of the mnemonics.
 
 /// ERETS: F2 0F 01 CA.

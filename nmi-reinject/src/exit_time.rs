@@ -6,13 +6,18 @@
 //! the NMI (shared/FACTS.md section 1; Linux KVM commit 11df586d774f). Reading the exit
 //! information with VMREAD is fine. The order is: host NMI first, then the acknowledged
 //! interrupt, then guest-side work.
+//!
+//! Both functions need only the first phase of the exit information
+//! ([`ExitHead`]: exit reason and VM-exit interruption information), so a handler can re-deliver
+//! after two VMREADs and read the rest ([`ExitHead::complete`]) afterwards; a full
+//! [`ExitInfo`](hvkit_vmx_core::exit::ExitInfo) is accepted too.
 #![forbid(unsafe_code)]
 
 use crate::error::ReinjectError;
 use crate::strategy::{IrqDelivery, NmiReinjector};
 use core::fmt;
 use hvkit_vmx_core::event::EventType;
-use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitHead};
 
 /// The host event a VM exit carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,27 +69,33 @@ impl fmt::Display for HostEventError {
 
 impl core::error::Error for HostEventError {}
 
-/// Decides which host event an exit carries (pure; no side effects).
-pub fn classify(
-    info: &ExitInfo<'_>,
+/// Decides which host event an exit carries (pure; no side effects). `info` is an
+/// [`ExitHead`] or a `&ExitInfo`.
+#[inline]
+pub fn classify<'exit>(
+    info: impl Into<ExitHead<'exit>>,
     acknowledge_on_exit: bool,
 ) -> Result<HostEvent, HostEventError> {
+    let info: ExitHead<'exit> = info.into();
     if info.reason.is_entry_failure() {
         // The guest never ran; nothing was consumed.
         return Ok(HostEvent::None);
     }
     let interruption = info.interruption_info;
-    match info.reason.basic() {
-        BasicExitReason::ExceptionOrNmi
+    // Compare the number, not the decoded enum: one compare on the hot path.
+    const EXCEPTION_OR_NMI: u16 = BasicExitReason::ExceptionOrNmi.number();
+    const EXTERNAL_INTERRUPT: u16 = BasicExitReason::ExternalInterrupt.number();
+    match info.reason.basic_number() {
+        EXCEPTION_OR_NMI
             if interruption.is_valid() && interruption.event_type() == EventType::Nmi =>
         {
             Ok(HostEvent::Nmi)
         }
-        BasicExitReason::ExternalInterrupt if !acknowledge_on_exit => Ok(HostEvent::PendingIrq),
-        BasicExitReason::ExternalInterrupt if interruption.is_valid() => {
+        EXTERNAL_INTERRUPT if !acknowledge_on_exit => Ok(HostEvent::PendingIrq),
+        EXTERNAL_INTERRUPT if interruption.is_valid() => {
             Ok(HostEvent::AcknowledgedIrq(interruption.vector()))
         }
-        BasicExitReason::ExternalInterrupt => {
+        EXTERNAL_INTERRUPT => {
             Err(HostEventError::AcknowledgedWithoutVector { info: interruption.raw() })
         }
         _ => Ok(HostEvent::None),
@@ -92,10 +103,12 @@ pub fn classify(
 }
 
 /// Re-delivers the host event of this exit (at most one per exit: an exit is caused either by an
-/// NMI or by an interrupt). Call it first in the exit handler.
-pub fn handle_host_event<R: NmiReinjector>(
+/// NMI or by an interrupt). Call it first in the exit handler. `info` is an [`ExitHead`] (the
+/// first phase of the exit read, enough for this) or a `&ExitInfo`.
+#[inline]
+pub fn handle_host_event<'exit, R: NmiReinjector>(
     reinjector: &mut R,
-    info: &ExitInfo<'_>,
+    info: impl Into<ExitHead<'exit>>,
     acknowledge_on_exit: bool,
 ) -> Result<(HostEvent, Option<IrqDelivery>), HostEventError> {
     let event = classify(info, acknowledge_on_exit)?;

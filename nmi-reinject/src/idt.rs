@@ -2,36 +2,48 @@
 //! IRET-to-self (shared/FACTS.md section 2).
 
 /// Calls `handler` as if an interrupt had arrived: aligns RSP to 16, pushes SS, the old RSP,
-/// RFLAGS (as at the call) and CS, and CALLs the handler (which pushes the return RIP). The handler's IRETQ
-/// returns right after the call; the old stack is then restored.
+/// RFLAGS and CS, and CALLs the handler (which pushes the return RIP) - the frame the processor
+/// pushes for an interrupt in 64-bit mode (SDM Vol. 3A 6.14.2 "64-Bit Mode Stack Frame"). The
+/// handler's IRETQ returns right after the call; the old stack is then restored.
+///
+/// `cs` and `ss` are the current code and stack selectors, read once by the caller (they do
+/// not change while the host runs), so the stub is 8 instructions up to the CALL. RFLAGS is
+/// pushed after the alignment, so its arithmetic flags (CF, PF, AF, ZF, SF, OF) are those the
+/// AND left; the system flags (IF among them) are the caller's.
 ///
 /// # Safety
 ///
 /// `handler` is an interrupt entry that preserves every register and ends with IRETQ, safe on
-/// the current stack; interrupts are disabled.
+/// the current stack; interrupts are disabled; `cs`/`ss` are the current selectors.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-pub(crate) unsafe extern "sysv64" fn call_with_iret_frame(handler: u64) {
+pub(crate) unsafe extern "sysv64" fn call_with_iret_frame(handler: u64, cs: u64, ss: u64) {
     core::arch::naked_asm!(
-        // RFLAGS as at the call, before the arithmetic below changes them.
-        "pushfq",
-        "pop r11",
         "push rbp",
         "mov rbp, rsp",
         "and rsp, -16",
-        "xor eax, eax",
-        "mov ax, ss",
-        "push rax",
+        "push rdx",
+        // The old RSP as the frame's RSP: the caller's, minus the return address and RBP.
         "push rbp",
-        "push r11",
-        "xor eax, eax",
-        "mov ax, cs",
-        "push rax",
+        "pushfq",
+        "push rsi",
         "call rdi",
         "mov rsp, rbp",
         "pop rbp",
         "ret",
     )
+}
+
+/// The current CS and SS selectors, zero-extended.
+#[cfg(target_arch = "x86_64")]
+pub(crate) fn current_selectors() -> (u64, u64) {
+    let (cs, ss): (u16, u16);
+    // SAFETY: reading segment registers has no side effects.
+    unsafe {
+        core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss,
+            options(nomem, nostack, preserves_flags));
+    }
+    (u64::from(cs), u64::from(ss))
 }
 
 /// IRETQ to the next instruction with the current SS, RSP, RFLAGS and CS: unblocks NMIs.
@@ -110,6 +122,10 @@ mod tests {
         "movabs rbp, 0x6666666666666666",
         "mov rcx, rdi",
         "lea rdi, [rip + hvkit_nmi_test_handler]",
+        "xor esi, esi",
+        "mov si, cs",
+        "xor edx, edx",
+        "mov dx, ss",
         "pushfq",
         "pop rax",
         "mov [rcx + 8], rax",
@@ -144,14 +160,11 @@ mod tests {
     }
 
     fn selectors() -> (u64, u64) {
-        let (cs, ss): (u16, u16);
-        // SAFETY: reading segment registers has no side effects.
-        unsafe {
-            core::arch::asm!("mov {0:x}, cs", "mov {1:x}, ss", out(reg) cs, out(reg) ss,
-                options(nomem, nostack, preserves_flags));
-        }
-        (u64::from(cs), u64::from(ss))
+        super::current_selectors()
     }
+
+    /// RFLAGS bits other than the arithmetic flags CF, PF, AF, ZF, SF, OF.
+    const SYSTEM_FLAGS: u64 = !0x8D5;
 
     #[test]
     fn direct_call_pushes_the_cpu_iret_frame_and_returns_intact() {
@@ -175,11 +188,24 @@ mod tests {
         assert_eq!(record.frame, aligned - 40);
         assert_eq!(record.ss, ss);
         assert_eq!(record.cs, cs);
-        assert_eq!(record.rflags, site.rflags);
+        assert_eq!(record.rflags & SYSTEM_FLAGS, site.rflags & SYSTEM_FLAGS);
+        assert_ne!(record.rflags & 0x200, 0, "IF as at the call (user space runs with IF=1)");
         // RIP: right after the CALL: `mov rsp, rbp; pop rbp; ret`.
         // SAFETY: RIP points into this crate's code.
         let code = unsafe { core::ptr::read(record.rip as *const [u8; 5]) };
         assert_eq!(code, [0x48, 0x89, 0xEC, 0x5D, 0xC3]);
+    }
+
+    #[test]
+    fn direct_call_stub_is_eight_instructions_up_to_the_call() {
+        // push rbp; mov rbp,rsp; and rsp,-16; push rdx; push rbp; pushfq; push rsi; call rdi
+        let expected: [u8; 16] = [
+            0x55, 0x48, 0x89, 0xE5, 0x48, 0x83, 0xE4, 0xF0, 0x52, 0x55, 0x9C, 0x56, 0xFF, 0xD7,
+            0x48, 0x89,
+        ];
+        // SAFETY: the stub's first 16 bytes are code in this crate.
+        let code = unsafe { core::ptr::read(super::call_with_iret_frame as *const [u8; 16]) };
+        assert_eq!(code, expected);
     }
 
     #[test]

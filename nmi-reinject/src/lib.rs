@@ -78,13 +78,16 @@ pub mod strategy;
 pub use error::{EventState, ReinjectError, Unsupported};
 pub use exit_time::{HostEvent, HostEventError, classify, handle_host_event};
 pub use guest::{
-    EntryDecision, GuestEvent, GuestEventQueue, GuestFixups, InjectError, InjectionContext,
-    idt_vectoring_event, inject, nmi_unblocked_by_iret, reinject_idt_vectoring,
+    DebugConditions, EntryDecision, GuestEvent, GuestEventQueue, GuestFixups, InjectError,
+    InjectionContext, NmiQueued, ReflectError, ReflectedException, idt_vectoring_event, inject,
+    nmi_unblocked_by_iret, reflected_exception, reinject_idt_vectoring,
 };
 pub use strategy::{
     ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
     IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
 };
 
+#[cfg(test)]
+mod guest_tests;
 #[cfg(test)]
 mod tests;

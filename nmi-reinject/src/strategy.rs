@@ -62,26 +62,36 @@ impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
 pub struct IdtDirectCall<T: HandlerTable> {
     nmi_entry: u64,
     handlers: T,
+    /// CS and SS of the host, read at construction for the IRET frame.
+    cs: u64,
+    ss: u64,
 }
 
 impl<T: HandlerTable> IdtDirectCall<T> {
-    /// A strategy calling `nmi_entry` for NMIs and `handlers` for interrupt vectors.
+    /// A strategy calling `nmi_entry` for NMIs and `handlers` for interrupt vectors. Reads the
+    /// current CS and SS selectors for the IRET frames it builds: construct it in the context
+    /// (code and stack segments) re-delivery runs in.
     ///
     /// # Safety
     ///
     /// `nmi_entry` and every address `handlers` returns are interrupt entries that preserve all
     /// registers and end with IRETQ, safe to run on the caller's stack with interrupts disabled;
     /// re-delivery is called with interrupts disabled at CPL 0.
-    pub const unsafe fn new(nmi_entry: u64, handlers: T) -> Self {
-        Self { nmi_entry, handlers }
+    pub unsafe fn new(nmi_entry: u64, handlers: T) -> Self {
+        #[cfg(target_arch = "x86_64")]
+        let (cs, ss) = crate::idt::current_selectors();
+        #[cfg(not(target_arch = "x86_64"))]
+        let (cs, ss) = (0, 0);
+        Self { nmi_entry, handlers, cs, ss }
     }
 }
 
 #[cfg(target_arch = "x86_64")]
 impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
+    #[inline]
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
         // SAFETY: the constructor's contract covers the entry.
-        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry) };
+        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry, self.cs, self.ss) };
         Ok(())
     }
 
@@ -94,7 +104,7 @@ impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
             .handler(vector)
             .ok_or(ReinjectError::Unsupported(Unsupported::NoHandler { vector }))?;
         // SAFETY: the constructor's contract covers the handlers.
-        unsafe { crate::idt::call_with_iret_frame(handler) };
+        unsafe { crate::idt::call_with_iret_frame(handler, self.cs, self.ss) };
         Ok(IrqDelivery::Handled)
     }
 }

@@ -114,7 +114,7 @@ fn expected_nmi_unblocking(
     vnmi && !entry_failure && !vectoring_valid && (from_info || from_qualification)
 }
 
-fn guest_vmcs(interruptibility: u32, rflags_if: bool) -> SoftVmcs {
+pub(crate) fn guest_vmcs(interruptibility: u32, rflags_if: bool) -> SoftVmcs {
     let mut vmcs = SoftVmcs::new();
     vmcs.write(field::GUEST_CR0, 0x8000_0031).unwrap();
     vmcs.write(field::GUEST_RFLAGS, if rflags_if { 0x202 } else { 0x2 }).unwrap();
@@ -122,11 +122,13 @@ fn guest_vmcs(interruptibility: u32, rflags_if: bool) -> SoftVmcs {
     vmcs
 }
 
-fn context(vnmi: bool) -> InjectionContext {
+pub(crate) fn context(vnmi: bool) -> InjectionContext {
     InjectionContext {
         capabilities: EntryCapabilities::STRICT,
         virtual_nmis: vnmi,
         unrestricted_guest: false,
+        primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+        injected_event_data: false,
     }
 }
 
@@ -250,6 +252,7 @@ fn nested_bit_and_event_data_survive_reinjection_with_fred() {
     let mut vmcs = guest_vmcs(0, true);
     let fred = InjectionContext {
         capabilities: EntryCapabilities { nested_exception: true, ..EntryCapabilities::STRICT },
+        injected_event_data: true,
         ..context(true)
     };
     reinject_idt_vectoring(&mut vmcs, &info, &fred).unwrap();
@@ -306,8 +309,15 @@ fn queue_neither_loses_nor_duplicates() {
             }
             EntryDecision::WindowRequested
             | EntryDecision::Idle
+            | EntryDecision::Deferred
             | EntryDecision::AlreadyPending => {}
         }
+        assert_eq!(
+            u64::from(injected_nmis) + u64::from(queue.pending_nmis()) + queue.merged_nmis(),
+            u64::from(queued_nmis),
+            "every queued NMI is injected, owed or merged"
+        );
+        assert!(queue.pending_nmis() <= 2, "NMI latching bound");
         assert_eq!(controls & (1 << 22) != 0, queue.pending_nmis() > 0, "NMI window iff NMIs owed");
         assert_eq!(
             controls & (1 << 2) != 0,
@@ -330,7 +340,11 @@ fn queue_neither_loses_nor_duplicates() {
             other => panic!("open guest: {other:?}"),
         }
     }
-    assert_eq!(injected_nmis, queued_nmis, "no NMI lost or duplicated");
+    assert_eq!(
+        u64::from(injected_nmis) + queue.merged_nmis(),
+        u64::from(queued_nmis),
+        "no NMI lost or duplicated: each one injected or merged"
+    );
     assert!(owed.is_empty(), "every queued vector delivered");
     assert!(delivered.len() > 100);
 }

@@ -1,4 +1,4 @@
-//! VMX capability MSRs (SDM Vol. 3D Appendix A; shared/FACTS.md section 8): reading them
+//! VMX capability MSRs (SDM Vol. 3D Appendix A): reading them
 //! safely and decoding them.
 //!
 //! MSRs are read through [`CapabilityMsrs`], so the decoding and the control adjustment in
@@ -71,7 +71,9 @@ impl CapabilityMsrs for RecordedMsrs<'_> {
     }
 }
 
-/// RDMSR on this processor.
+/// RDMSR on this processor, for IA32_FEATURE_CONTROL (0x3A) and the VMX capability MSRs
+/// (0x480-0x493) only: [`CapabilityMsrs::read_msr`] answers `None` for every other number, so no
+/// safe call reads an arbitrary MSR.
 #[cfg(target_arch = "x86_64")]
 #[derive(Debug)]
 pub struct HardwareMsrs {
@@ -94,10 +96,21 @@ impl HardwareMsrs {
 #[cfg(target_arch = "x86_64")]
 impl CapabilityMsrs for HardwareMsrs {
     fn read_msr(&self, msr: u32) -> Option<u64> {
-        // SAFETY: CPL 0 is the constructor's contract, and VmxCapabilities::read only asks for
-        // MSRs whose existence it has established.
+        if !is_vmx_capability_msr(msr) {
+            return None;
+        }
+        // SAFETY: CPL 0 and VMX are the constructor's contract; the number is
+        // IA32_FEATURE_CONTROL or a VMX capability MSR, and VmxCapabilities::read asks for the
+        // optional ones (secondary, tertiary, EPT/VPID, VM functions, EXIT_CTLS2) only after the
+        // controls that announce them.
         Some(unsafe { x86::msr::rdmsr(msr) })
     }
+}
+
+/// `true` for the MSRs [`HardwareMsrs`] reads: IA32_FEATURE_CONTROL and IA32_VMX_BASIC ..
+/// IA32_VMX_EXIT_CTLS2 (SDM Vol. 4 "Model-Specific Registers", 0x3A and 0x480-0x493).
+pub const fn is_vmx_capability_msr(msr: u32) -> bool {
+    matches!(msr, msr::IA32_FEATURE_CONTROL | msr::IA32_VMX_BASIC..=msr::IA32_VMX_EXIT_CTLS2)
 }
 
 /// A required capability MSR could not be read.
@@ -392,6 +405,7 @@ impl FixedBits {
 }
 
 /// Everything the VMX capability MSRs say, read once.
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct VmxCapabilities {
     /// IA32_VMX_BASIC.
@@ -523,11 +537,65 @@ impl VmxCapabilities {
     pub const fn entry_controls(&self) -> AllowedControls {
         AllowedControls::from_msr(self.entry)
     }
+
+    /// Which VMCS FRED-state controls the processor offers.
+    pub const fn fred_controls(&self) -> FredControlSupport {
+        let secondary_exit = match self.secondary_exit {
+            Some(allowed) => allowed,
+            None => 0,
+        };
+        FredControlSupport {
+            load_guest_on_entry: self.entry_controls().allows(23),
+            secondary_exit_controls: self.exit_controls().allows(31)
+                && self.secondary_exit.is_some(),
+            save_guest_on_exit: secondary_exit & 1 != 0,
+            load_host_on_exit: secondary_exit & 2 != 0,
+        }
+    }
+}
+
+/// The VMCS FRED-state controls a processor offers (SDM Vol. 3D A.4.2 and A.5): what
+/// [`ControlRequest::with_fred_state`](crate::controls::ControlRequest::with_fred_state)
+/// needs. Without them, the host's FRED MSRs survive a guest only if the guest cannot write
+/// them (intercept 0x1CC-0x1D4 in the MSR bitmap).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct FredControlSupport {
+    /// VM-entry control bit 23 "load FRED" may be 1.
+    pub load_guest_on_entry: bool,
+    /// Primary VM-exit control bit 31 "activate secondary controls" may be 1 and
+    /// IA32_VMX_EXIT_CTLS2 (0x493) was read.
+    pub secondary_exit_controls: bool,
+    /// Secondary VM-exit control bit 0 "save FRED" may be 1.
+    pub save_guest_on_exit: bool,
+    /// Secondary VM-exit control bit 1 "load FRED" may be 1.
+    pub load_host_on_exit: bool,
+}
+
+impl FredControlSupport {
+    /// Every control needed to switch FRED state at entry and exit is offered.
+    pub const fn complete(&self) -> bool {
+        self.load_guest_on_entry
+            && self.secondary_exit_controls
+            && self.save_guest_on_exit
+            && self.load_host_on_exit
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn hardware_reads_only_feature_control_and_vmx_capability_msrs() {
+        for number in [0x3A, 0x480, 0x485, 0x48B, 0x490, 0x493] {
+            assert!(is_vmx_capability_msr(number), "{number:#x}");
+        }
+        // Neighbours of the range and MSRs a safe caller must not reach.
+        for number in [0x39, 0x3B, 0x47F, 0x494, 0x1B, 0xC000_0082, 0xC000_0080, 0x6E0] {
+            assert!(!is_vmx_capability_msr(number), "{number:#x}");
+        }
+    }
 
     #[test]
     fn basic_fields_from_recorded_values() {

@@ -9,7 +9,13 @@
 #![forbid(unsafe_code)]
 
 use crate::caps::VmxCapabilities;
+use crate::error::VmFail;
+use crate::field;
+use crate::vmcs::VmcsAccess;
 use core::fmt;
+
+#[cfg(test)]
+mod fred_tests;
 
 bitflags::bitflags! {
     /// Pin-based VM-execution controls (field 0x4000).
@@ -348,6 +354,29 @@ impl fmt::Display for ControlError {
     }
 }
 
+/// `defmt::Format` for the control bit sets: the raw value in hex (decode with the SDM tables).
+#[cfg(feature = "defmt")]
+macro_rules! format_as_bits {
+    ($($name:ident),* $(,)?) => {$(
+        impl defmt::Format for $name {
+            fn format(&self, f: defmt::Formatter<'_>) {
+                defmt::write!(f, "{=str}({=u64:#x})", stringify!($name), u64::from(self.bits()));
+            }
+        }
+    )*};
+}
+
+#[cfg(feature = "defmt")]
+format_as_bits!(
+    PinBasedControls,
+    PrimaryControls,
+    SecondaryControls,
+    TertiaryControls,
+    ExitControls,
+    SecondaryExitControls,
+    EntryControls,
+);
+
 /// The allowed settings of a 32-bit control set: a capability MSR's low half is the allowed-0
 /// settings (a 1 means the control must be 1), its high half the allowed-1 settings (a 0 means
 /// the control must be 0).
@@ -416,7 +445,25 @@ pub struct ControlRequest {
     pub entry: EntryControls,
 }
 
+impl ControlRequest {
+    /// `self` plus the FRED state controls: VM-entry "load FRED" (bit 23) and the secondary
+    /// VM-exit controls "save FRED" (bit 0) and "load FRED" (bit 1), which [`adjust`]
+    /// activates with primary VM-exit control bit 31. Ask only where
+    /// [`VmxCapabilities::fred_controls`] reports them all; otherwise [`adjust`] fails naming
+    /// the first missing bit.
+    pub fn with_fred_state(self) -> Self {
+        Self {
+            entry: self.entry | EntryControls::LOAD_FRED,
+            secondary_exit: self.secondary_exit
+                | SecondaryExitControls::SAVE_FRED
+                | SecondaryExitControls::LOAD_FRED,
+            ..self
+        }
+    }
+}
+
 /// The values to write into the control fields, produced by [`adjust`].
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct AdjustedControls {
     /// For field 0x4000.
@@ -433,6 +480,80 @@ pub struct AdjustedControls {
     pub secondary_exit: SecondaryExitControls,
     /// For field 0x4012.
     pub entry: EntryControls,
+}
+
+impl AdjustedControls {
+    /// VM entry loads the guest FRED state and VM exit saves it and loads the host's: entry
+    /// bit 23, exit bit 31 and secondary exit bits 0 and 1 all set.
+    pub const fn fred_state(&self) -> bool {
+        self.entry.contains(EntryControls::LOAD_FRED)
+            && self.exit.contains(ExitControls::ACTIVATE_SECONDARY_CONTROLS)
+            && self
+                .secondary_exit
+                .contains(SecondaryExitControls::SAVE_FRED.union(SecondaryExitControls::LOAD_FRED))
+    }
+
+    /// The `(encoding, value)` pairs [`write`](Self::write) writes: the pin-based (0x4000),
+    /// primary (0x4002), primary exit (0x400C) and entry (0x4012) controls always; the
+    /// secondary (0x401E), tertiary (0x2034) and secondary VM-exit (0x2044) controls only when
+    /// their activation bit (primary 31, primary 17, exit 31) is set, since a processor
+    /// without them rejects the field (VM-instruction error 12).
+    pub fn fields(&self) -> [Option<(u32, u64)>; 7] {
+        let primary = self.primary;
+        let optional =
+            |active: bool, encoding: u32, value: u64| active.then_some((encoding, value));
+        [
+            Some((field::PIN_BASED_VM_EXECUTION_CONTROLS.encoding(), self.pin.bits().into())),
+            Some((
+                field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS.encoding(),
+                primary.bits().into(),
+            )),
+            optional(
+                primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS),
+                field::SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS.encoding(),
+                self.secondary.bits().into(),
+            ),
+            optional(
+                primary.contains(PrimaryControls::ACTIVATE_TERTIARY_CONTROLS),
+                field::TERTIARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS.encoding(),
+                self.tertiary.bits(),
+            ),
+            Some((field::PRIMARY_VM_EXIT_CONTROLS.encoding(), self.exit.bits().into())),
+            optional(
+                self.exit.contains(ExitControls::ACTIVATE_SECONDARY_CONTROLS),
+                field::SECONDARY_VM_EXIT_CONTROLS.encoding(),
+                self.secondary_exit.bits(),
+            ),
+            Some((field::VM_ENTRY_CONTROLS.encoding(), self.entry.bits().into())),
+        ]
+    }
+
+    /// Writes every control field of [`fields`](Self::fields) to `vmcs`. On a failure the
+    /// VMCS is left as it was: every field is read before the first write, and the fields
+    /// already written are restored.
+    pub fn write(&self, vmcs: &mut impl VmcsAccess) -> Result<(), VmFail> {
+        let fields = self.fields();
+        let mut previous = [0u64; 7];
+        for (old, entry) in previous.iter_mut().zip(fields) {
+            if let Some((encoding, _)) = entry {
+                *old = vmcs.read_raw(encoding)?;
+            }
+        }
+        for (written, (encoding, value)) in fields.iter().flatten().enumerate() {
+            if let Err(fail) = vmcs.write_raw(*encoding, *value) {
+                let done = fields
+                    .iter()
+                    .zip(previous)
+                    .filter_map(|(entry, old)| entry.map(|(encoding, _)| (encoding, old)));
+                for (encoding, old) in done.take(written) {
+                    // Best effort: the field was writable a moment ago.
+                    let _ = vmcs.write_raw(encoding, old);
+                }
+                return Err(fail);
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Adjusts every control set of `request` to `caps`. Uses the TRUE capability MSRs when

@@ -1,6 +1,6 @@
 //! A validator of the VM-entry event-injection fields and the guest state tied to them
 //! (SDM Vol. 3C 26.2.1.3 "Checks on VM-Entry Control Fields" and 26.3.1.5 "Checks on Guest
-//! Non-Register State"; shared/FACTS.md section 7).
+//! Non-Register State").
 //!
 //! Run [`check`] before writing an injection: a violation here is a VM-entry failure on
 //! hardware (VMfailValid error 7 for the control-field rules, an exit with reason 33 for the
@@ -10,6 +10,13 @@
 
 use crate::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo, vector};
 use core::fmt;
+
+/// Type 7 (other event) vector 0: monitor trap flag.
+pub const OTHER_EVENT_MTF: u8 = 0;
+/// Type 7 (other event) vector 1: SYSCALL (FRED guests only).
+pub const OTHER_EVENT_SYSCALL: u8 = 1;
+/// Type 7 (other event) vector 2: SYSENTER (FRED guests only).
+pub const OTHER_EVENT_SYSENTER: u8 = 2;
 
 /// The VM-entry event to check: the three VM-entry event-injection fields.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -53,11 +60,17 @@ pub struct EntryCapabilities {
     pub monitor_trap_flag: bool,
     /// IA32_VMX_BASIC\[58\]: nested-exception bit 13 may be set (type 3 only).
     pub nested_exception: bool,
-    /// The guest uses FRED (CR4.FRED): type 7 may carry vectors 0-2 (MTF, SYSCALL, SYSENTER).
+    /// The guest runs with FRED ("IA-32e mode guest" = 1 and guest CR4.FRED = 1): type 7 may
+    /// also carry vector 1 (SYSCALL) or 2 (SYSENTER), which need no monitor-trap-flag support
+    /// and take an instruction length like types 4-6. `false` (as in [`Self::STRICT`]) keeps
+    /// type 7 to vector 0 (MTF).
     pub fred_guest: bool,
     /// Treat STI blocking as forbidding NMI injection (the SDM allows processors to require
     /// it; `true` is the portable choice).
     pub nmi_requires_no_sti_blocking: bool,
+    /// The processor supports SGX (CPUID.(EAX=07H,ECX=0):EBX\[2\]): only then may the guest's
+    /// enclave-interruption blocking (bit 4) be 1.
+    pub sgx: bool,
 }
 
 impl EntryCapabilities {
@@ -70,7 +83,45 @@ impl EntryCapabilities {
         nested_exception: false,
         fred_guest: false,
         nmi_requires_no_sti_blocking: true,
+        sgx: false,
     };
+}
+
+/// The VM-execution and VM-exit controls whose consistency event handling depends on
+/// (SDM Vol. 3C 26.2.1.1 "VM-Execution Control Fields", 26.2.1.2 "VM-Exit Control Fields").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct EventControls {
+    /// Pin-based "NMI exiting" (bit 3).
+    pub nmi_exiting: bool,
+    /// Pin-based "virtual NMIs" (bit 5).
+    pub virtual_nmis: bool,
+    /// Pin-based "process posted interrupts" (bit 7).
+    pub process_posted_interrupts: bool,
+    /// Pin-based "external-interrupt exiting" (bit 0).
+    pub external_interrupt_exiting: bool,
+    /// Primary processor-based "NMI-window exiting" (bit 22).
+    pub nmi_window_exiting: bool,
+    /// VM-exit "acknowledge interrupt on exit" (bit 15).
+    pub acknowledge_interrupt_on_exit: bool,
+}
+
+/// Checks the consistency rules between the event controls: a violation is a VM-entry failure
+/// with VMfailValid error 7 (invalid control fields). Whether the processor allows each control
+/// at all is [`adjust`](crate::controls::adjust)'s business (capability MSRs).
+pub fn check_event_controls(controls: &EventControls) -> Result<(), EntryRule> {
+    if controls.virtual_nmis && !controls.nmi_exiting {
+        return Err(EntryRule::VirtualNmisWithoutNmiExiting);
+    }
+    if controls.nmi_window_exiting && !controls.virtual_nmis {
+        return Err(EntryRule::NmiWindowWithoutVirtualNmis);
+    }
+    if controls.process_posted_interrupts
+        && !(controls.external_interrupt_exiting && controls.acknowledge_interrupt_on_exit)
+    {
+        return Err(EntryRule::PostedInterruptsWithoutAcknowledge);
+    }
+    Ok(())
 }
 
 macro_rules! rules {
@@ -100,12 +151,22 @@ macro_rules! rules {
 }
 
 rules! {
+    /// Virtual NMIs need NMI exiting.
+    VirtualNmisWithoutNmiExiting => "26.2.1.1",
+        "the \"virtual NMIs\" control needs the \"NMI exiting\" control";
+    /// NMI-window exiting needs virtual NMIs.
+    NmiWindowWithoutVirtualNmis => "26.2.1.1",
+        "the \"NMI-window exiting\" control needs the \"virtual NMIs\" control";
+    /// Posted interrupts need external-interrupt exiting and acknowledge interrupt on exit.
+    PostedInterruptsWithoutAcknowledge => "26.2.1.1",
+        "\"process posted interrupts\" needs \"external-interrupt exiting\" and \"acknowledge interrupt on exit\"";
     /// Interruption type 1 is reserved.
     ReservedType => "26.2.1.3", "interruption type 1 (reserved) may not be injected";
-    /// Type 7 needs the monitor-trap-flag control.
-    OtherEventUnsupported => "26.2.1.3", "type 7 (other event) needs monitor-trap-flag support";
-    /// Type 7 vector: 0 (MTF), or 0-2 for a FRED guest.
-    OtherEventVector => "26.2.1.3", "type 7 (other event) needs vector 0 (0-2 with FRED)";
+    /// Type 7 vector 0 (MTF) needs the monitor-trap-flag control.
+    OtherEventUnsupported => "26.2.1.3", "type 7 (other event) vector 0 (MTF) needs monitor-trap-flag support";
+    /// Type 7 vector: 0 (MTF), or 1 (SYSCALL) / 2 (SYSENTER) for a FRED guest only.
+    OtherEventVector => "26.2.1.3",
+        "type 7 (other event) needs vector 0 (MTF), or vector 1 (SYSCALL) or 2 (SYSENTER) with a FRED guest";
     /// NMI must be vector 2.
     NmiVector => "26.2.1.3", "type 2 (NMI) needs vector 2";
     /// Hardware exceptions use vectors 0-31.
@@ -122,9 +183,10 @@ rules! {
     NestedException => "26.2.1.3", "bit 13 (nested exception) needs IA32_VMX_BASIC[58] and type 3";
     /// Error code bits 31:16 must be 0.
     ErrorCodeHighBits => "26.2.1.3", "the VM-entry exception error code must have bits 31:16 clear";
-    /// Types 4, 5 and 6 need an instruction length of 1-15 (0 with IA32_VMX_MISC\[30\]).
+    /// Types 4, 5 and 6, and type 7 vectors 1-2 (FRED), need an instruction length of 1-15
+    /// (0 with IA32_VMX_MISC\[30\]).
     InstructionLength => "26.2.1.3",
-        "types 4, 5 and 6 need a VM-entry instruction length of 1-15 (0 allowed with IA32_VMX_MISC[30])";
+        "types 4, 5 and 6 (and type 7 SYSCALL/SYSENTER) need a VM-entry instruction length of 1-15 (0 allowed with IA32_VMX_MISC[30])";
     /// An external interrupt needs RFLAGS.IF = 1.
     ExternalInterruptIfClear => "26.3.1.5", "an external interrupt needs guest RFLAGS.IF = 1";
     /// An external interrupt needs no STI or MOV-SS blocking.
@@ -137,6 +199,17 @@ rules! {
     StiBlockingIfClear => "26.3.1.5", "blocking by STI needs guest RFLAGS.IF = 1";
     /// STI and MOV-SS blocking cannot both be set.
     StiAndMovSs => "26.3.1.5", "blocking by STI and by MOV SS cannot both be 1";
+    /// STI or MOV-SS blocking needs the active activity state.
+    StiOrMovSsBlockingNotActive => "26.3.1.5",
+        "blocking by STI or by MOV SS needs activity state 0 (active)";
+    /// Enclave-interruption blocking cannot be combined with MOV-SS blocking.
+    EnclaveInterruptionWithMovSs => "26.3.1.5",
+        "enclave interruption (bit 4) must be 0 when blocking by MOV SS (bit 1) is 1";
+    /// Blocking by SMI (bit 2) only in SMM: a VM entry from outside SMM needs it 0.
+    SmiBlockingOutsideSmm => "26.3.1.5", "blocking by SMI (bit 2) must be 0 outside SMM";
+    /// Enclave-interruption blocking needs SGX.
+    EnclaveInterruptionWithoutSgx => "26.3.1.5",
+        "enclave interruption (bit 4) needs a processor with SGX (CPUID.(7,0):EBX[2])";
     /// Interruptibility bits 31:5 must be 0.
     InterruptibilityReservedBits => "26.3.1.5", "guest interruptibility bits 31:5 must be 0";
     /// The activity state must be 0-3.
@@ -196,6 +269,24 @@ pub fn check(
     if let ActivityState::Unknown(_) = guest.activity {
         return fail(EntryRule::ActivityStateInvalid);
     }
+    if guest.activity != ActivityState::Active
+        && blocking.intersects(GuestInterruptibility::STI | GuestInterruptibility::MOV_SS)
+    {
+        return fail(EntryRule::StiOrMovSsBlockingNotActive);
+    }
+    if blocking
+        .contains(GuestInterruptibility::ENCLAVE_INTERRUPTION | GuestInterruptibility::MOV_SS)
+    {
+        return fail(EntryRule::EnclaveInterruptionWithMovSs);
+    }
+    if blocking.contains(GuestInterruptibility::ENCLAVE_INTERRUPTION) && !caps.sgx {
+        return fail(EntryRule::EnclaveInterruptionWithoutSgx);
+    }
+    // VM entries that hvkit prepares start outside SMM (the dual-monitor treatment of SMIs is
+    // not supported), where blocking by SMI must be 0.
+    if blocking.contains(GuestInterruptibility::SMI) {
+        return fail(EntryRule::SmiBlockingOutsideSmm);
+    }
     if !info.is_valid() {
         return Ok(());
     }
@@ -205,12 +296,14 @@ pub fn check(
     let vector = info.vector();
     match event_type {
         EventType::Reserved => return fail(EntryRule::ReservedType),
-        EventType::Other if !caps.monitor_trap_flag => {
-            return fail(EntryRule::OtherEventUnsupported);
-        }
-        EventType::Other if vector > if caps.fred_guest { 2 } else { 0 } => {
-            return fail(EntryRule::OtherEventVector);
-        }
+        EventType::Other => match vector {
+            OTHER_EVENT_MTF if !caps.monitor_trap_flag => {
+                return fail(EntryRule::OtherEventUnsupported);
+            }
+            OTHER_EVENT_MTF => {}
+            OTHER_EVENT_SYSCALL | OTHER_EVENT_SYSENTER if caps.fred_guest => {}
+            _ => return fail(EntryRule::OtherEventVector),
+        },
         EventType::Nmi if vector != vector::NMI => return fail(EntryRule::NmiVector),
         EventType::HardwareException if vector > 31 => return fail(EntryRule::ExceptionVector),
         _ => {}
@@ -236,7 +329,11 @@ pub fn check(
     if info.error_code_valid() && event.error_code & 0xFFFF_0000 != 0 {
         return fail(EntryRule::ErrorCodeHighBits);
     }
-    if event_type.uses_instruction_length() {
+    // SYSCALL and SYSENTER injected into a FRED guest carry their instruction length as the
+    // software events do (FRED spec, VMX interactions; KVM checks only the upper bound, the
+    // stricter rule here also passes there).
+    let fred_instruction = event_type == EventType::Other && vector != OTHER_EVENT_MTF;
+    if event_type.uses_instruction_length() || fred_instruction {
         let length = event.instruction_length;
         let shortest = if caps.zero_length_injection { 0 } else { 1 };
         if length < shortest || length > 15 {
@@ -337,6 +434,53 @@ mod tests {
         let fred = EntryCapabilities { fred_guest: true, ..mtf };
         assert_eq!(rule(event(0x8000_0702), ACTIVE, fred), None);
         assert_eq!(rule(event(0x8000_0703), ACTIVE, fred), Some(R::OtherEventVector));
+    }
+
+    #[test]
+    fn type_7_syscall_and_sysenter_only_for_fred_guests() {
+        let fred = EntryCapabilities { fred_guest: true, ..CAPS };
+        for vector in [OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER] {
+            let injected = event(0x8000_0700 | u32::from(vector));
+            // Not a FRED guest: refused, with or without MTF support.
+            assert_eq!(rule(injected, ACTIVE, CAPS), Some(R::OtherEventVector), "{vector}");
+            let mtf = EntryCapabilities { monitor_trap_flag: true, ..CAPS };
+            assert_eq!(rule(injected, ACTIVE, mtf), Some(R::OtherEventVector), "{vector}");
+            // A FRED guest needs no MTF support for them.
+            assert_eq!(rule(injected, ACTIVE, fred), None, "{vector}");
+        }
+        // Vector 0 stays MTF: still needs MTF support in a FRED guest.
+        assert_eq!(rule(event(0x8000_0700), ACTIVE, fred), Some(R::OtherEventUnsupported));
+        for vector in [3u32, 0x80, 0xFF] {
+            assert_eq!(rule(event(0x8000_0700 | vector), ACTIVE, fred), Some(R::OtherEventVector));
+        }
+    }
+
+    #[test]
+    fn type_7_syscall_and_sysenter_instruction_length_boundaries() {
+        let fred = EntryCapabilities { fred_guest: true, ..CAPS };
+        for vector in [OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER] {
+            let mut injected = event(0x8000_0700 | u32::from(vector));
+            for (length, ok) in [(0, false), (1, true), (2, true), (15, true), (16, false)] {
+                injected.instruction_length = length;
+                let expected = if ok { None } else { Some(R::InstructionLength) };
+                assert_eq!(
+                    rule(injected, ACTIVE, fred),
+                    expected,
+                    "vector {vector} length {length}"
+                );
+            }
+            injected.instruction_length = 0;
+            let zero = EntryCapabilities { zero_length_injection: true, ..fred };
+            assert_eq!(rule(injected, ACTIVE, zero), None, "IA32_VMX_MISC[30]");
+        }
+        // MTF (vector 0) has no instruction length.
+        let mtf = EntryCapabilities { monitor_trap_flag: true, ..fred };
+        let mut injected = event(0x8000_0700);
+        for length in [0, 16, 0xFFFF] {
+            injected.instruction_length = length;
+            assert_eq!(rule(injected, ACTIVE, mtf), None, "MTF length {length}");
+        }
+        assert_eq!((OTHER_EVENT_MTF, OTHER_EVENT_SYSCALL, OTHER_EVENT_SYSENTER), (0, 1, 2));
     }
 
     #[test]
@@ -454,6 +598,122 @@ mod tests {
     }
 
     #[test]
+    fn sti_or_mov_ss_blocking_needs_activity_state_active() {
+        let none = event(0);
+        for blocking in [GuestInterruptibility::STI, GuestInterruptibility::MOV_SS] {
+            assert_eq!(rule(none, with(ACTIVE, blocking), CAPS), None, "{blocking:?} active");
+            for activity in
+                [ActivityState::Hlt, ActivityState::Shutdown, ActivityState::WaitForSipi]
+            {
+                let guest = GuestEventState { activity, ..with(ACTIVE, blocking) };
+                assert_eq!(
+                    rule(none, guest, CAPS),
+                    Some(R::StiOrMovSsBlockingNotActive),
+                    "{blocking:?} {activity:?}"
+                );
+            }
+        }
+        // NMI blocking (bit 3) is fine in every activity state.
+        for activity in [ActivityState::Hlt, ActivityState::Shutdown, ActivityState::WaitForSipi] {
+            let guest = GuestEventState { activity, ..with(ACTIVE, GuestInterruptibility::NMI) };
+            assert_eq!(rule(none, guest, CAPS), None, "{activity:?}");
+        }
+    }
+
+    #[test]
+    fn enclave_interruption_not_with_mov_ss_blocking() {
+        let none = event(0);
+        let sgx = EntryCapabilities { sgx: true, ..CAPS };
+        let enclave = GuestInterruptibility::ENCLAVE_INTERRUPTION;
+        assert_eq!(rule(none, with(ACTIVE, enclave), sgx), None);
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), sgx), None);
+        assert_eq!(
+            rule(none, with(ACTIVE, enclave | GuestInterruptibility::MOV_SS), sgx),
+            Some(R::EnclaveInterruptionWithMovSs)
+        );
+        assert_eq!(rule(none, with(ACTIVE, enclave | GuestInterruptibility::STI), sgx), None);
+    }
+
+    #[test]
+    fn enclave_interruption_needs_sgx() {
+        let none = event(0);
+        let enclave = with(ACTIVE, GuestInterruptibility::ENCLAVE_INTERRUPTION);
+        assert_eq!(rule(none, enclave, CAPS), Some(R::EnclaveInterruptionWithoutSgx));
+        assert_eq!(rule(none, enclave, EntryCapabilities { sgx: true, ..CAPS }), None);
+        // With an injection too: the guest-state rule holds whatever is injected.
+        assert_eq!(rule(event(0x8000_0202), enclave, CAPS), Some(R::EnclaveInterruptionWithoutSgx));
+        assert_eq!(rule(none, ACTIVE, CAPS), None, "bit 4 clear needs no SGX");
+    }
+
+    #[test]
+    fn smi_blocking_only_in_smm() {
+        let none = event(0);
+        let sgx = EntryCapabilities { sgx: true, ..CAPS };
+        assert_eq!(
+            rule(none, with(ACTIVE, GuestInterruptibility::SMI), sgx),
+            Some(R::SmiBlockingOutsideSmm)
+        );
+        // Its neighbours bits 1 and 3 alone are fine.
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::MOV_SS), sgx), None);
+        assert_eq!(rule(none, with(ACTIVE, GuestInterruptibility::NMI), sgx), None);
+        assert_eq!(
+            rule(event(0x8000_0030), with(ACTIVE, GuestInterruptibility::SMI), sgx),
+            Some(R::SmiBlockingOutsideSmm)
+        );
+    }
+
+    #[test]
+    fn event_control_consistency() {
+        let valid = EventControls {
+            nmi_exiting: true,
+            virtual_nmis: true,
+            nmi_window_exiting: true,
+            ..EventControls::default()
+        };
+        assert_eq!(check_event_controls(&valid), Ok(()));
+        assert_eq!(check_event_controls(&EventControls::default()), Ok(()));
+        assert_eq!(
+            check_event_controls(&EventControls { nmi_exiting: false, ..valid }),
+            Err(R::VirtualNmisWithoutNmiExiting)
+        );
+        assert_eq!(
+            check_event_controls(&EventControls { nmi_exiting: true, ..EventControls::default() }),
+            Ok(()),
+            "NMI exiting alone"
+        );
+        assert_eq!(
+            check_event_controls(&EventControls {
+                nmi_window_exiting: true,
+                nmi_exiting: true,
+                ..EventControls::default()
+            }),
+            Err(R::NmiWindowWithoutVirtualNmis)
+        );
+        let posted = EventControls {
+            process_posted_interrupts: true,
+            external_interrupt_exiting: true,
+            acknowledge_interrupt_on_exit: true,
+            ..EventControls::default()
+        };
+        assert_eq!(check_event_controls(&posted), Ok(()));
+        assert_eq!(
+            check_event_controls(&EventControls { acknowledge_interrupt_on_exit: false, ..posted }),
+            Err(R::PostedInterruptsWithoutAcknowledge)
+        );
+        assert_eq!(
+            check_event_controls(&EventControls { external_interrupt_exiting: false, ..posted }),
+            Err(R::PostedInterruptsWithoutAcknowledge)
+        );
+        for rule in [
+            R::VirtualNmisWithoutNmiExiting,
+            R::NmiWindowWithoutVirtualNmis,
+            R::PostedInterruptsWithoutAcknowledge,
+        ] {
+            assert_eq!(rule.section(), "26.2.1.1");
+        }
+    }
+
+    #[test]
     fn activity_states_limit_the_events() {
         let hlt = GuestEventState { activity: ActivityState::Hlt, ..ACTIVE };
         let mtf = EntryCapabilities { monitor_trap_flag: true, ..CAPS };
@@ -475,7 +735,7 @@ mod tests {
 
     #[test]
     fn every_rule_is_reachable_and_explained() {
-        assert_eq!(EntryRule::ALL.len(), 22);
+        assert_eq!(EntryRule::ALL.len(), 29);
         for rule in EntryRule::ALL {
             assert!(rule.section().starts_with("26."));
             assert!(!rule.text().is_empty());

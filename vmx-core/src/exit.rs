@@ -61,6 +61,7 @@ macro_rules! basic_exit_reasons {
             pub const ALL: &'static [Self] = &[$( Self::$name, )*];
 
             /// Decodes a basic exit reason.
+            #[inline]
             pub const fn from_number(number: u16) -> Self {
                 match number {
                     $( $number => Self::$name, )*
@@ -69,6 +70,7 @@ macro_rules! basic_exit_reasons {
             }
 
             /// The number.
+            #[inline]
             pub const fn number(self) -> u16 {
                 match self {
                     $( Self::$name => $number, )*
@@ -259,21 +261,33 @@ impl ExitReason {
     pub const ENTRY_FAILURE: u32 = 1 << 31;
 
     /// Wraps the raw field.
+    #[inline]
     pub const fn from_raw(raw: u32) -> Self {
         Self(raw)
     }
 
     /// The raw field.
+    #[inline]
     pub const fn raw(self) -> u32 {
         self.0
     }
 
+    /// Bits 15:0, the basic exit reason's number (cheaper to compare than
+    /// [`ExitReason::basic`] on a hot path: `reason.basic_number() ==
+    /// BasicExitReason::Cpuid.number()` compiles to one compare).
+    #[inline]
+    pub const fn basic_number(self) -> u16 {
+        (self.0 & 0xFFFF) as u16
+    }
+
     /// Bits 15:0, decoded.
+    #[inline]
     pub const fn basic(self) -> BasicExitReason {
         BasicExitReason::from_number((self.0 & 0xFFFF) as u16)
     }
 
     /// Bit 31: the VM entry failed (reasons 33, 34, 41); the guest never ran.
+    #[inline]
     pub const fn is_entry_failure(self) -> bool {
         self.0 & Self::ENTRY_FAILURE != 0
     }
@@ -318,6 +332,116 @@ pub struct ExitInfoOptions {
     pub original_event_data: bool,
 }
 
+/// The first phase of reading an exit: what host-event re-delivery needs (the exit reason and
+/// the VM-exit interruption information), read with two VMREADs right after the exit.
+///
+/// Complete it into the full snapshot with [`ExitHead::complete`] once the host event is
+/// re-delivered; [`ExitInfo::read`] does both phases at once. Borrows the exit's [`VmExit`]
+/// token like [`ExitInfo`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ExitHead<'exit> {
+    /// Exit reason (0x4402).
+    pub reason: ExitReason,
+    /// VM-exit interruption information (0x4404).
+    pub interruption_info: InterruptionInfo,
+    _exit: PhantomData<&'exit VmExit>,
+}
+
+impl<'exit> ExitHead<'exit> {
+    /// Reads the exit reason and the VM-exit interruption information of the exit `exit`.
+    #[inline]
+    pub fn read(vmcs: &impl VmcsAccess, _exit: &'exit VmExit) -> Result<Self, VmFail> {
+        let (reason, interruption_info) = vmcs.read_raw_pair(
+            field::EXIT_REASON.encoding(),
+            field::VM_EXIT_INTERRUPTION_INFO.encoding(),
+        )?;
+        #[allow(clippy::cast_possible_truncation, reason = "both fields are 32 bits wide")]
+        let (reason, interruption_info) = (reason as u32, interruption_info as u32);
+        Ok(Self {
+            reason: ExitReason(reason),
+            interruption_info: InterruptionInfo::from_raw(interruption_info),
+            _exit: PhantomData,
+        })
+    }
+
+    /// Builds the first phase from values, for tests and fuzzers that have no VMCS.
+    pub fn from_parts(_exit: &'exit VmExit, reason: u32, interruption_info: u32) -> Self {
+        Self {
+            reason: ExitReason(reason),
+            interruption_info: InterruptionInfo::from_raw(interruption_info),
+            _exit: PhantomData,
+        }
+    }
+
+    /// The second phase: reads the remaining exit-information fields and returns the full
+    /// snapshot (the same as [`ExitInfo::read`] would have returned).
+    pub fn complete(
+        self,
+        vmcs: &impl VmcsAccess,
+        options: ExitInfoOptions,
+    ) -> Result<ExitInfo<'exit>, VmFail> {
+        let reason = self.reason;
+        let basic = reason.basic();
+        let guest_linear_address = if reports_guest_linear_address(basic) {
+            Some(vmcs.read(field::GUEST_LINEAR_ADDRESS)?)
+        } else {
+            None
+        };
+        let guest_physical_address = if matches!(
+            basic,
+            BasicExitReason::EptViolation | BasicExitReason::EptMisconfiguration
+        ) {
+            Some(vmcs.read(field::GUEST_PHYSICAL_ADDRESS)?)
+        } else {
+            None
+        };
+        let original_event_data = if options.original_event_data {
+            Some(vmcs.read(field::ORIGINAL_EVENT_DATA)?)
+        } else {
+            None
+        };
+        // The six fields every exit has, as three VMREAD pairs (one status check per pair).
+        let (qualification, interruption_error_code) = vmcs.read_raw_pair(
+            field::EXIT_QUALIFICATION.encoding(),
+            field::VM_EXIT_INTERRUPTION_ERROR_CODE.encoding(),
+        )?;
+        let (idt_vectoring_info, idt_vectoring_error_code) = vmcs.read_raw_pair(
+            field::IDT_VECTORING_INFO.encoding(),
+            field::IDT_VECTORING_ERROR_CODE.encoding(),
+        )?;
+        let (instruction_length, instruction_info) = vmcs.read_raw_pair(
+            field::VM_EXIT_INSTRUCTION_LENGTH.encoding(),
+            field::VM_EXIT_INSTRUCTION_INFO.encoding(),
+        )?;
+        let narrow = |value: u64| -> u32 {
+            #[allow(clippy::cast_possible_truncation, reason = "32-bit exit-information fields")]
+            let value = value as u32;
+            value
+        };
+        Ok(ExitInfo {
+            reason,
+            qualification,
+            interruption_info: self.interruption_info,
+            interruption_error_code: narrow(interruption_error_code),
+            idt_vectoring_info: InterruptionInfo::from_raw(narrow(idt_vectoring_info)),
+            idt_vectoring_error_code: narrow(idt_vectoring_error_code),
+            instruction_length: narrow(instruction_length),
+            instruction_info: narrow(instruction_info),
+            guest_linear_address,
+            guest_physical_address,
+            original_event_data,
+            _exit: PhantomData,
+        })
+    }
+}
+
+impl<'exit> From<&ExitInfo<'exit>> for ExitHead<'exit> {
+    #[inline]
+    fn from(info: &ExitInfo<'exit>) -> Self {
+        info.head()
+    }
+}
+
 /// Everything the exit-information fields say about one VM exit, read once.
 ///
 /// Borrows the exit's [`VmExit`] token, so it cannot outlive the next VM entry (which consumes
@@ -350,48 +474,24 @@ pub struct ExitInfo<'exit> {
 }
 
 impl<'exit> ExitInfo<'exit> {
-    /// Reads the snapshot of the exit `exit` from `vmcs`.
+    /// Reads the snapshot of the exit `exit` from `vmcs`: both phases ([`ExitHead::read`],
+    /// then [`ExitHead::complete`]) at once.
     pub fn read(
         vmcs: &impl VmcsAccess,
-        _exit: &'exit VmExit,
+        exit: &'exit VmExit,
         options: ExitInfoOptions,
     ) -> Result<Self, VmFail> {
-        let reason = ExitReason(vmcs.read(field::EXIT_REASON)?);
-        let basic = reason.basic();
-        let guest_linear_address = if reports_guest_linear_address(basic) {
-            Some(vmcs.read(field::GUEST_LINEAR_ADDRESS)?)
-        } else {
-            None
-        };
-        let guest_physical_address = if matches!(
-            basic,
-            BasicExitReason::EptViolation | BasicExitReason::EptMisconfiguration
-        ) {
-            Some(vmcs.read(field::GUEST_PHYSICAL_ADDRESS)?)
-        } else {
-            None
-        };
-        let original_event_data = if options.original_event_data {
-            Some(vmcs.read(field::ORIGINAL_EVENT_DATA)?)
-        } else {
-            None
-        };
-        Ok(Self {
-            reason,
-            qualification: vmcs.read(field::EXIT_QUALIFICATION)?,
-            interruption_info: InterruptionInfo::from_raw(
-                vmcs.read(field::VM_EXIT_INTERRUPTION_INFO)?,
-            ),
-            interruption_error_code: vmcs.read(field::VM_EXIT_INTERRUPTION_ERROR_CODE)?,
-            idt_vectoring_info: InterruptionInfo::from_raw(vmcs.read(field::IDT_VECTORING_INFO)?),
-            idt_vectoring_error_code: vmcs.read(field::IDT_VECTORING_ERROR_CODE)?,
-            instruction_length: vmcs.read(field::VM_EXIT_INSTRUCTION_LENGTH)?,
-            instruction_info: vmcs.read(field::VM_EXIT_INSTRUCTION_INFO)?,
-            guest_linear_address,
-            guest_physical_address,
-            original_event_data,
+        ExitHead::read(vmcs, exit)?.complete(vmcs, options)
+    }
+
+    /// The first-phase part of this snapshot (reason and interruption information).
+    #[inline]
+    pub fn head(&self) -> ExitHead<'exit> {
+        ExitHead {
+            reason: self.reason,
+            interruption_info: self.interruption_info,
             _exit: PhantomData,
-        })
+        }
     }
 
     /// Builds a snapshot from values, for tests and fuzzers that have no VMCS.
@@ -504,6 +604,8 @@ mod tests {
         let reason = ExitReason::from_raw(0x8000_0021);
         assert!(reason.is_entry_failure());
         assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
+        assert_eq!(reason.basic_number(), 0x21, "flags are not part of the number");
+        assert_eq!(ExitReason::from_raw(0xFFFF_FFFF).basic_number(), 0xFFFF);
         for (bit, getter) in [
             (26, ExitReason::bus_lock_preempted as fn(ExitReason) -> bool),
             (27, ExitReason::enclave_mode),
@@ -532,6 +634,14 @@ mod tests {
         vmcs.set_exit_information(field::GUEST_PHYSICAL_ADDRESS, 0xBB).unwrap();
         let exit = vmcs.complete_exit();
         let info = ExitInfo::read(&vmcs, &exit, ExitInfoOptions::default()).unwrap();
+        // Two phases give the same snapshot; the first holds what re-delivery needs.
+        let head = ExitHead::read(&vmcs, &exit).unwrap();
+        assert_eq!(head.reason.raw(), 48);
+        assert_eq!(head.interruption_info.raw(), 0x8000_0202);
+        assert_eq!(head, info.head());
+        assert_eq!(ExitHead::from(&info), head);
+        assert_eq!(head, ExitHead::from_parts(&exit, 48, 0x8000_0202));
+        assert_eq!(head.complete(&vmcs, ExitInfoOptions::default()).unwrap(), info);
         assert_eq!(info.reason.basic(), BasicExitReason::EptViolation);
         assert_eq!(info.qualification, 0x1082);
         assert!(info.interruption_info.is_nmi());

@@ -22,7 +22,7 @@
 //! vmcs.write(field::VIRTUAL_PROCESSOR_ID, 1u16).unwrap();
 //! ```
 //!
-//! Encoding layout (SDM B.1; shared/FACTS.md section 8): bit 0 access type (1 = high half of a
+//! Encoding layout (SDM Vol. 3D Appendix B.1): bit 0 access type (1 = high half of a
 //! 64-bit field), bits 9:1 index, bits 11:10 type (0 control, 1 VM-exit information, 2 guest state,
 //! 3 host state), bit 12 reserved (0), bits 14:13 width (0 16-bit, 1 64-bit, 2 32-bit, 3 natural).
 #![forbid(unsafe_code)]
@@ -815,7 +815,7 @@ mod tests {
         assert!(FieldEncoding::from_raw(0x2001).is_well_formed());
     }
 
-    /// The FRED and event-data encodings of shared/FACTS.md section 4, literally.
+    /// The FRED and event-data encodings (SDM Vol. 3D Appendix B), typed in literally.
     #[test]
     fn fred_and_event_data_fields_match_facts() {
         let guest = [

@@ -1,15 +1,28 @@
 //! The VMX instructions (SDM Vol. 3C chapter 31 "VMX Instruction Reference").
 //!
-//! Each wrapper captures RFLAGS.CF and RFLAGS.ZF with `setc`/`setz` **inside the same `asm!`
-//! block** as the instruction, so nothing the compiler schedules in between can clobber them
-//! (reading RFLAGS in a second block is a known defect pattern). The flags are then decoded by
-//! [`vm_result`], a plain function that is tested on any host:
+//! VMX instructions report their status in RFLAGS (SDM Vol. 3C 31.2 "Conventions"):
 //!
 //! | CF | ZF | meaning |
 //! |----|----|---------|
 //! | 0  | 0  | VMsucceed |
 //! | 1  | 0  | VMfailInvalid (no current VMCS) |
 //! | 0  | 1  | VMfailValid: the error number is in field 0x4400 of the current VMCS |
+//!
+//! The status is always captured **inside the same `asm!` block** as the instruction, so nothing
+//! the compiler schedules in between can clobber it (reading RFLAGS in a second block is a known
+//! defect pattern). How much is captured depends on how hot the instruction is:
+//!
+//! - VMREAD and VMWRITE, which run on every VM exit, capture one flag: `setbe` (CF or ZF) after
+//!   VMREAD, an asm-goto `jbe` after VMWRITE. Which failure it was is decided on a `#[cold]`
+//!   path, which reads the VM-instruction error field with its own two-flag capture
+//!   ([`failure_from_error_read`]): if that read reports VMfailInvalid there is no current VMCS,
+//!   so the failed access was VMfailInvalid too (for VMREAD/VMWRITE in VMX root operation that
+//!   is its only cause); otherwise it was VMfailValid with the number read. The hot path is then
+//!   `vmread; setbe; test; jne` (or `vmwrite; jbe`); KVM's is `vmread; jbe`.
+//! - The rarely run instructions (VMXON, VMXOFF, VMCLEAR, VMPTRLD, VMPTRST, INVEPT, INVVPID,
+//!   VMLAUNCH/VMRESUME outside [`ActiveVmcs::run`](crate::vmcs::ActiveVmcs::run)) capture CF and
+//!   ZF with `setc`/`setz` and decode them with [`vm_result`]: after a failed VMXON there is no
+//!   VMX operation in which the error field could be read.
 //!
 //! The instructions themselves exist only on `x86_64`; the rest of the crate builds anywhere.
 
@@ -25,6 +38,18 @@ pub fn vm_result(cf: bool, zf: bool, read_error: impl FnOnce() -> u32) -> Result
         Err(VmFail::Valid(VmInstructionError::from_number(read_error())))
     } else {
         Ok(())
+    }
+}
+
+/// Decides which failure a VMREAD/VMWRITE that captured only "CF or ZF" reported, from a
+/// second read of the VM-instruction error field (0x4400) made with both flags captured: if that
+/// read fails with VMfailInvalid there is no current VMCS, which in VMX root operation is the only
+/// cause of VMfailInvalid for VMREAD/VMWRITE (SDM Vol. 3C 31.3 "VMREAD"/"VMWRITE" operation);
+/// otherwise the access failed with VMfailValid and the number read.
+pub fn failure_from_error_read(error_read: Result<u32, VmFail>) -> VmFail {
+    match error_read {
+        Ok(number) => VmFail::Valid(VmInstructionError::from_number(number)),
+        Err(fail) => fail,
     }
 }
 
@@ -103,7 +128,10 @@ pub use hw::*;
 
 #[cfg(target_arch = "x86_64")]
 mod hw {
-    use super::{InveptDescriptor, InveptType, InvvpidDescriptor, InvvpidType, vm_result};
+    use super::{
+        InveptDescriptor, InveptType, InvvpidDescriptor, InvvpidType, failure_from_error_read,
+        vm_result,
+    };
     use crate::error::VmFail;
     use core::arch::asm;
 
@@ -214,7 +242,33 @@ mod hw {
         vm_result(cf != 0, zf != 0, instruction_error).map(|()| pointer)
     }
 
+    /// Reads the VM-instruction error field with both flags captured (cold paths only).
+    fn checked_instruction_error() -> Result<u32, VmFail> {
+        let value: u64;
+        let (cf, zf): (u8, u8);
+        // SAFETY: VMREAD in VMX root operation (the caller's VMREAD/VMWRITE ran there) reads a
+        // register operand only; without a current VMCS it fails with CF=1, which is captured.
+        unsafe {
+            asm!("vmread {value}, {field}", "setc {cf}", "setz {zf}",
+                 field = in(reg) VM_INSTRUCTION_ERROR, value = out(reg) value,
+                 cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack, nomem));
+        }
+        #[allow(clippy::cast_possible_truncation, reason = "the error field is 32 bits wide")]
+        let number = value as u32;
+        vm_result(cf != 0, zf != 0, || 0).map(|()| number)
+    }
+
+    /// The cold half of the one-flag status capture of VMREAD/VMWRITE: which failure it was.
+    #[cold]
+    #[inline(never)]
+    pub(crate) fn decode_failure() -> VmFail {
+        failure_from_error_read(checked_instruction_error())
+    }
+
     /// VMREAD: reads the field `encoding` of the current VMCS.
+    ///
+    /// The hot path is `vmread; setbe; test; jne`; a failure is decoded out of line into
+    /// VMfailInvalid or VMfailValid with its number (see the module documentation).
     ///
     /// # Safety
     ///
@@ -222,17 +276,43 @@ mod hw {
     #[inline(always)]
     pub unsafe fn vmread(encoding: u32) -> Result<u64, VmFail> {
         let value: u64;
-        let (cf, zf): (u8, u8);
-        // SAFETY: per the caller's contract; register operands only.
+        let failed: u8;
+        // SAFETY: per the caller's contract; register operands only. `setbe` captures CF|ZF in
+        // the same block as the instruction.
         unsafe {
-            asm!("vmread {value}, {field}", "setc {cf}", "setz {zf}",
+            asm!("vmread {value}, {field}", "setbe {failed}",
                  field = in(reg) u64::from(encoding), value = out(reg) value,
-                 cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack, nomem));
+                 failed = out(reg_byte) failed, options(nostack, nomem));
         }
-        vm_result(cf != 0, zf != 0, instruction_error).map(|()| value)
+        if failed != 0 { Err(decode_failure()) } else { Ok(value) }
+    }
+
+    /// Two VMREADs with one status capture: `vmread; jbe; vmread; setbe`. If the first fails
+    /// the second is skipped and its flags reach the `setbe`; either way a failure is decoded
+    /// out of line from the error field, which holds the number of the access that failed.
+    ///
+    /// # Safety
+    ///
+    /// VMX root operation at CPL 0 (outside it, VMREAD raises #UD).
+    #[inline(always)]
+    pub unsafe fn vmread_pair(first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        let (a, b): (u64, u64);
+        let failed: u8;
+        // SAFETY: per the caller's contract; register operands only. Both statuses are
+        // captured in this block.
+        unsafe {
+            asm!("vmread {a}, {first}", "jbe 2f", "vmread {b}, {second}", "2:", "setbe {failed}",
+                 first = in(reg) u64::from(first), second = in(reg) u64::from(second),
+                 a = out(reg) a, b = out(reg) b,
+                 failed = out(reg_byte) failed, options(nostack, nomem));
+        }
+        if failed != 0 { Err(decode_failure()) } else { Ok((a, b)) }
     }
 
     /// VMWRITE: writes the field `encoding` of the current VMCS.
+    ///
+    /// The hot path is `vmwrite; jbe` (asm goto); a failure is decoded out of line into
+    /// VMfailInvalid or VMfailValid with its number (see the module documentation).
     ///
     /// # Safety
     ///
@@ -240,15 +320,16 @@ mod hw {
     /// (host-state fields decide where the next VM exit lands).
     #[inline(always)]
     pub unsafe fn vmwrite(encoding: u32, value: u64) -> Result<(), VmFail> {
-        let (cf, zf): (u8, u8);
         // SAFETY: per the caller's contract; register operands only. `nomem` is not claimed:
-        // the VMCS may be cached in memory the compiler cannot see, and ordering matters.
+        // the VMCS may be cached in memory the compiler cannot see, and ordering matters. The
+        // `jbe` tests CF|ZF right after the instruction, in the same block.
         unsafe {
-            asm!("vmwrite {field}, {value}", "setc {cf}", "setz {zf}",
+            asm!("vmwrite {field}, {value}", "jbe {failed}",
                  field = in(reg) u64::from(encoding), value = in(reg) value,
-                 cf = out(reg_byte) cf, zf = out(reg_byte) zf, options(nostack));
+                 failed = label { return Err(decode_failure()); },
+                 options(nostack));
         }
-        vm_result(cf != 0, zf != 0, instruction_error)
+        Ok(())
     }
 
     /// VMLAUNCH without a return path: it returns only when VM entry fails. Prefer
@@ -343,6 +424,18 @@ mod tests {
             Err(VmFail::Valid(VmInstructionError::Unknown(77)))
         );
         assert_eq!(vm_result(true, true, || unreachable!()), Err(VmFail::Invalid));
+    }
+
+    #[test]
+    fn one_flag_failures_are_named_by_the_error_field_read() {
+        // The error field cannot be read: no current VMCS, so the access was VMfailInvalid.
+        assert_eq!(failure_from_error_read(Err(VmFail::Invalid)), VmFail::Invalid);
+        // It can: VMfailValid with the number it holds, named or kept.
+        assert_eq!(
+            failure_from_error_read(Ok(13)),
+            VmFail::Valid(VmInstructionError::VmwriteReadOnlyComponent)
+        );
+        assert_eq!(failure_from_error_read(Ok(99)), VmFail::Valid(VmInstructionError::Unknown(99)));
     }
 
     #[test]

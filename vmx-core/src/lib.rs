@@ -18,6 +18,9 @@
 //! | [`exit`] | exit reasons (unknown ones kept), the per-exit snapshot, qualification decoders |
 //! | [`event`] | interruption information, event types, interruptibility, activity state |
 //! | [`entry_check`] | the VM-entry event-injection rules, each violation named |
+//! | [`fred_state`] | the guest and host FRED fields, filled from values read from the FRED MSRs |
+//! | [`fred_check`] | the FRED VM-entry checks on host and guest state, each violation named |
+//! | [`nmi_source`] | the NMI-source bitmap (NMI-exit qualification, FRED event data) |
 //! | [`region`] | VMXON and VMCS regions |
 //!
 //! # Example: adjust controls, then read an exit
@@ -99,9 +102,13 @@ pub mod controls;
 pub mod entry_check;
 pub mod error;
 pub mod event;
+pub mod exception_bitmap;
 pub mod exit;
 pub mod field;
+pub mod fred_check;
+pub mod fred_state;
 pub mod instr;
+pub mod nmi_source;
 pub mod region;
 pub mod vmcs;
 

@@ -17,6 +17,13 @@ pub trait VmcsAccess {
     /// hardware.
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail>;
 
+    /// Reads two fields by raw encoding: `Ok` only when both reads succeed, else the first
+    /// failure. Hardware implements it with one status check for both VMREADs.
+    #[inline(always)]
+    fn read_raw_pair(&self, first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        Ok((self.read_raw(first)?, self.read_raw(second)?))
+    }
+
     /// Reads a typed field.
     #[inline(always)]
     fn read<W: Width, A: Access>(&self, field: Field<W, A>) -> Result<W::Value, VmFail> {
@@ -42,12 +49,91 @@ use core::marker::PhantomData;
 
 const CATALOG_LEN: usize = field::ALL.len();
 
+/// Bits of an encoding that no VMCS field sets (SDM Vol. 3D Appendix B.1: bits 31:15 and 12
+/// are reserved and 0): an encoding with any of them is unsupported.
+const RESERVED_ENCODING_BITS: u32 = !0x6FFF;
+
+/// The slot-table key of an encoding without reserved bits: width (14:13), type (11:10) and
+/// index (9:1), packed into 13 bits. The access-type bit 0 is not part of it.
+const fn slot_key(encoding: u32) -> usize {
+    (((encoding >> 2) & 0x1800) | ((encoding >> 1) & 0x7FF)) as usize
+}
+
+/// Catalog position + 1 for every slot key, 0 where the catalog has no field: an O(1)
+/// replacement for a binary search on every access.
+#[allow(
+    clippy::indexing_slicing,
+    clippy::cast_possible_truncation,
+    reason = "evaluated at compile time: an index out of range or a catalog over 254 fields fails the build"
+)]
+const SLOT_TABLE: [u8; 1 << 13] = {
+    let mut table = [0u8; 1 << 13];
+    let mut position = 0;
+    while position < CATALOG_LEN {
+        let encoding = field::ALL[position].encoding;
+        assert!(
+            encoding & (RESERVED_ENCODING_BITS | 1) == 0,
+            "catalog encoding with reserved bits"
+        );
+        assert!(table[slot_key(encoding)] == 0, "two catalog fields share a slot key");
+        assert!(position < u8::MAX as usize, "catalog too large for u8 slots");
+        table[slot_key(encoding)] = (position + 1) as u8;
+        position += 1;
+    }
+    table
+};
+
 fn truncate(width: FieldWidth, value: u64) -> u64 {
     match width {
         FieldWidth::Bits16 => value & 0xFFFF,
         FieldWidth::Bits32 => value & 0xFFFF_FFFF,
         FieldWidth::Bits64 | FieldWidth::Natural => value,
     }
+}
+
+/// How many catalog fields a VM exit rewrites: the exit-information fields except the
+/// VM-instruction error field (which only failing VMX instructions write).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const EXIT_INFORMATION_COUNT: usize = {
+    let mut count = 0;
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        if rewritten_at_exit(&field::ALL[index]) {
+            count += 1;
+        }
+        index += 1;
+    }
+    count
+};
+
+/// The catalog indices of those fields, so that a simulated exit visits only them.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const EXIT_INFORMATION_SLOTS: [usize; EXIT_INFORMATION_COUNT] = {
+    let mut slots = [0; EXIT_INFORMATION_COUNT];
+    let (mut index, mut next) = (0, 0);
+    while index < CATALOG_LEN {
+        if rewritten_at_exit(&field::ALL[index]) {
+            slots[next] = index;
+            next += 1;
+        }
+        index += 1;
+    }
+    slots
+};
+
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const fn rewritten_at_exit(info: &FieldInfo) -> bool {
+    matches!(info.field_encoding().field_type(), FieldType::ExitInformation)
+        && info.encoding != field::VM_INSTRUCTION_ERROR.encoding()
 }
 
 /// An in-memory VMCS that answers like hardware.
@@ -68,6 +154,8 @@ pub struct SoftVmcs {
     values: [u64; CATALOG_LEN],
     supported: [bool; CATALOG_LEN],
     instruction_error: Cell<u32>,
+    /// Exit-information fields set with `set_exit_information` since the last `complete_exit`.
+    set_for_this_exit: [bool; CATALOG_LEN],
 }
 
 impl Default for SoftVmcs {
@@ -83,6 +171,7 @@ impl SoftVmcs {
             values: [0; CATALOG_LEN],
             supported: [true; CATALOG_LEN],
             instruction_error: Cell::new(0),
+            set_for_this_exit: [false; CATALOG_LEN],
         }
     }
 
@@ -112,7 +201,8 @@ impl SoftVmcs {
         self.instruction_error.get()
     }
 
-    /// Sets a read-only exit-information field, as the processor does at a VM exit.
+    /// Sets a read-only exit-information field, as the processor does at a VM exit. The value
+    /// belongs to the exit that the next [`complete_exit`](Self::complete_exit) completes.
     pub fn set_exit_information<W: Width>(
         &mut self,
         field: Field<W, ReadOnly>,
@@ -122,6 +212,9 @@ impl SoftVmcs {
         if let Some(slot) = self.values.get_mut(index) {
             *slot = truncate(info.width, W::to_raw(value));
         }
+        if let Some(fresh) = self.set_for_this_exit.get_mut(index) {
+            *fresh = true;
+        }
         if field.encoding() == field::VM_INSTRUCTION_ERROR.encoding() {
             self.instruction_error.set(W::to_raw(value) as u32);
         }
@@ -130,7 +223,27 @@ impl SoftVmcs {
 
     /// Completes a simulated VM exit: the exit-information fields now describe "this" exit and
     /// the returned token lets [`ExitInfo`](crate::exit::ExitInfo) read them.
+    ///
+    /// A processor rewrites the exit-information fields at every VM exit (SDM Vol. 3C 27.2
+    /// "Recording VM-Exit Information and Updating VM-Entry Control Fields"): the valid bit of
+    /// the VM-exit interruption information and of the IDT-vectoring information is 0 unless
+    /// this exit is due to an event or
+    /// interrupted an event's delivery, and the other fields (qualification, error codes,
+    /// instruction length and information, linear and physical address, original event data)
+    /// are undefined when they do not apply. So every exit-information field not set with
+    /// [`set_exit_information`](Self::set_exit_information) since the previous
+    /// `complete_exit` reads as 0 (not valid) here: nothing leaks from the previous exit. The
+    /// VM-instruction error field (0x4400) is the exception: VM exits do not write it, only
+    /// failing VMX instructions do, so it keeps its value.
     pub fn complete_exit(&mut self) -> VmExit {
+        for &index in &EXIT_INFORMATION_SLOTS {
+            let fresh = self.set_for_this_exit.get_mut(index).map(core::mem::take);
+            if fresh == Some(false)
+                && let Some(value) = self.values.get_mut(index)
+            {
+                *value = 0;
+            }
+        }
         VmExit::new()
     }
 
@@ -139,8 +252,12 @@ impl SoftVmcs {
         let _consumed = exit;
     }
 
+    #[inline]
     fn slot(&self, encoding: u32) -> Option<(usize, &'static FieldInfo)> {
-        let index = field::ALL.binary_search_by_key(&(encoding & !1), |info| info.encoding).ok()?;
+        if encoding & RESERVED_ENCODING_BITS != 0 {
+            return None;
+        }
+        let index = usize::from(*SLOT_TABLE.get(slot_key(encoding))?).checked_sub(1)?;
         let info = field::ALL.get(index)?;
         let high = encoding & 1 != 0;
         let supported = self.supported.get(index).copied().unwrap_or(false);
@@ -235,6 +352,9 @@ pub struct VmxRoot {
 #[derive(Debug)]
 pub struct ActiveVmcs<'root> {
     launched: bool,
+    /// The HOST_RSP value last written by [`ActiveVmcs::run`] (0 = unknown): HOST_RSP and
+    /// HOST_RIP are written only when the runner's stack pointer differs from it.
+    host_rsp: u64,
     _root: PhantomData<&'root mut VmxRoot>,
 }
 
@@ -294,7 +414,7 @@ impl VmxRoot {
     pub unsafe fn load(&mut self, vmcs: u64) -> Result<ActiveVmcs<'_>, VmFail> {
         // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
         unsafe { crate::instr::vmptrld(vmcs) }?;
-        Ok(ActiveVmcs { launched: false, _root: PhantomData })
+        Ok(ActiveVmcs { launched: false, host_rsp: 0, _root: PhantomData })
     }
 }
 
@@ -306,7 +426,7 @@ impl<'root> ActiveVmcs<'root> {
     /// A VMCS must be current on this logical processor for as long as the value lives, and
     /// `launched` must be its launch state.
     pub unsafe fn assume_current(_root: &'root mut VmxRoot, launched: bool) -> Self {
-        Self { launched, _root: PhantomData }
+        Self { launched, host_rsp: 0, _root: PhantomData }
     }
 
     /// `true` once a VM entry with VMLAUNCH has succeeded on this VMCS.
@@ -324,7 +444,18 @@ impl VmcsAccess for ActiveVmcs<'_> {
     }
 
     #[inline(always)]
+    fn read_raw_pair(&self, first: u32, second: u32) -> Result<(u64, u64), VmFail> {
+        // SAFETY: as above.
+        unsafe { crate::instr::vmread_pair(first, second) }
+    }
+
+    #[inline(always)]
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        if encoding == field::HOST_RSP.encoding() || encoding == field::HOST_RIP.encoding() {
+            // The runner's cached host state no longer describes the VMCS: rewrite it at the
+            // next entry. (Folded away for every other constant encoding.)
+            self.host_rsp = 0;
+        }
         // SAFETY: as above; writing host-state fields that break the caller's exit path is the
         // caller's responsibility, documented on the trait.
         unsafe { crate::instr::vmwrite(encoding, value) }
@@ -335,7 +466,9 @@ impl VmcsAccess for ActiveVmcs<'_> {
 impl ActiveVmcs<'_> {
     /// Enters the guest and returns at its next VM exit.
     ///
-    /// Writes HOST_RSP and HOST_RIP so the VM exit lands back in this function, loads
+    /// Makes sure HOST_RSP and HOST_RIP send the VM exit back into this function (they are
+    /// written only when the stack pointer differs from the one last written, as the stack
+    /// depth of the caller's loop is normally the same every time), loads
     /// `registers` into the general registers, executes VMLAUNCH (first entry) or VMRESUME, and at
     /// the VM exit stores the guest's registers back into `registers`. Callee-saved host
     /// registers are preserved. `previous_exit` is the token of the exit being ended (`None` only
@@ -352,6 +485,7 @@ impl ActiveVmcs<'_> {
     ///    loaded) describe the context this function is called in.
     /// 2. Interrupts are disabled (RFLAGS.IF = 0); a VM exit clears RFLAGS anyway.
     /// 3. The guest cannot reach host memory it must not touch (EPT or equivalent).
+    #[inline]
     pub unsafe fn run(
         &mut self,
         registers: &mut GuestRegisters,
@@ -360,10 +494,12 @@ impl ActiveVmcs<'_> {
         let _consumed = previous_exit;
         // SAFETY: the caller's contract covers the VMCS contents and interrupt state; the
         // assembly preserves callee-saved registers and returns on the same stack.
-        let status = unsafe { vm_run(registers, u64::from(self.launched)) };
+        let status = unsafe { vm_run(registers, u64::from(self.launched), &mut self.host_rsp) };
         match status {
             0 => {
-                self.launched = true;
+                if !self.launched {
+                    self.launched = launched_after_vmlaunch(self.exit_reason_for_launch());
+                }
                 Ok(VmExit::new())
             }
             1 => Err(VmFail::Invalid),
@@ -375,14 +511,47 @@ impl ActiveVmcs<'_> {
     }
 }
 
+#[cfg(target_arch = "x86_64")]
+impl ActiveVmcs<'_> {
+    /// The exit reason after a VMLAUNCH returned through a VM exit (first entry only, off the
+    /// hot path).
+    #[cold]
+    fn exit_reason_for_launch(&self) -> Result<u32, VmFail> {
+        self.read(field::EXIT_REASON)
+    }
+}
+
+/// The launch state after a VMLAUNCH that returned through a VM exit: launched, unless the exit
+/// is a VM-entry failure (exit reason bit 31: invalid guest state, MSR loading, machine check),
+/// which leaves the VMCS clear (SDM Vol. 3C "VM-Entry Failures During or After Loading Guest
+/// State": the launch state is set only by a VM entry that succeeds). An unreadable exit
+/// reason counts as not launched, so the next entry tries VMLAUNCH again and reports its own
+/// error rather than a misleading VMRESUME failure.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "the guest runner that uses it is x86_64-only")
+)]
+const fn launched_after_vmlaunch(exit_reason: Result<u32, VmFail>) -> bool {
+    match exit_reason {
+        Ok(reason) => reason & (1 << 31) == 0,
+        Err(_) => false,
+    }
+}
+
 /// The VM entry/exit trampoline: returns 0 after a VM exit, 1 for VMfailInvalid, 2 for
 /// VMfailValid (of VMLAUNCH/VMRESUME or of the HOST_RSP/HOST_RIP writes).
 ///
 /// Stack at the VMWRITE of HOST_RSP (and so at the VM exit): `[rsp]` = the `registers`
-/// pointer, above it the six callee-saved registers and the return address.
+/// pointer, above it the six callee-saved registers and the return address. HOST_RSP and
+/// HOST_RIP are written only when RSP differs from `*host_rsp`, which is updated after both
+/// writes succeeded.
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-unsafe extern "sysv64" fn vm_run(registers: *mut GuestRegisters, launched: u64) -> u64 {
+unsafe extern "sysv64" fn vm_run(
+    registers: *mut GuestRegisters,
+    launched: u64,
+    host_rsp: *mut u64,
+) -> u64 {
     core::arch::naked_asm!(
         "push rbp",
         "push rbx",
@@ -391,7 +560,9 @@ unsafe extern "sysv64" fn vm_run(registers: *mut GuestRegisters, launched: u64) 
         "push r14",
         "push r15",
         "push rdi",
-        // HOST_RSP = the current RSP, HOST_RIP = label 2.
+        // HOST_RSP = the current RSP, HOST_RIP = label 2, unless already so.
+        "cmp rsp, [rdx]",
+        "je 4f",
         "mov rax, 0x6C14",
         "vmwrite rax, rsp",
         "jc 5f",
@@ -401,6 +572,8 @@ unsafe extern "sysv64" fn vm_run(registers: *mut GuestRegisters, launched: u64) 
         "vmwrite rax, rbx",
         "jc 5f",
         "jz 6f",
+        "mov [rdx], rsp",
+        "4:",
         // ZF = (launched == 0); the MOVs below leave flags alone.
         "test rsi, rsi",
         "mov rax, [rdi + 0]",
@@ -471,6 +644,34 @@ mod tests {
     use super::*;
     use crate::field::*;
 
+    #[test]
+    fn a_simulated_exit_visits_exactly_the_fields_an_exit_rewrites() {
+        let expected: std::vec::Vec<u32> = ALL
+            .iter()
+            .filter(|info| info.encoding & (3 << 10) == 1 << 10 && info.encoding != 0x4400)
+            .map(|info| info.encoding)
+            .collect();
+        let visited: std::vec::Vec<u32> =
+            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[index].encoding).collect();
+        assert_eq!(visited, expected);
+        for encoding in [0x4402, 0x6400, 0x4408, 0x440A, 0x440C, 0x2400, 0x2404] {
+            assert!(visited.contains(&encoding), "{encoding:#x}");
+        }
+    }
+
+    #[test]
+    fn a_failed_vm_entry_leaves_the_vmcs_clear() {
+        // Exit reason 33 with bit 31: invalid guest state, found by the example's differential
+        // entry check (the next VMRESUME failed with error 5 when this was ignored).
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0021)));
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0022)), "MSR loading");
+        assert!(!launched_after_vmlaunch(Ok(0x8000_0029)), "machine check during entry");
+        assert!(!launched_after_vmlaunch(Err(VmFail::Invalid)));
+        assert!(launched_after_vmlaunch(Ok(0x0000_0021)), "bit 31 clear: a real exit");
+        assert!(launched_after_vmlaunch(Ok(10)), "CPUID exit");
+        assert!(launched_after_vmlaunch(Ok(0x7FFF_FFFF)));
+    }
+
     const UNSUPPORTED: VmFail = VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent);
     const READ_ONLY: VmFail = VmFail::Valid(VmInstructionError::VmwriteReadOnlyComponent);
 
@@ -527,6 +728,41 @@ mod tests {
     }
 
     #[test]
+    fn slot_lookup_matches_the_catalog_for_every_encoding() {
+        let vmcs = SoftVmcs::new();
+        for info in ALL {
+            let (index, found) = vmcs.slot(info.encoding).unwrap();
+            assert_eq!(found.encoding, info.encoding, "{}", info.name);
+            assert_eq!(ALL[index].encoding, info.encoding);
+        }
+        // Every 16-bit encoding, and the same with reserved high bits: supported exactly when
+        // the catalog has the full encoding (or it is the high half of a 64-bit field).
+        for encoding in 0..=0xFFFF_u32 {
+            let full = encoding & !1;
+            let expected = lookup(full).is_some_and(|info| {
+                encoding & 1 == 0 || info.width == crate::field::FieldWidth::Bits64
+            });
+            assert_eq!(vmcs.supports(encoding), expected, "{encoding:#x}");
+            for reserved in [1 << 15, 1 << 16, 1 << 31] {
+                assert!(!vmcs.supports(encoding | reserved), "{:#x}", encoding | reserved);
+            }
+        }
+    }
+
+    #[test]
+    fn read_pair_succeeds_only_when_both_reads_do() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.set_exit_information(EXIT_REASON, 10).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_INFO, 0x8000_0202).unwrap();
+        let (reason, info) = (EXIT_REASON.encoding(), VM_EXIT_INTERRUPTION_INFO.encoding());
+        assert_eq!(vmcs.read_raw_pair(reason, info), Ok((10, 0x8000_0202)));
+        assert_eq!(vmcs.read_raw_pair(info, reason), Ok((0x8000_0202, 10)));
+        assert_eq!(vmcs.read_raw_pair(0x203C, reason), Err(UNSUPPORTED));
+        assert_eq!(vmcs.read_raw_pair(reason, 0x203C), Err(UNSUPPORTED));
+        assert_eq!(vmcs.last_instruction_error(), 12);
+    }
+
+    #[test]
     fn restricted_field_sets_model_older_processors() {
         let no_fred = SoftVmcs::with_supported(|info| !info.name.contains("FRED"));
         assert_eq!(no_fred.read(GUEST_IA32_FRED_CONFIG), Err(UNSUPPORTED));
@@ -553,5 +789,55 @@ mod tests {
         let no_event_data = SoftVmcs::with_supported(|info| info.name != "ORIGINAL_EVENT_DATA");
         let mut no_event_data = no_event_data;
         assert_eq!(no_event_data.set_exit_information(ORIGINAL_EVENT_DATA, 1), Err(UNSUPPORTED));
+    }
+
+    #[test]
+    fn complete_exit_rewrites_every_exit_information_field() {
+        let mut vmcs = SoftVmcs::new();
+        // First exit: an exception exit that interrupted an NMI's delivery, every field set.
+        vmcs.set_exit_information(EXIT_REASON, 0).unwrap();
+        vmcs.set_exit_information(EXIT_QUALIFICATION, u64::MAX).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_INFO, 0x8000_0B0E).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INTERRUPTION_ERROR_CODE, u32::MAX).unwrap();
+        vmcs.set_exit_information(IDT_VECTORING_INFO, 0x8000_0202).unwrap();
+        vmcs.set_exit_information(IDT_VECTORING_ERROR_CODE, u32::MAX).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INSTRUCTION_LENGTH, 15).unwrap();
+        vmcs.set_exit_information(ORIGINAL_EVENT_DATA, u64::MAX).unwrap();
+        vmcs.set_exit_information(VM_INSTRUCTION_ERROR, 7).unwrap();
+        let exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_INFO), Ok(0x8000_0B0E));
+        assert_eq!(vmcs.read(IDT_VECTORING_INFO), Ok(0x8000_0202));
+        assert_eq!(vmcs.read(ORIGINAL_EVENT_DATA), Ok(u64::MAX));
+        vmcs.enter(exit);
+        // Second exit: a CPUID exit (reason 10) sets only its reason and instruction length.
+        vmcs.set_exit_information(EXIT_REASON, 10).unwrap();
+        vmcs.set_exit_information(VM_EXIT_INSTRUCTION_LENGTH, 2).unwrap();
+        let exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(10));
+        assert_eq!(vmcs.read(VM_EXIT_INSTRUCTION_LENGTH), Ok(2));
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_INFO), Ok(0), "not valid: no stale event");
+        assert_eq!(vmcs.read(IDT_VECTORING_INFO), Ok(0), "not valid: no stale event");
+        assert_eq!(vmcs.read(VM_EXIT_INTERRUPTION_ERROR_CODE), Ok(0));
+        assert_eq!(vmcs.read(IDT_VECTORING_ERROR_CODE), Ok(0));
+        assert_eq!(vmcs.read(EXIT_QUALIFICATION), Ok(0));
+        assert_eq!(vmcs.read(ORIGINAL_EVENT_DATA), Ok(0));
+        // VM exits do not write the VM-instruction error field.
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(7));
+        vmcs.enter(exit);
+        // Third exit with nothing set: every exit-information field reads 0 (reason 0).
+        let _exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(EXIT_REASON), Ok(0));
+        assert_eq!(vmcs.read(VM_EXIT_INSTRUCTION_LENGTH), Ok(0));
+        assert_eq!(vmcs.read(VM_INSTRUCTION_ERROR), Ok(7));
+    }
+
+    #[test]
+    fn complete_exit_keeps_guest_and_control_fields() {
+        let mut vmcs = SoftVmcs::new();
+        vmcs.write(GUEST_RIP, u64::MAX).unwrap();
+        vmcs.write(EXCEPTION_BITMAP, u32::MAX).unwrap();
+        let _exit = vmcs.complete_exit();
+        assert_eq!(vmcs.read(GUEST_RIP), Ok(u64::MAX));
+        assert_eq!(vmcs.read(EXCEPTION_BITMAP), Ok(u32::MAX));
     }
 }

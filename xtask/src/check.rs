@@ -1,7 +1,46 @@
 //! `cargo xtask test`: the checks CI runs, in order, each announced.
 
 use crate::util::{self, Result, cargo, cargo_with, fail, run, step};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+/// The time of each phase of `cargo xtask test`, printed as each ends and as a table at the end.
+#[derive(Default)]
+pub struct Phases {
+    done: Vec<(String, Duration)>,
+    current: Option<(String, Instant)>,
+}
+
+impl Phases {
+    /// Ends the running phase (printing its time) and starts `name` with a step banner.
+    pub fn begin(&mut self, name: &str) {
+        self.end();
+        step(name);
+        self.current = Some((name.to_string(), Instant::now()));
+    }
+
+    /// Ends the running phase, if any.
+    pub fn end(&mut self) {
+        if let Some((name, started)) = self.current.take() {
+            let elapsed = started.elapsed();
+            println!("    phase time: {:.1} s", elapsed.as_secs_f64());
+            self.done.push((name, elapsed));
+        }
+    }
+
+    /// The summary table: phase, seconds, share of the total.
+    pub fn summary(&self) -> String {
+        let total: f64 = self.done.iter().map(|(_, d)| d.as_secs_f64()).sum();
+        let mut out = format!("{:<78} {:>8} {:>6}\n", "phase", "seconds", "share");
+        for (name, elapsed) in &self.done {
+            let seconds = elapsed.as_secs_f64();
+            let share = if total > 0.0 { 100.0 * seconds / total } else { 0.0 };
+            let name: String = name.chars().take(78).collect();
+            out.push_str(&format!("{name:<78} {seconds:>8.1} {share:>5.0}%\n"));
+        }
+        out.push_str(&format!("{:<78} {total:>8.1} {:>5}%\n", "total", 100));
+        out
+    }
+}
 
 /// The published library crates.
 pub const LIBRARIES: &[&str] =
@@ -37,17 +76,28 @@ fn package_args(command: &mut std::process::Command) {
 pub fn test(args: &[String]) -> Result {
     let options = parse(args)?;
     let started = Instant::now();
+    let mut phases = Phases::default();
+    let result = run_phases(&options, &mut phases);
+    phases.end();
+    println!("\nxtask test: time per phase\n{}", phases.summary());
+    result?;
+    println!("\nxtask test: all checks passed in {:.0?}", started.elapsed());
+    Ok(())
+}
 
-    step("prerequisites: rustfmt, clippy, the x86_64-unknown-none target, the MSRV toolchain");
+fn run_phases(options: &Options, phases: &mut Phases) -> Result {
+    phases.begin(
+        "prerequisites: rustfmt, clippy, the x86_64-unknown-none target, the MSRV toolchain",
+    );
     util::ensure_toolchain("stable", &["rustfmt", "clippy"])?;
     util::ensure_rust_target(None, BARE_TARGET)?;
     util::ensure_toolchain(MSRV, &[])?;
     util::ensure_rust_target(Some(MSRV), BARE_TARGET)?;
 
-    step("formatting (cargo fmt --check)");
+    phases.begin("formatting (cargo fmt --check)");
     run(cargo().args(["fmt", "--all", "--check"]))?;
 
-    step("clippy, all targets, every feature, warnings denied");
+    phases.begin("clippy, all targets, every feature, warnings denied");
     run(cargo().args(["clippy", "--workspace", "--all-targets", "--", "-D", "warnings"]))?;
     run(cargo().args([
         "clippy",
@@ -59,10 +109,10 @@ pub fn test(args: &[String]) -> Result {
         "warnings",
     ]))?;
 
-    step("host unit tests");
+    phases.begin("host unit tests");
     run(cargo().args(["test", "--workspace"]))?;
 
-    step("no_std build of every library for x86_64-unknown-none");
+    phases.begin("no_std build of every library for x86_64-unknown-none");
     let mut bare = cargo();
     bare.args(["build", "--target", BARE_TARGET]);
     package_args(&mut bare);
@@ -72,13 +122,13 @@ pub fn test(args: &[String]) -> Result {
     package_args(&mut bare_release);
     run(&mut bare_release)?;
 
-    step(&format!("MSRV: the libraries build with Rust {MSRV}"));
+    phases.begin(&format!("MSRV: the libraries build with Rust {MSRV}"));
     let mut msrv = cargo_with(MSRV);
     msrv.args(["check", "--target", BARE_TARGET, "--target-dir", "target/msrv"]);
     package_args(&mut msrv);
     run(&mut msrv)?;
 
-    step("documentation, warnings denied");
+    phases.begin("documentation, warnings denied");
     run(cargo().env("RUSTDOCFLAGS", "-D warnings").args([
         "doc",
         "--workspace",
@@ -87,13 +137,14 @@ pub fn test(args: &[String]) -> Result {
     ]))?;
     run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["test", "--workspace", "--doc"]))?;
 
-    step("packaging: each library packages and its packaged copy builds");
+    phases.begin("packaging: each library packages and its packaged copy builds");
+    forget_packaged_sources()?;
     let mut package = cargo();
-    package.args(["package", "--allow-dirty"]);
+    package.args(["package", "--allow-dirty", "--target-dir", "target/package-build"]);
     package_args(&mut package);
     run(&mut package)?;
 
-    step("example hypervisor: formatting and clippy (x86_64-unknown-none)");
+    phases.begin("example hypervisor: formatting and clippy (x86_64-unknown-none)");
     let example = util::root().join("examples/hypervisor");
     run(cargo().current_dir(&example).args(["fmt", "--check"]))?;
     run(cargo()
@@ -102,14 +153,77 @@ pub fn test(args: &[String]) -> Result {
         .args(["clippy", "--release", "--target", BARE_TARGET, "--", "-D", "warnings"]))?;
 
     if options.emulators {
+        phases.begin("emulator suite (Bochs models, QEMU TCG)");
         crate::emu::test_suite()?;
     }
     if options.fuzz {
-        let seconds =
-            std::env::var("HVKIT_FUZZ_SECONDS").ok().and_then(|v| v.parse().ok()).unwrap_or(30);
-        crate::fuzz::test_step(seconds)?;
+        phases.begin("fuzz: seed replay on stable");
+        crate::fuzz::replay_step()?;
+        let seconds = std::env::var("HVKIT_FUZZ_SECONDS")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(crate::fuzz::SMOKE_SECONDS);
+        phases.begin("fuzz: smoke (nightly cargo-fuzz build and runs)");
+        crate::fuzz::smoke_step(seconds)?;
     }
+    Ok(())
+}
 
-    println!("\nxtask test: all checks passed in {:.0?}", started.elapsed());
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_summary_lists_each_phase_with_its_share_of_the_total() {
+        let phases = Phases {
+            done: vec![
+                ("fmt".to_string(), Duration::from_secs(30)),
+                ("fuzz smoke".to_string(), Duration::from_secs(10)),
+            ],
+            current: None,
+        };
+        let text = phases.summary();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].starts_with("fmt") && lines[1].ends_with("30.0    75%"), "{text}");
+        assert!(lines[2].starts_with("fuzz smoke") && lines[2].ends_with("10.0    25%"), "{text}");
+        assert!(lines[3].starts_with("total") && lines[3].contains("40.0"), "{text}");
+    }
+}
+
+/// `cargo package` verifies each library against the others through a temporary local registry
+/// under `target/package`. Cargo treats registry crates as immutable: it unpacks them under
+/// `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION` and reuses both that copy and
+/// their compiled artifacts as long as the version is the same. So a checkout whose API changed
+/// without a version bump would be verified against an earlier run's build of its own crates.
+/// Verification builds in its own target directory, removed first with the packages and the
+/// unpacked copies (only hvkit's, only from such local registries).
+fn forget_packaged_sources() -> Result {
+    for stale in ["target/package", "target/package-build"] {
+        let path = util::root().join(stale);
+        if path.exists() {
+            std::fs::remove_dir_all(&path)
+                .or_else(|error| fail(format!("removing {}: {error}", path.display())))?;
+        }
+    }
+    let cargo_home = std::env::var_os("CARGO_HOME").map(std::path::PathBuf::from).or_else(|| {
+        std::env::var_os("HOME").map(|home| std::path::PathBuf::from(home).join(".cargo"))
+    });
+    let Some(sources) = cargo_home.map(|home| home.join("registry/src")) else { return Ok(()) };
+    let Ok(registries) = std::fs::read_dir(&sources) else { return Ok(()) };
+    for registry in registries.flatten() {
+        if !registry.file_name().to_string_lossy().starts_with('-') {
+            continue;
+        }
+        let Ok(crates) = std::fs::read_dir(registry.path()) else { continue };
+        for unpacked in crates.flatten() {
+            let name = unpacked.file_name().to_string_lossy().into_owned();
+            if LIBRARIES.iter().any(|library| name.starts_with(&format!("{library}-"))) {
+                std::fs::remove_dir_all(unpacked.path()).or_else(|error| {
+                    fail(format!("removing {}: {error}", unpacked.path().display()))
+                })?;
+            }
+        }
+    }
     Ok(())
 }

@@ -4,8 +4,10 @@
 //!   MSRV, docs, packaging, the emulator scenario suite, fuzz smoke runs).
 //! - `cargo xtask run`: build the example hypervisor and boot it (see `--help`).
 //! - `cargo xtask fuzz`: run the fuzz targets (nightly, cargo-fuzz).
+//! - `cargo xtask bench`: instruction counts of the exit paths in Bochs, against budgets.
 //! - `cargo xtask mutants`: mutation testing of the decision modules (cargo-mutants).
 
+mod bench;
 mod check;
 mod emu;
 mod fuzz;
@@ -26,7 +28,10 @@ commands:
   run     build the example hypervisor and boot it (qemu-kvm when nested VMX is
           available, else Bochs); `cargo xtask run --help` for options
   fuzz    cargo xtask fuzz [--seconds N] [TARGET]: run cargo-fuzz targets (nightly;
-          installs cargo-fuzz when missing)
+          installs cargo-fuzz when missing); --smoke: only the smoke step of `test`
+  bench   boot the example in Bochs (clock sync=none: 1 TSC tick = 1 instruction) and print
+          the exit-path instruction counts against goals, budgets and KVM; fails above a
+          committed budget; `cargo xtask bench --help` for options
   mutants cargo xtask mutants [--file PATTERN] [--jobs N]: cargo-mutants over the decision
           modules; fails on a missed mutant not documented in mutants-survivors.md (not part
           of `test`; installs cargo-mutants when missing)
@@ -43,6 +48,7 @@ fn main() -> ExitCode {
         "test" => check::test(rest),
         "run" => emu::run_command(rest),
         "fuzz" => fuzz::command(rest),
+        "bench" => bench::command(rest),
         "mutants" => mutants::command(rest),
         "help" | "--help" | "-h" => {
             print!("{HELP}");

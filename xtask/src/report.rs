@@ -25,6 +25,8 @@ pub struct Report {
     pub summary: Option<BTreeMap<String, String>>,
     pub exit_status: Option<u32>,
     pub no_vmx: Option<String>,
+    /// The reason of an `HVKIT NOLONGMODE` line (a CPU without long mode).
+    pub no_long_mode: Option<String>,
 }
 
 /// Splits `key=value key="quoted value"` pairs.
@@ -66,6 +68,8 @@ pub fn parse(serial: &str) -> Report {
             report.exit_status = digits.parse().ok();
         } else if let Some(rest) = line.strip_prefix("HVKIT NOVMX ") {
             report.no_vmx = pairs(rest).get("reason").cloned();
+        } else if let Some(rest) = line.strip_prefix("HVKIT NOLONGMODE ") {
+            report.no_long_mode = pairs(rest).get("reason").cloned();
         }
     }
     report
@@ -172,5 +176,19 @@ HVKIT EXIT status=0";
         );
         assert_eq!(report.no_vmx.as_deref(), Some("CPUID.1:ECX.VMX[bit 5] = 0: no VMX"));
         assert_eq!(report.exit_status, Some(3));
+    }
+
+    #[test]
+    fn no_long_mode_line() {
+        let report = parse(
+            "HVKIT NOLONGMODE reason=\"CPUID.80000001H:EDX.LM[bit 29] = 0: no long mode\"\r\nHVKIT EXIT status=5\r\n",
+        );
+        assert_eq!(
+            report.no_long_mode.as_deref(),
+            Some("CPUID.80000001H:EDX.LM[bit 29] = 0: no long mode")
+        );
+        assert_eq!(report.no_vmx, None);
+        assert_eq!(report.exit_status, Some(5));
+        assert!(!problems(&report).is_empty(), "a CPU without long mode is no scenario run");
     }
 }

@@ -31,7 +31,8 @@ pub fn note(text: &str) {
     println!("    {text}");
 }
 
-fn render(command: &Command) -> String {
+/// The command line as a user would type it (environment assignments first).
+pub fn render(command: &Command) -> String {
     let mut text = String::new();
     for (key, value) in command.get_envs() {
         if let (Some(key), Some(value)) = (key.to_str(), value.and_then(|v| v.to_str())) {
@@ -91,7 +92,8 @@ pub fn cargo_with(toolchain: &str) -> Command {
     command
 }
 
-fn is_root() -> bool {
+/// `true` when running as uid 0 (installing packages, building and entering a chroot).
+pub fn is_root() -> bool {
     output_of(Command::new("id").arg("-u")).is_some_and(|uid| uid.trim() == "0")
 }
 
@@ -172,4 +174,175 @@ pub fn ensure_apt(packages: &[(&str, &str)]) -> Result {
         .args(["install", "-y", "-qq", "--no-install-recommends"])
         .args(&missing))
     .or_else(|_| fail(format!("could not install; run as root: apt-get update && {command_text}")))
+}
+
+/// The user's cache directory: `$XDG_CACHE_HOME` when set to an absolute path, else `~/.cache`.
+pub fn cache_dir() -> Option<PathBuf> {
+    let xdg = env::var_os("XDG_CACHE_HOME").map(PathBuf::from).filter(|path| path.is_absolute());
+    xdg.or_else(|| env::var_os("HOME").map(|home| PathBuf::from(home).join(".cache")))
+}
+
+/// One apt source: a `deb` line of sources.list or one `Types: deb` stanza of a deb822 file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AptSource {
+    pub uri: String,
+    pub suites: Vec<String>,
+    pub components: Vec<String>,
+}
+
+/// Parses a one-line-style file (`deb [options] URI SUITE COMPONENT...`); `deb-src` is skipped.
+pub fn parse_sources_list(text: &str) -> Vec<AptSource> {
+    let mut sources = Vec::new();
+    for line in text.lines() {
+        let line = line.split('#').next().unwrap_or("").trim();
+        let Some(rest) = line.strip_prefix("deb ").or_else(|| line.strip_prefix("deb\t")) else {
+            continue;
+        };
+        let mut rest = rest.trim_start();
+        if rest.starts_with('[') {
+            match rest.find(']') {
+                Some(end) => rest = rest[end + 1..].trim_start(),
+                None => continue,
+            }
+        }
+        let mut words = rest.split_whitespace();
+        let (Some(uri), Some(suite)) = (words.next(), words.next()) else { continue };
+        sources.push(AptSource {
+            uri: uri.to_string(),
+            suites: vec![suite.to_string()],
+            components: words.map(str::to_string).collect(),
+        });
+    }
+    sources
+}
+
+/// Parses a deb822 `.sources` file: stanzas separated by blank lines; `Enabled: no` is skipped.
+pub fn parse_deb822_sources(text: &str) -> Vec<AptSource> {
+    let mut sources = Vec::new();
+    for stanza in text.replace("\r\n", "\n").split("\n\n") {
+        let mut fields: Vec<(String, String)> = Vec::new();
+        for line in stanza.lines() {
+            if line.trim_start().starts_with('#') || line.trim().is_empty() {
+                continue;
+            }
+            if line.starts_with([' ', '\t']) {
+                // A continuation line (e.g. an inline Signed-By key): part of the previous field.
+                continue;
+            }
+            if let Some((key, value)) = line.split_once(':') {
+                fields.push((key.trim().to_ascii_lowercase(), value.trim().to_string()));
+            }
+        }
+        let field = |name: &str| {
+            fields.iter().find(|(key, _)| key == name).map_or("", |(_, value)| value.as_str())
+        };
+        let words = |name: &str| field(name).split_whitespace().map(str::to_string).collect();
+        let types: Vec<String> = words("types");
+        if !types.iter().any(|kind| kind == "deb") || field("enabled").eq_ignore_ascii_case("no") {
+            continue;
+        }
+        for uri in field("uris").split_whitespace() {
+            sources.push(AptSource {
+                uri: uri.to_string(),
+                suites: words("suites"),
+                components: words("components"),
+            });
+        }
+    }
+    sources
+}
+
+/// The host's apt sources: /etc/apt/sources.list and the `*.list` and `*.sources` files in
+/// /etc/apt/sources.list.d (other names, e.g. `*.disabled`, are ignored as apt ignores them).
+pub fn host_apt_sources() -> Vec<AptSource> {
+    let mut sources = Vec::new();
+    if let Ok(text) = std::fs::read_to_string("/etc/apt/sources.list") {
+        sources.extend(parse_sources_list(&text));
+    }
+    let mut files: Vec<PathBuf> = std::fs::read_dir("/etc/apt/sources.list.d")
+        .map(|dir| dir.filter_map(|entry| entry.ok().map(|entry| entry.path())).collect())
+        .unwrap_or_default();
+    files.sort();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else { continue };
+        match file.extension().and_then(|ext| ext.to_str()) {
+            Some("list") => sources.extend(parse_sources_list(&text)),
+            Some("sources") => sources.extend(parse_deb822_sources(&text)),
+            _ => {}
+        }
+    }
+    sources
+}
+
+/// The Debian archive mirror among `sources`: a `main` source of a release suite (not
+/// `-security`, `-updates`, `-backports`) whose URI path ends in `/debian`. Security mirrors,
+/// third-party repositories and Ubuntu archives do not qualify.
+pub fn debian_mirror(sources: &[AptSource]) -> Option<String> {
+    sources
+        .iter()
+        .find(|source| {
+            let path = source.uri.trim_end_matches('/');
+            let archive = path.rsplit('/').next() == Some("debian") && !path.contains("security");
+            let release_suite = source.suites.iter().any(|suite| {
+                !["-security", "-updates", "-backports", "-proposed-updates"]
+                    .iter()
+                    .any(|tail| suite.ends_with(tail))
+                    && !suite.contains('/')
+            });
+            let main = source.components.iter().any(|component| component == "main");
+            archive && release_suite && main
+        })
+        .map(|source| source.uri.trim_end_matches('/').to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DEB822: &str = "Types: deb\n\
+# a comment\n\
+URIs: http://mirror.example/debian\n\
+Suites: bookworm bookworm-updates\n\
+Components: main\n\
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg\n\
+\n\
+Types: deb\n\
+URIs: http://mirror.example/debian-security\n\
+Suites: bookworm-security\n\
+Components: main\n";
+
+    #[test]
+    fn the_debian_mirror_comes_from_a_deb822_file_and_skips_security() {
+        let sources = parse_deb822_sources(DEB822);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[0].suites, ["bookworm", "bookworm-updates"]);
+        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://mirror.example/debian"));
+        let security_only = &sources[1..];
+        assert_eq!(debian_mirror(security_only), None);
+    }
+
+    #[test]
+    fn disabled_stanzas_source_packages_and_inline_keys_are_skipped() {
+        let text = "Types: deb-src\nURIs: http://a.example/debian\nSuites: sid\nComponents: main\n\n\
+Types: deb\nEnabled: no\nURIs: http://b.example/debian\nSuites: sid\nComponents: main\n\n\
+Types: deb\nURIs: http://c.example/debian/\nSuites: trixie\nComponents: main contrib\n\
+Signed-By:\n -----BEGIN PGP PUBLIC KEY BLOCK-----\n .\n URIs: http://evil.example/debian\n";
+        let sources = parse_deb822_sources(text);
+        assert_eq!(sources.len(), 1, "{sources:?}");
+        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://c.example/debian"));
+    }
+
+    #[test]
+    fn one_line_sources_with_options_and_third_party_repositories() {
+        let text = "# deb http://commented.example/debian sid main\n\
+deb https://vendor.example/apt cloud-sdk-bookworm main\n\
+deb-src http://other.example/debian bookworm main\n\
+deb [arch=amd64 signed-by=/k.gpg] http://other.example/debian/ bookworm main non-free\n";
+        let sources = parse_sources_list(text);
+        assert_eq!(sources.len(), 2);
+        assert_eq!(sources[1].components, ["main", "non-free"]);
+        assert_eq!(debian_mirror(&sources).as_deref(), Some("http://other.example/debian"));
+        let ubuntu = parse_sources_list("deb http://mirror.example/ubuntu noble main\n");
+        assert_eq!(debian_mirror(&ubuntu), None);
+    }
 }

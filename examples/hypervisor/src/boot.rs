@@ -1,5 +1,9 @@
 //! Multiboot2 header, PVH note, and the 32-bit entry that switches to long mode.
 //!
+//! A CPU without long mode (CPUID.80000001H:EDX.LM[bit 29] = 0, Intel SDM Vol. 2A, CPUID) gets
+//! a report from 32-bit code: one `HVKIT NOLONGMODE reason="..."` line, `HVKIT EXIT status=5`
+//! ([`NO_LONG_MODE_STATUS`]) and the same ways out of the emulator as `port::exit`.
+//!
 //! Memory map: identity-mapped 0-4 GiB with 2 MiB pages (covers the local APIC at 0xFEE00000).
 //! GDT: 0x08 64-bit code, 0x10 data, 0x18 TSS (filled in from Rust).
 
@@ -25,6 +29,16 @@ _start:
     movl $boot_stack_top, %esp
     movl %eax, boot_magic
     movl %ebx, boot_info
+
+    /* Long mode needs CPUID.80000001H:EDX.LM (bit 29); the leaf exists when 80000000H says so. */
+    movl $0x80000000, %eax
+    cpuid
+    cmpl $0x80000001, %eax
+    jb no_long_mode
+    movl $0x80000001, %eax
+    cpuid
+    btl $29, %edx
+    jnc no_long_mode
 
     /* PML4[0] -> PDPT */
     movl $boot_pdpt, %eax
@@ -74,6 +88,79 @@ _start:
 
     lgdt boot_gdt_pointer
     ljmp $0x08, $long_mode_entry
+
+no_long_mode:
+    /* COM1 at 115200 8N1 (the settings port::serial_init uses), then the report. */
+    movw $0x3F9, %dx
+    movb $0x00, %al
+    outb %al, %dx
+    movw $0x3FB, %dx
+    movb $0x80, %al
+    outb %al, %dx
+    movw $0x3F8, %dx
+    movb $0x01, %al
+    outb %al, %dx
+    movw $0x3F9, %dx
+    movb $0x00, %al
+    outb %al, %dx
+    movw $0x3FB, %dx
+    movb $0x03, %al
+    outb %al, %dx
+    movw $0x3FA, %dx
+    movb $0xC7, %al
+    outb %al, %dx
+    movw $0x3FC, %dx
+    movb $0x0B, %al
+    outb %al, %dx
+    movl $no_long_mode_text, %esi
+3:
+    movb (%esi), %bl
+    testb %bl, %bl
+    jz 5f
+    /* Wait (bounded) for the transmitter holding register to empty. */
+    movw $0x3FD, %dx
+    movl $100000, %ecx
+4:
+    inb %dx, %al
+    testb $0x20, %al
+    jnz 6f
+    loop 4b
+6:
+    movw $0x3F8, %dx
+    movb %bl, %al
+    outb %al, %dx
+    incl %esi
+    jmp 3b
+5:
+    /* QEMU isa-debug-exit, Bochs iodebug (back to the debugger, whose rc file quits), then
+       the Bochs "Shutdown" port. */
+    movw $0xF4, %dx
+    movl ${status}, %eax
+    outl %eax, %dx
+    movw $0x8A00, %dx
+    movw $0x8A00, %ax
+    outw %ax, %dx
+    movw $0x8AE0, %ax
+    outw %ax, %dx
+    movw $0x8900, %dx
+    movl $no_long_mode_shutdown, %esi
+7:
+    movb (%esi), %al
+    testb %al, %al
+    jz 8f
+    outb %al, %dx
+    incl %esi
+    jmp 7b
+8:
+    cli
+    hlt
+    jmp 8b
+no_long_mode_text:
+    .ascii "HVKIT NOLONGMODE reason=\"CPUID.80000001H:EDX.LM[bit 29] = 0: this CPU has no "
+    .ascii "long mode (Intel 64); the hypervisor needs a 64-bit CPU\"\r\n"
+    .asciz "HVKIT EXIT status={status}\r\n"
+no_long_mode_shutdown:
+    .asciz "Shutdown"
 
     .code64
 long_mode_entry:
@@ -126,8 +213,12 @@ boot_stack_bottom:
 boot_stack_top:
     .section .text
 "#,
+    status = const NO_LONG_MODE_STATUS,
     options(att_syntax)
 );
+
+/// Exit status of a CPU without long mode (`HVKIT EXIT status=5`, after `HVKIT NOLONGMODE`).
+pub const NO_LONG_MODE_STATUS: u32 = 5;
 
 unsafe extern "C" {
     static mut boot_gdt: [u64; 5];

@@ -29,3 +29,42 @@ pub fn wrmsr(msr: u32, value: u64) {
             options(nostack, preserves_flags))
     };
 }
+
+/// MOV from DR6.
+///
+/// # Safety
+///
+/// CPL 0.
+pub unsafe fn read_dr6() -> u64 {
+    let value: u64;
+    // SAFETY: CPL 0 is the caller's contract; reading DR6 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, dr6", out(reg) value, options(nomem, nostack, preserves_flags))
+    };
+    value
+}
+
+/// MOV to DR6.
+///
+/// # Safety
+///
+/// CPL 0, and nothing on the host relies on DR6's value (here DR6 belongs to the guest).
+pub unsafe fn write_dr6(value: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!("mov dr6, {}", in(reg) value, options(nomem, nostack, preserves_flags))
+    };
+}
+
+/// MOV to CR2.
+///
+/// # Safety
+///
+/// CPL 0, and no host page-fault handler is between this write and the VM entry that gives
+/// CR2 to the guest.
+pub unsafe fn write_cr2(value: u64) {
+    // SAFETY: the caller's contract.
+    unsafe {
+        core::arch::asm!("mov cr2, {}", in(reg) value, options(nomem, nostack, preserves_flags))
+    };
+}

@@ -44,6 +44,13 @@ pub mod call {
     pub const STRESS_END: u64 = 17;
     /// Switch the host to FRED; RAX = 1 when it did (then the timer and NMI scenarios repeat).
     pub const FRED_BEGIN: u64 = 18;
+    /// Exception-reflection scenario begins.
+    pub const REFLECT_BEGIN: u64 = 19;
+    /// Exception-reflection scenario ends; RBX = guest #DB handler runs, RCX = runs that found
+    /// DR6.BS set after a single step.
+    pub const REFLECT_END: u64 = 20;
+    /// Sends that gave up because the ICR stayed busy; RBX = count (reported, never sent).
+    pub const NMI_SEND_TIMEOUTS: u64 = 21;
 }
 
 /// The guest's 2 MiB area: IDT (page 0), stack (pages 1-15).
@@ -66,6 +73,12 @@ pub static GUEST_NMI_NESTED: AtomicU64 = AtomicU64::new(0);
 pub static GUEST_NMI_ACTION: AtomicU64 = AtomicU64::new(0);
 /// Guest handler runs for vector 0x40.
 pub static GUEST_IRQ_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Guest #DB handler runs.
+pub static GUEST_DB_COUNT: AtomicU64 = AtomicU64::new(0);
+/// Guest #DB handler runs that found DR6.BS (bit 14) set: a single step reflected with its DR6.
+pub static GUEST_DB_SINGLE_STEP: AtomicU64 = AtomicU64::new(0);
+/// Self-NMIs not sent because the ICR stayed busy.
+static NMI_SEND_TIMEOUTS: AtomicU64 = AtomicU64::new(0);
 static GUEST_SAVED_RAX: AtomicU64 = AtomicU64::new(0);
 static GUEST_SAVED_RBX: AtomicU64 = AtomicU64::new(0);
 
@@ -105,6 +118,22 @@ guest_irq_entry:
     iretq
 
     .balign 16
+    .global guest_db_entry
+guest_db_entry:
+    push rax
+    lock inc qword ptr [rip + {db_count}]
+    mov rax, dr6
+    test eax, 0x4000
+    jz 3f
+    lock inc qword ptr [rip + {db_single_step}]
+    and eax, 0xFFFFBFFF
+    mov dr6, rax
+3:
+    and qword ptr [rsp + 24], 0xFFFFFFFFFFFFFEFF
+    pop rax
+    iretq
+
+    .balign 16
     .global guest_fault_entry
 guest_fault_entry:
     mov eax, 0xDEAD
@@ -118,11 +147,14 @@ guest_fault_entry:
     count = sym GUEST_NMI_COUNT,
     action = sym GUEST_NMI_ACTION,
     irq_count = sym GUEST_IRQ_COUNT,
+    db_count = sym GUEST_DB_COUNT,
+    db_single_step = sym GUEST_DB_SINGLE_STEP,
 );
 
 unsafe extern "C" {
     fn guest_nmi_entry();
     fn guest_irq_entry();
+    fn guest_db_entry();
     fn guest_fault_entry();
 }
 
@@ -141,12 +173,13 @@ pub fn stack_top() -> u64 {
     area() + 16 * 4096
 }
 
-/// Fills the guest IDT: every vector faults to the hypervisor except NMI and 0x40.
+/// Fills the guest IDT: every vector faults to the hypervisor except #DB, NMI and 0x40.
 pub fn init() {
     // SAFETY: single CPU, before the guest runs.
     let table = unsafe { &mut (*core::ptr::addr_of_mut!(AREA)).idt };
     for vector in 0..256usize {
         let handler = match vector {
+            1 => guest_db_entry as *const () as u64,
             2 => guest_nmi_entry as *const () as u64,
             0x40 => guest_irq_entry as *const () as u64,
             _ => guest_fault_entry as *const () as u64,
@@ -179,20 +212,48 @@ fn cpuid(leaf: u32, subleaf: u32) -> (u32, u32, u32, u32) {
 /// The CPUID leaf the hypervisor answers with computed values.
 pub const CPUID_LEAF: u32 = 0x4000_0001;
 
-fn send_self_nmi(apic: u64, apic_id: u32) {
+/// Sends an NMI to this CPU through the xAPIC ICR, after waiting (bounded) for the previous
+/// IPI to leave the ICR. `false` when the ICR stayed busy: then nothing was sent (writing the
+/// ICR while a send is pending is undefined, SDM Vol. 3A "Interrupt Command Register").
+fn send_self_nmi(apic: u64, apic_id: u32) -> bool {
     let high = (apic + 0x310) as *mut u32;
     let low = (apic + 0x300) as *mut u32;
     // SAFETY: the APIC page is mapped through EPT; these are the ICR registers.
     unsafe {
         for _ in 0..10_000 {
             if low.read_volatile() & (1 << 12) == 0 {
-                break;
+                high.write_volatile(apic_id << 24);
+                low.write_volatile(0x4400);
+                return true;
             }
         }
-        high.write_volatile(apic_id << 24);
-        low.write_volatile(0x4400);
     }
+    NMI_SEND_TIMEOUTS.fetch_add(1, Ordering::SeqCst);
+    false
 }
+
+/// The exception-reflection scenario's guest half: `INT1` (ICEBP) and single steps, each a #DB
+/// the hypervisor intercepts (#DB is always in its exception bitmap) and reflects back here.
+fn reflection_scenario() {
+    vmcall(call::REFLECT_BEGIN, 0, 0);
+    for _ in 0..REFLECTED_EACH {
+        // SAFETY: INT1 raises #DB, which the hypervisor reflects to guest_db_entry.
+        unsafe { core::arch::asm!(".byte 0xF1", options(nomem, nostack)) };
+        // SAFETY: TF set for one instruction: the single-step #DB is reflected to
+        // guest_db_entry, which clears TF in the frame it returns through.
+        unsafe {
+            core::arch::asm!("pushfq", "or qword ptr [rsp], 0x100", "popfq", "nop", options(nomem))
+        };
+    }
+    vmcall(
+        call::REFLECT_END,
+        GUEST_DB_COUNT.load(Ordering::SeqCst),
+        GUEST_DB_SINGLE_STEP.load(Ordering::SeqCst),
+    );
+}
+
+/// INT1s and single steps each in the exception-reflection scenario.
+pub const REFLECTED_EACH: u64 = 50;
 
 /// Scenario 2's guest half: keep running while the host timer fires.
 fn timer_scenario() {
@@ -211,8 +272,7 @@ fn host_nmi_scenarios(apic: u64, apic_id: u32) {
         vmcall(call::NMI_BEGIN, strategy, 0);
         let mut sent = 0;
         for _ in 0..200 {
-            send_self_nmi(apic, apic_id);
-            sent += 1;
+            sent += u64::from(send_self_nmi(apic, apic_id));
         }
         vmcall(call::NMI_END, sent, 0);
     }
@@ -254,7 +314,8 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
     GUEST_NMI_ACTION.store(call::IN_NMI_HANDLER, Ordering::SeqCst);
     vmcall(call::FORWARD_NMIS, 3, 0);
     for _ in 0..1_000_000 {
-        if GUEST_NMI_COUNT.load(Ordering::SeqCst) - start >= 3 {
+        // Three NMIs at once latch into two (one delivered, one pending).
+        if GUEST_NMI_COUNT.load(Ordering::SeqCst) - start >= 2 {
             break;
         }
         core::hint::spin_loop();
@@ -294,15 +355,18 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
         vmcall(call::STRESS_BEGIN, strategy, 0);
         let mut sent = 0;
         for round in 0..3400u32 {
-            send_self_nmi(apic, apic_id);
-            sent += 1;
+            sent += u64::from(send_self_nmi(apic, apic_id));
             let _ = cpuid(CPUID_LEAF, round);
             let _ = vmcall(call::PING, 0, 0);
         }
         vmcall(call::STRESS_END, sent, 0);
     }
 
-    // Scenario 8: on a FRED host, scenarios 2 and 3 again through the FRED paths.
+    // Scenario 8: guest exceptions the hypervisor always intercepts, reflected back.
+    reflection_scenario();
+    vmcall(call::NMI_SEND_TIMEOUTS, NMI_SEND_TIMEOUTS.load(Ordering::SeqCst), 0);
+
+    // Scenario 9: on a FRED host, scenarios 2 and 3 again through the FRED paths.
     if vmcall(call::FRED_BEGIN, 0, 0).0 == 1 {
         timer_scenario();
         host_nmi_scenarios(apic, apic_id);

@@ -7,6 +7,7 @@
 mod apic;
 mod boot;
 mod cpu;
+mod entry_diff;
 mod guest;
 mod host;
 mod port;
@@ -14,11 +15,11 @@ mod vmx;
 
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
-    ApicSender, FredDirectCall, FredEretsToSelf, GuestEventQueue, IdtDirectCall, InjectionContext,
-    IretToSelf, IrqDelivery, SelfNmi, handle_host_event, reinject_idt_vectoring,
+    ApicSender, FredDirectCall, FredEretsToSelf, GuestEvent, GuestEventQueue, IdtDirectCall,
+    InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi, handle_host_event,
+    inject, reflected_exception, reinject_idt_vectoring,
 };
-use hvkit_vmx_core::entry_check::EntryCapabilities;
-use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoOptions};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfo, ExitInfoOptions};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{GuestRegisters, VmcsAccess};
 use port::status;
@@ -152,6 +153,7 @@ extern "C" fn kernel_main() -> ! {
     };
     guest::init();
     let eptp = vmx::build_ept(guest::area());
+    entry_diff::run(&vmx, guest::stack_top(), guest::idt(), eptp);
     let mut vmcs = vmx::vmcs();
     let guest_rip = guest::main as *const () as u64;
     if let Err(fail) =
@@ -162,6 +164,9 @@ extern "C" fn kernel_main() -> ! {
     }
     run(&mut vmcs, &vmx, apic::base_address(), apic_id)
 }
+
+/// Why the EPT-violation scenarios SKIP on a CPU with VMX but no usable EPT.
+const NO_EPT: &str = "no EPT (IA32_VMX_PROCBASED_CTLS2 does not allow enable EPT, or no 4-level WB EPT with 2 MiB pages): the scenario needs an EPT violation";
 
 /// Host timer interrupts the timer scenario waits for.
 const TIMER_TARGET: u64 = 100;
@@ -200,10 +205,14 @@ fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
 struct Counters {
     nmi_exits: u64,
     timer_exits: u64,
+    /// Timer ticks the host took while it ran (interrupts enabled), with no exit.
+    host_direct_ticks: u64,
     other_exits: u64,
     nmi_window_exits: u64,
     ept_violations: u64,
     reinjected: u64,
+    merged_nmis: u64,
+    reflected: u64,
     blocking_restored: u64,
     reinject_errors: u64,
     host_nmi: u64,
@@ -258,15 +267,8 @@ fn run(
         1_000_000,
     );
     let mut fred_mode = false;
-    let context = InjectionContext {
-        capabilities: EntryCapabilities {
-            no_error_code_consistency_check: vmx.caps.basic.no_error_code_consistency_check(),
-            zero_length_injection: vmx.caps.misc.zero_length_injection(),
-            ..EntryCapabilities::STRICT
-        },
-        virtual_nmis: true,
-        unrestricted_guest: false,
-    };
+    // The guest does not use FRED, so no event data travels with its events.
+    let context = InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false);
     let mut queue = GuestEventQueue::new();
     let mut registers =
         GuestRegisters { rdi: apic_base, rsi: u64::from(apic_id), ..GuestRegisters::default() };
@@ -274,6 +276,7 @@ fn run(
     let mut strategy = Strategy::DirectCall;
     let mut phase = snapshot();
     let mut armed_page: Option<u64> = None;
+    let mut reflected: Option<GuestEvent> = None;
 
     loop {
         // SAFETY: the VMCS holds a complete host and guest state built by `setup_vmcs`;
@@ -286,8 +289,9 @@ fn run(
             }
         };
         let exit_tsc = cpu::rdtsc();
-        let info = match ExitInfo::read(vmcs, &exit, ExitInfoOptions::default()) {
-            Ok(info) => info,
+        // Phase one: only what re-delivery needs (exit reason, interruption information).
+        let head = match ExitHead::read(vmcs, &exit) {
+            Ok(head) => head,
             Err(fail) => {
                 println!("HVKIT error: reading exit information: {fail}");
                 port::exit(status::FAIL)
@@ -295,10 +299,10 @@ fn run(
         };
         // First act: re-deliver the host event this exit consumed.
         let host_event = match (strategy, fred_mode) {
-            (Strategy::DirectCall, false) => handle_host_event(&mut direct, &info, true),
-            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, &info, true),
-            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, &info, true),
-            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, &info, true),
+            (Strategy::DirectCall, false) => handle_host_event(&mut direct, head, true),
+            (Strategy::SelfNmi, false) => handle_host_event(&mut self_nmi, head, true),
+            (Strategy::DirectCall, true) => handle_host_event(&mut fred_direct, head, true),
+            (Strategy::SelfNmi, true) => handle_host_event(&mut fred_self_nmi, head, true),
         };
         match host_event {
             Ok((event, delivery)) => {
@@ -310,9 +314,11 @@ fn run(
                     _ => 0,
                 };
                 if delivery == Some(IrqDelivery::Requeued) {
-                    // The interrupt waits in the APIC: let the host take it now.
-                    // SAFETY: the host IDT is loaded; handlers are ready.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    // The interrupt waits in the APIC: let the host take it before re-entry.
+                    // Ticks the host takes beyond that one arrived while the host ran: they
+                    // never caused an exit, so they are counted as taken directly.
+                    let taken = take_requeued_interrupt();
+                    phase.host_direct_ticks += taken.saturating_sub(1);
                 }
                 if handler_tsc > exit_tsc && delivery != Some(IrqDelivery::Requeued) {
                     phase.exit_to_handler += handler_tsc - exit_tsc;
@@ -324,6 +330,14 @@ fn run(
                 phase.reinject_errors += 1;
             }
         }
+        // Phase two: the rest of the snapshot, after the host event is re-delivered.
+        let info = match head.complete(vmcs, ExitInfoOptions::default()) {
+            Ok(info) => info,
+            Err(fail) => {
+                println!("HVKIT error: reading exit information: {fail}");
+                port::exit(status::FAIL)
+            }
+        };
         let reason = info.reason.basic();
         let mut advance = false;
         match reason {
@@ -332,6 +346,10 @@ fn run(
             }
             BasicExitReason::ExternalInterrupt => phase.timer_exits += 1,
             BasicExitReason::NmiWindow => phase.nmi_window_exits += 1,
+            BasicExitReason::ExceptionOrNmi => {
+                reflect_exception(&info, &mut reflected);
+                phase.reflected += 1;
+            }
             BasicExitReason::InterruptWindow => {}
             BasicExitReason::Cpuid => {
                 emulate_cpuid(&mut registers);
@@ -363,6 +381,7 @@ fn run(
                 match command {
                     guest::call::PING => registers.rbx = first.wrapping_add(1),
                     guest::call::ROUND_TRIPS_END => {
+                        vmx::micro_benchmarks(vmcs, &exit, &mut direct);
                         let round_trips = phase.other_exits - 1;
                         report(Line {
                             name: "round-trips",
@@ -395,7 +414,7 @@ fn run(
                     guest::call::TIMER_STOP => {
                         apic::stop_timer();
                         // A last tick may be pending: let the host take it before counting.
-                        drain_host_interrupts();
+                        phase.host_direct_ticks += drain_host_interrupts();
                         let now = snapshot();
                         let handled = now.host_timer - phase.host_timer;
                         let apic = apic::get();
@@ -405,11 +424,11 @@ fn run(
                         report(Line {
                             name: if fred_mode { "fred-timer-irq" } else { "timer-irq" },
                             strategy: strategy.name(fred_mode),
-                            sent: phase.timer_exits,
+                            // Every tick reached the host once: through an exit and re-delivery,
+                            // or directly while the host ran with interrupts enabled.
+                            sent: phase.timer_exits + phase.host_direct_ticks,
                             exits: phase.timer_exits,
-                            handled: handled.min(
-                                phase.timer_exits + (handled - handled.min(phase.timer_exits)),
-                            ),
+                            handled,
                             eois: now.host_eoi - phase.host_eoi,
                             insns_per_event: phase.exit_to_handler / phase.handler_samples.max(1),
                             pass: clean
@@ -437,12 +456,13 @@ fn run(
                         let stress = command == guest::call::STRESS_END;
                         if stress {
                             apic::stop_timer();
-                            drain_host_interrupts();
+                            phase.host_direct_ticks += drain_host_interrupts();
                         }
                         let now = snapshot();
                         let nmi_handled = now.host_nmi - phase.host_nmi;
                         let timer_handled = now.host_timer - phase.host_timer;
-                        let sent = first + if stress { phase.timer_exits } else { 0 };
+                        let sent = first
+                            + if stress { phase.timer_exits + phase.host_direct_ticks } else { 0 };
                         let handled = nmi_handled + if stress { timer_handled } else { 0 };
                         let events = sent + phase.other_exits;
                         report(Line {
@@ -472,10 +492,13 @@ fn run(
                     }
                     guest::call::FORWARD_NMIS => {
                         phase = snapshot();
-                        for _ in 0..first {
-                            queue.queue_nmi();
-                        }
-                        phase.reinjected = first;
+                        // NMIs latch: with none in service, two are owed (one delivered, one
+                        // held pending) and the rest merge, as on hardware.
+                        let merged = (0..first)
+                            .filter(|_| queue.queue_nmi() == NmiQueued::Merged)
+                            .count() as u64;
+                        phase.reinjected = first - merged;
+                        phase.merged_nmis = merged;
                     }
                     guest::call::IN_NMI_HANDLER => {}
                     guest::call::FORWARD_END => {
@@ -489,6 +512,8 @@ fn run(
                             insns_per_event: 0,
                             pass: second == 0
                                 && phase.nmi_window_exits >= 1
+                                && phase.merged_nmis
+                                    == (phase.reinjected + phase.merged_nmis).saturating_sub(2)
                                 && queue.pending_nmis() == 0,
                             extra: Extra::default(),
                         });
@@ -496,11 +521,17 @@ fn run(
                     }
                     guest::call::VECTORING_ARM => {
                         phase = snapshot();
-                        let page = guest::idt();
-                        vmx::set_page_access(guest::area(), page, 0);
-                        vmx::invept_all();
-                        armed_page = Some(page);
+                        if vmx.ept {
+                            let page = guest::idt();
+                            vmx::set_page_access(guest::area(), page, 0);
+                            vmx::invept_all();
+                            armed_page = Some(page);
+                        }
                         queue.queue_irq(guest::GUEST_IRQ_VECTOR);
+                    }
+                    guest::call::VECTORING_END if !vmx.ept => {
+                        skip("idt-vectoring", NO_EPT);
+                        phase = snapshot();
                     }
                     guest::call::VECTORING_END => {
                         report(Line {
@@ -521,12 +552,18 @@ fn run(
                         queue.queue_nmi();
                     }
                     guest::call::UNMAP_STACK => {
-                        let rsp = vmcs.read(field::GUEST_RSP).unwrap_or(0);
-                        let page = rsp & !0xFFF;
-                        vmx::set_page_access(guest::area(), page, 0);
-                        vmx::invept_all();
-                        armed_page = Some(page);
+                        if vmx.ept {
+                            let rsp = vmcs.read(field::GUEST_RSP).unwrap_or(0);
+                            let page = rsp & !0xFFF;
+                            vmx::set_page_access(guest::area(), page, 0);
+                            vmx::invept_all();
+                            armed_page = Some(page);
+                        }
                         queue.queue_nmi();
+                    }
+                    guest::call::IRET_END if !vmx.ept => {
+                        skip("nmi-unblocking-iret", NO_EPT);
+                        phase = snapshot();
                     }
                     guest::call::IRET_END => {
                         report(Line {
@@ -544,6 +581,32 @@ fn run(
                         });
                         phase = snapshot();
                     }
+                    guest::call::REFLECT_BEGIN => phase = snapshot(),
+                    guest::call::REFLECT_END => {
+                        let expected = 2 * guest::REFLECTED_EACH;
+                        report(Line {
+                            name: "exception-reflection",
+                            strategy: "n/a",
+                            sent: expected,
+                            exits: phase.reflected,
+                            handled: first,
+                            eois: 0,
+                            insns_per_event: 0,
+                            // Every INT1 and single step exited (#DB is always intercepted),
+                            // was reflected once, and each single step reached the guest
+                            // handler with DR6.BS set by the hypervisor.
+                            pass: phase.reflected == expected && second == guest::REFLECTED_EACH,
+                            extra: Extra::default(),
+                        });
+                        phase = snapshot();
+                    }
+                    guest::call::NMI_SEND_TIMEOUTS if first != 0 => {
+                        println!(
+                            "HVKIT error: the guest gave up {first} self-NMI sends (ICR busy)"
+                        );
+                        port::exit(status::FAIL)
+                    }
+                    guest::call::NMI_SEND_TIMEOUTS => {}
                     guest::call::FRED_BEGIN => match fred_unavailable(vmx) {
                         Some(reason) => {
                             skip("fred", reason);
@@ -601,6 +664,12 @@ fn run(
                 port::exit(status::FAIL)
             }
         }
+        if let Some(event) = reflected.take()
+            && let Err(error) = inject(vmcs, &event, &context)
+        {
+            println!("HVKIT error: reflecting a guest exception: {error}");
+            port::exit(status::FAIL)
+        }
         if let Err(error) = queue.prepare_entry(vmcs, &context) {
             println!("HVKIT error: guest event queue: {error}");
             port::exit(status::FAIL)
@@ -611,12 +680,57 @@ fn run(
     }
 }
 
+/// A guest exception the exception bitmap intercepted (#DB and #AC always are): make the
+/// architectural side effects the exit suppressed visible (DR6 for #DB, CR2 for #PF) and keep
+/// the event for injection after any IDT-vectoring re-injection.
+fn reflect_exception(info: &ExitInfo<'_>, reflected: &mut Option<GuestEvent>) {
+    match reflected_exception(info) {
+        Ok(exception) => {
+            if let Some(debug) = exception.debug {
+                // SAFETY: CPL 0; DR6 is not part of the VMCS, so the guest's DR6 is the
+                // processor's own while the host does not use debug registers.
+                unsafe { cpu::write_dr6(debug.apply_to_dr6(cpu::read_dr6())) };
+            }
+            if let Some(address) = exception.page_fault_address {
+                // SAFETY: the guest's CR2 is the processor's own (not in the VMCS); the host
+                // handles no page faults between here and the entry.
+                unsafe { cpu::write_cr2(address) };
+            }
+            *reflected = Some(exception.event);
+        }
+        // The exception hit the delivery of another event: re-injecting that event retries it.
+        Err(ReflectError::DuringEventDelivery { .. }) => {}
+        Err(error) => {
+            println!("HVKIT error: exception exit: {error}");
+            port::exit(status::FAIL)
+        }
+    }
+}
+
 /// Lets pending host interrupts (a last timer tick) reach their handlers.
-fn drain_host_interrupts() {
+/// Returns how many timer ticks the host took meanwhile (they reached it without an exit).
+fn drain_host_interrupts() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
     for _ in 0..1000 {
         // SAFETY: the host IDT is loaded; handlers are ready.
         unsafe { core::arch::asm!("sti", "nop", "nop", "cli", options(nomem, nostack)) };
     }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
+}
+
+/// Opens interrupt windows until the re-queued interrupt has reached its handler (bounded: a
+/// self-IPI travels through the APIC and may take a while on SMP machines) and returns how many
+/// timer ticks the host took in them.
+fn take_requeued_interrupt() -> u64 {
+    let before = host::HOST_TIMER_HANDLED.load(Ordering::SeqCst);
+    for _ in 0..1000 {
+        // SAFETY: the host IDT is loaded; handlers are ready.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        if host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) != before {
+            break;
+        }
+    }
+    host::HOST_TIMER_HANDLED.load(Ordering::SeqCst) - before
 }
 
 fn emulate_cpuid(registers: &mut GuestRegisters) {

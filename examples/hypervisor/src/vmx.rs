@@ -8,6 +8,7 @@ use hvkit_vmx_core::controls::{
     self, AdjustedControls, ControlRequest, EntryControls, ExitControls, PinBasedControls,
     PrimaryControls, SecondaryControls,
 };
+use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
@@ -15,6 +16,8 @@ use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
 static mut VMXON_REGION: VmxonRegion = VmxonRegion::new(0);
 static mut VMCS_REGION: VmcsRegion = VmcsRegion::new(0);
 static mut VMX_ROOT: Option<VmxRoot> = None;
+/// Set by [`enable`] when the controls enable EPT; [`invept_all`] does nothing while clear.
+static EPT_IN_USE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
 /// 4-level EPT: PML4, one PDPT (4 GiB), 4 PDs of 2 MiB pages, and one PT for the guest area.
 #[repr(C, align(4096))]
@@ -156,6 +159,7 @@ pub fn enable() -> Result<Vmx, &'static str> {
         controls.entry.bits(),
         ept_possible
     );
+    EPT_IN_USE.store(ept_possible, core::sync::atomic::Ordering::SeqCst);
     Ok(Vmx { caps, controls, ept: ept_possible })
 }
 
@@ -168,6 +172,19 @@ pub fn vmcs() -> ActiveVmcs<'static> {
         Some(root) => unsafe { ActiveVmcs::assume_current(root, false) },
         None => crate::port::exit(crate::port::status::PANIC),
     }
+}
+
+/// Lends the VMX root token to `body` (which may make another VMCS current), then makes the
+/// example's VMCS current again. Call before [`vmcs`].
+#[allow(static_mut_refs, reason = "single CPU; no `ActiveVmcs` exists yet")]
+pub fn with_root(body: impl FnOnce(&mut VmxRoot)) -> Result<(), VmFail> {
+    // SAFETY: `enable` stored the root token; single CPU; `vmcs` has not been called yet.
+    let Some(root) = (unsafe { VMX_ROOT.as_mut() }) else {
+        crate::port::exit(crate::port::status::PANIC)
+    };
+    body(root);
+    // SAFETY: the example's VMCS region was cleared by `enable` and never launched.
+    unsafe { root.load(core::ptr::addr_of!(VMCS_REGION) as u64) }.map(drop)
 }
 
 /// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.
@@ -202,8 +219,13 @@ pub fn set_page_access(area: u64, address: u64, rwx: u64) {
     }
 }
 
-/// Invalidates EPT-derived translations (all contexts).
+/// Invalidates EPT-derived translations (all contexts). Does nothing when EPT is not in use:
+/// INVEPT raises #UD on a CPU without EPT (Intel SDM Vol. 3C, "INVEPT—Invalidate Translations
+/// Derived from EPT", exceptions).
 pub fn invept_all() {
+    if !EPT_IN_USE.load(core::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
     let descriptor = hvkit_vmx_core::instr::InveptDescriptor::new(0);
     // SAFETY: VMX root, EPT in use.
     let _ = unsafe {
@@ -228,7 +250,8 @@ pub fn setup_vmcs(
     }
     vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
     vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
-    vmcs.write(field::EXCEPTION_BITMAP, 0)?;
+    // #DB and #AC always exit (a guest could otherwise hang the host with them).
+    vmcs.write(field::EXCEPTION_BITMAP, ExceptionBitmap::new().raw())?;
     vmcs.write(field::CR3_TARGET_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_STORE_COUNT, 0)?;
     vmcs.write(field::VM_EXIT_MSR_LOAD_COUNT, 0)?;
@@ -338,4 +361,117 @@ pub fn setup_vmcs(
     vmcs.write(field::GUEST_ACTIVITY_STATE, 0)?;
     vmcs.write(field::GUEST_PENDING_DEBUG_EXCEPTIONS, 0)?;
     Ok(())
+}
+
+/// Stores the TSC in `slot` from one asm block (RDTSC, SHL, OR, MOV), so the compiler cannot
+/// interleave the combination of the halves with the code measured, and clobbering the
+/// caller-saved registers so it does not move unrelated work (constants for later code) into
+/// the measured window either: in Bochs with
+/// `clock: sync=none` the TSC advances by one per instruction, so deltas are instruction counts.
+#[inline(always)]
+fn stamp(slot: &mut u64) {
+    // SAFETY: RDTSC has no side effects; the block writes only `slot`.
+    unsafe {
+        core::arch::asm!("rdtsc", "shl rdx, 32", "or rax, rdx", "mov [{slot}], rax",
+            slot = in(reg) slot, out("rax") _, out("rdx") _, clobber_abi("sysv64"),
+            options(nostack, preserves_flags));
+    }
+}
+
+/// Two TSC stamps around a measured piece of code.
+#[derive(Default)]
+struct Window {
+    start: u64,
+    end: u64,
+}
+
+impl Window {
+    fn insns(&self, overhead: u64) -> u64 {
+        (self.end - self.start).saturating_sub(overhead)
+    }
+}
+
+/// The count two back-to-back stamps report (subtracted from every count).
+#[inline(never)]
+fn stamp_overhead() -> u64 {
+    let mut window = Window::default();
+    stamp(&mut window.start);
+    stamp(&mut window.end);
+    window.end - window.start
+}
+
+// Each measured piece runs in its own function with nothing else to do, so the compiler has no
+// unrelated work to schedule between the stamps.
+
+#[inline(never)]
+fn measure_typed_rip_add(vmcs: &mut ActiveVmcs<'_>, start: &mut u64, end: &mut u64) -> Option<u64> {
+    stamp(start);
+    let rip = vmcs.read(field::GUEST_RIP).and_then(|rip| {
+        vmcs.write(field::GUEST_RIP, rip + 2)?;
+        Ok(rip)
+    });
+    stamp(end);
+    rip.ok()
+}
+
+#[inline(never)]
+fn measure_exit_head(
+    vmcs: &ActiveVmcs<'_>,
+    exit: &hvkit_vmx_core::exit::VmExit,
+    start: &mut u64,
+    end: &mut u64,
+) -> bool {
+    stamp(start);
+    let head = hvkit_vmx_core::exit::ExitHead::read(vmcs, exit);
+    stamp(end);
+    head.is_ok()
+}
+
+#[inline(never)]
+fn measure_direct_call(
+    direct: &mut impl hvkit_nmi_reinject::NmiReinjector,
+    window: &mut Window,
+) -> bool {
+    stamp(&mut window.start);
+    let delivered = direct.reinject_nmi();
+    // The end is the handler's own TSC read (a bare RDTSC after two pushes).
+    window.end = host::HOST_NMI_TSC.load(core::sync::atomic::Ordering::SeqCst);
+    delivered.is_ok()
+}
+
+/// One-off measurements for `cargo xtask bench`, printed as `HVKIT BENCH name=... insns=...`
+/// lines: run during a VM exit (`exit` is its token) with nothing owed to the guest. Leaves the
+/// VMCS as it found it; the direct call makes the host NMI handler run once (outside any
+/// scenario's counting window).
+pub fn micro_benchmarks(
+    vmcs: &mut ActiveVmcs<'_>,
+    exit: &hvkit_vmx_core::exit::VmExit,
+    direct: &mut impl hvkit_nmi_reinject::NmiReinjector,
+) {
+    let overhead = stamp_overhead();
+    // Typed GUEST_RIP += 2 through ActiveVmcs (VMREAD, add, VMWRITE, both statuses checked).
+    let mut typed = Window::default();
+    let rip = measure_typed_rip_add(vmcs, &mut typed.start, &mut typed.end);
+    if let Some(rip) = rip {
+        let _ = vmcs.write(field::GUEST_RIP, rip);
+    }
+    // The first phase of the exit read: exit reason + interruption information.
+    let mut head = Window::default();
+    let head_ok = measure_exit_head(vmcs, exit, &mut head.start, &mut head.end);
+    // The direct call of the host NMI entry, up to the handler's TSC read.
+    let mut direct_call = Window::default();
+    let before = host::HOST_NMI_TSC.load(core::sync::atomic::Ordering::SeqCst);
+    let delivered = measure_direct_call(direct, &mut direct_call);
+    let delivered = delivered && direct_call.end != before;
+    println!(
+        "HVKIT BENCH name=typed_read_add_write insns={} ok={}",
+        typed.insns(overhead),
+        rip.is_some()
+    );
+    println!("HVKIT BENCH name=exit_head_read insns={} ok={head_ok}", head.insns(overhead));
+    println!(
+        "HVKIT BENCH name=direct_call_to_handler insns={} ok={delivered}",
+        direct_call.insns(overhead)
+    );
+    println!("HVKIT BENCH name=stamp_overhead insns={overhead} ok=true");
 }

@@ -92,6 +92,7 @@ pub fn entry_check(data: &[u8]) {
         nested_exception: case.nested,
         fred_guest: case.fred,
         nmi_requires_no_sti_blocking: case.strict_sti,
+        sgx: case.sgx,
     };
     let result = entry_check::check(&event, &guest, &caps);
     let model = oracle::allowed(&case);
@@ -147,6 +148,8 @@ pub fn exit_handling(data: &[u8]) {
         capabilities: EntryCapabilities::STRICT,
         virtual_nmis,
         unrestricted_guest: false,
+        primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+        injected_event_data: false,
     };
     let mut vmcs = SoftVmcs::new();
     let _ = vmcs.write(field::GUEST_CR0, 0x8000_0031);
@@ -253,7 +256,7 @@ pub fn exit_handling(data: &[u8]) {
             injected_nmis += u64::from(event.info.is_nmi());
         }
         assert_eq!(
-            injected_nmis + u64::from(queue.pending_nmis()),
+            injected_nmis + u64::from(queue.pending_nmis()) + queue.merged_nmis(),
             queued_nmis,
             "NMIs neither lost nor duplicated"
         );

@@ -22,6 +22,7 @@ pub struct EntryCase {
     pub nested: bool,
     pub fred: bool,
     pub strict_sti: bool,
+    pub sgx: bool,
 }
 
 /// Vectors that push an error code (SDM 26.2.1.3's list).
@@ -48,6 +49,10 @@ pub fn allowed(case: &EntryCase) -> bool {
         || (sti && mov_ss)
         || (sti && !case.rflags_if)
         || case.activity > 3
+        || (case.activity != 0 && (sti || mov_ss))
+        || (mov_ss && case.interruptibility & 0x10 != 0)
+        || (case.interruptibility & 0x10 != 0 && !case.sgx)
+        || case.interruptibility & 0x4 != 0
     {
         return false;
     }
