@@ -439,6 +439,67 @@ mod tests {
     }
 
     #[test]
+    fn accessors_return_what_was_built() {
+        let fixed = Ipi::fixed(0xEC, FixedTarget::To(Destination::Logical(5))).unwrap();
+        assert_eq!(fixed.delivery_mode(), DeliveryMode::Fixed);
+        assert_eq!(fixed.vector(), 0xEC);
+        assert_eq!(fixed.destination(), Some(Destination::Logical(5)));
+        let startup = Ipi::startup(0x9F, Target::To(Destination::Physical(7)));
+        assert_eq!(startup.delivery_mode(), DeliveryMode::StartUp);
+        assert_eq!(startup.vector(), 0x9F, "the start-up page travels in the vector field");
+        assert_eq!(startup.destination(), Some(Destination::Physical(7)));
+        let lowest = Ipi::lowest_priority(0x31, Destination::Physical(2)).unwrap();
+        assert_eq!(lowest.delivery_mode(), DeliveryMode::LowestPriority);
+        assert_eq!(lowest.vector(), 0x31);
+        // Shorthand targets have no destination field.
+        assert_eq!(Ipi::fixed(0x20, FixedTarget::ToSelf).unwrap().destination(), None);
+        assert_eq!(Ipi::nmi(Target::AllExcludingSelf).destination(), None);
+        assert_eq!(Ipi::init_level_deassert().destination(), None);
+        assert_eq!(Ipi::nmi(Target::AllExcludingSelf).delivery_mode(), DeliveryMode::Nmi);
+        assert_eq!(Ipi::smi(Target::AllExcludingSelf).delivery_mode(), DeliveryMode::Smi);
+        assert_eq!(Ipi::init(Target::AllExcludingSelf).delivery_mode(), DeliveryMode::Init);
+        assert_eq!(Ipi::init_level_deassert().delivery_mode(), DeliveryMode::Init);
+        assert_eq!(Ipi::nmi(Target::AllExcludingSelf).vector(), 0);
+    }
+
+    #[test]
+    fn every_field_of_the_low_half_at_once() {
+        // Vector 0xFF, logical, shorthand 11 together: a field that bleeds into another shows.
+        let ipi = Ipi::fixed(0xFF, FixedTarget::AllExcludingSelf).unwrap();
+        assert_eq!(ipi.encode(Mode::XApic), Ok(0x000C_40FF));
+        let ipi = Ipi::lowest_priority(0xFF, Destination::Logical(0xFF)).unwrap();
+        assert_eq!(ipi.encode(Mode::XApic), Ok(0xFF00_0000_0000_49FF));
+        assert_eq!(ipi.encode(Mode::X2Apic), Ok(0x0000_00FF_0000_49FF));
+        // The largest xAPIC destination (0xFF) fits; 0x100 does not (both sides of 8 bits).
+        let edge = Ipi::nmi(Target::To(Destination::Logical(0x100)));
+        assert_eq!(
+            edge.encode(Mode::XApic),
+            Err(IpiError::DestinationOutOfRange { destination: 0x100 })
+        );
+    }
+
+    #[test]
+    fn errors_read_like_the_manual() {
+        assert_eq!(
+            std::format!("{}", IpiError::ReservedVector { vector: 15 }),
+            "vector 15 is reserved for fixed/lowest-priority IPIs (vectors 0-15; SDM \"Valid \
+             Interrupt Vectors\")"
+        );
+        assert_eq!(
+            std::format!("{}", IpiError::DestinationOutOfRange { destination: 0x100 }),
+            "destination 0x100 does not fit the 8-bit xAPIC destination field (ICR bits 63:56)"
+        );
+        assert_eq!(
+            std::format!("{}", IpiError::Timeout { polls: 7, sent: false }),
+            "ICR delivery status stayed 'send pending' for 7 polls before sending; IPI not sent"
+        );
+        assert_eq!(
+            std::format!("{}", IpiError::Timeout { polls: 9, sent: true }),
+            "IPI written but ICR delivery status stayed 'send pending' for 9 polls"
+        );
+    }
+
+    #[test]
     fn no_constructor_produces_an_invalid_combination() {
         // Exhaustively: every IPI the API can build has (self or all-including-self shorthand)
         // only with fixed delivery, or the legacy INIT de-assert; never level trigger otherwise.

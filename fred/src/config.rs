@@ -1,5 +1,5 @@
-//! FRED MSRs, IA32_FRED_CONFIG, IA32_FRED_STKLVLS, stack alignment and detection
-//! (shared/FACTS.md section 3).
+//! FRED MSRs, IA32_FRED_CONFIG, IA32_FRED_STKLVLS, stack alignment and detection (Intel FRED
+//! specification; CPUID and MSR numbers also in SDM Vol. 2A "CPUID" and Vol. 4).
 
 use core::fmt;
 
@@ -46,13 +46,20 @@ pub fn cpuid_7_1_eax() -> u32 {
     #[allow(unused_unsafe, reason = "`__cpuid*` are unsafe fns on older supported compilers")]
     // SAFETY: CPUID exists on every x86_64 processor and has no side effects.
     let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
-    if max < 7 {
-        return 0;
-    }
-    #[allow(unused_unsafe, reason = "`__cpuid*` are unsafe fns on older supported compilers")]
-    // SAFETY: as above; leaf 7 exists (checked).
-    let leaf = unsafe { core::arch::x86_64::__cpuid_count(7, 1) };
-    leaf.eax
+    leaf_7_1_eax(max, || {
+        #[allow(unused_unsafe, reason = "`__cpuid*` are unsafe fns on older supported compilers")]
+        // SAFETY: as above; `leaf_7_1_eax` calls this only when leaf 7 exists.
+        let leaf = unsafe { core::arch::x86_64::__cpuid_count(7, 1) };
+        leaf.eax
+    })
+}
+
+/// CPUID.(7,1):EAX given the highest basic leaf (CPUID.0:EAX): `read` runs only when leaf 7
+/// exists; otherwise the answer is 0 (SDM Vol. 2A, CPUID: a leaf above the maximum returns the
+/// data of the highest leaf, not zeros, so it must not be read).
+#[cfg(any(target_arch = "x86_64", test))]
+fn leaf_7_1_eax(max_basic_leaf: u32, read: impl FnOnce() -> u32) -> u32 {
+    if max_basic_leaf < 7 { 0 } else { read() }
 }
 
 /// An invalid FRED configuration value.
@@ -329,6 +336,133 @@ mod tests {
         assert_eq!(levels.with(2, 0).unwrap().level(2), Some(0));
         assert_eq!(levels.with(32, 0), Err(ConfigError::VectorOutOfRange { vector: 32 }));
         assert_eq!(levels.with(0, 4), Err(ConfigError::StackLevelOutOfRange { level: 4 }));
+    }
+
+    #[test]
+    fn rsp_msr_for_every_level() {
+        assert_eq!(
+            [msr::rsp(0), msr::rsp(1), msr::rsp(2), msr::rsp(3)],
+            [msr::IA32_FRED_RSP0, msr::IA32_FRED_RSP1, msr::IA32_FRED_RSP2, msr::IA32_FRED_RSP3]
+        );
+        assert_eq!([msr::IA32_FRED_RSP1, msr::IA32_FRED_RSP2], [0x1CD, 0x1CE]);
+        assert_eq!(msr::rsp(4), 0x1CC, "the level is taken modulo 4");
+        assert_eq!(msr::rsp(0xFF), 0x1CF);
+    }
+
+    #[cfg(target_arch = "x86_64")]
+    #[test]
+    fn cpuid_7_1_eax_is_this_processors_leaf() {
+        #[allow(unused_unsafe, reason = "`__cpuid*` are unsafe fns on older supported compilers")]
+        // SAFETY: CPUID exists on every x86_64 processor and has no side effects.
+        let max = unsafe { core::arch::x86_64::__cpuid(0) }.eax;
+        let expected = if max >= 7 {
+            #[allow(
+                unused_unsafe,
+                reason = "`__cpuid*` are unsafe fns on older supported compilers"
+            )]
+            // SAFETY: as above; leaf 7 exists (checked).
+            let leaf = unsafe { core::arch::x86_64::__cpuid_count(7, 1) };
+            leaf.eax
+        } else {
+            0
+        };
+        assert_eq!(cpuid_7_1_eax(), expected);
+        assert_eq!(fred_supported(cpuid_7_1_eax()), expected & (1 << 17) != 0);
+    }
+
+    #[test]
+    fn leaf_7_is_read_only_where_it_exists() {
+        let never = || -> u32 { panic!("leaf 7 read although the maximum basic leaf is below 7") };
+        assert_eq!(leaf_7_1_eax(0, never), 0);
+        assert_eq!(leaf_7_1_eax(6, never), 0);
+        assert_eq!(leaf_7_1_eax(7, || 1 << 17), 1 << 17);
+        assert_eq!(leaf_7_1_eax(0x20, || 0x30), 0x30);
+    }
+
+    #[test]
+    fn canonical_boundaries() {
+        // 48-bit addresses: bits 63:47 all 0 or all 1.
+        for good in [0, 0x0000_7FFF_FFFF_F000, 0xFFFF_8000_0000_0000, 0xFFFF_FFFF_FFFF_F000] {
+            assert!(FredConfig::try_new(good, 0, 0).is_ok(), "{good:#x}");
+            assert_eq!(check_rsp(good), Ok(good));
+            assert_eq!(check_ssp(good), Ok(good));
+        }
+        for bad in [0x0000_8000_0000_0000, 0xFFFF_7FFF_FFFF_F000, 0x8000_0000_0000_0000] {
+            assert_eq!(
+                FredConfig::try_new(bad, 0, 0),
+                Err(ConfigError::NonCanonical { address: bad })
+            );
+            assert_eq!(check_rsp(bad), Err(ConfigError::NonCanonical { address: bad }));
+            assert_eq!(check_ssp(bad), Err(ConfigError::NonCanonical { address: bad }));
+        }
+    }
+
+    #[test]
+    fn config_fields_read_back_alone() {
+        let config = FredConfig::try_new(0x7000, 5, 2).unwrap();
+        assert_eq!(config.raw(), 0x7000 | (5 << 6) | (2 << 9));
+        assert_eq!(config.entry_page(), 0x7000);
+        assert_eq!(config.red_zone_units(), 5);
+        assert_eq!(config.red_zone_bytes(), 320);
+        assert_eq!(config.interrupt_stack_level(), 2);
+        assert_eq!(config.reserved_bits(), 0);
+        assert_eq!(FredConfig::from_raw(0x1FF).entry_page(), 0);
+        assert_eq!(FredConfig::from_raw(0x834).red_zone_units(), 0);
+        assert_eq!(FredConfig::from_raw(0x834).interrupt_stack_level(), 0);
+        assert_eq!(FredConfig::from_raw(1 << 2).reserved_bits(), 1 << 2);
+    }
+
+    #[test]
+    fn stack_levels_every_vector_and_level() {
+        let mut levels = StackLevels::new();
+        for vector in 0..32u8 {
+            levels = levels.with(vector, vector % 4).unwrap();
+        }
+        // Levels 0,1,2,3 repeating: 0b11_10_01_00 per byte.
+        assert_eq!(levels.raw(), 0xE4E4_E4E4_E4E4_E4E4);
+        for vector in 0..32u8 {
+            assert_eq!(levels.level(vector), Some(vector % 4), "vector {vector}");
+            // Changing one vector leaves every other vector's level.
+            let changed = levels.with(vector, 3 - vector % 4).unwrap();
+            assert_eq!(changed.raw() ^ levels.raw(), 3 << (2 * u64::from(vector)));
+        }
+        assert_eq!(StackLevels::from_raw(u64::MAX).level(31), Some(3));
+        assert_eq!(StackLevels::from_raw(u64::MAX).level(32), None);
+        assert_eq!(StackLevels::from_raw(u64::MAX).level(255), None);
+        assert_eq!(
+            StackLevels::new().with(255, 0),
+            Err(ConfigError::VectorOutOfRange { vector: 255 })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_field() {
+        let cases = [
+            (
+                ConfigError::EntryPageMisaligned { address: 0x1001 },
+                "FRED entry page 0x1001 is not 4 KiB aligned (IA32_FRED_CONFIG bits 63:12)",
+            ),
+            (
+                ConfigError::NonCanonical { address: 0x8000_0000_0000 },
+                "address 0x800000000000 is not canonical",
+            ),
+            (
+                ConfigError::RedZoneTooLarge { units: 8 },
+                "red zone of 8 x 64 bytes does not fit IA32_FRED_CONFIG bits 8:6",
+            ),
+            (ConfigError::StackLevelOutOfRange { level: 4 }, "stack level 4 is not 0-3"),
+            (
+                ConfigError::VectorOutOfRange { vector: 32 },
+                "vector 32 has no IA32_FRED_STKLVLS entry (vectors 0-31)",
+            ),
+            (
+                ConfigError::StackMisaligned { value: 0x1020, alignment: 64 },
+                "stack pointer 0x1020 is not 64-byte aligned",
+            ),
+        ];
+        for (error, text) in cases {
+            assert_eq!(std::format!("{error}"), text);
+        }
     }
 
     #[test]

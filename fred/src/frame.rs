@@ -1,5 +1,4 @@
-//! The FRED stack frame and its CS and SS slots (FRED specification, "Event Delivery";
-//! shared/FACTS.md section 3).
+//! The FRED stack frame and its CS and SS slots (Intel FRED specification, "Event Delivery").
 #![forbid(unsafe_code)]
 
 use core::mem::{align_of, offset_of, size_of};
@@ -342,6 +341,63 @@ mod tests {
     }
 
     #[test]
+    fn event_type_numbers() {
+        let types = [
+            EventType::ExternalInterrupt,
+            EventType::Reserved,
+            EventType::Nmi,
+            EventType::HardwareException,
+            EventType::SoftwareInterrupt,
+            EventType::PrivilegedSoftwareException,
+            EventType::SoftwareException,
+            EventType::Other,
+        ];
+        for (number, event_type) in (0u64..).zip(types) {
+            assert_eq!(EventType::from_bits(number), event_type);
+            assert_eq!(EventType::from_bits(number | !7), event_type, "high bits ignored");
+            assert_eq!(event_type.bits(), number);
+        }
+    }
+
+    #[test]
+    fn getters_take_only_their_field() {
+        let cs = CsSlot::from_raw(0x0001_2345);
+        assert_eq!(cs.selector(), 0x2345);
+        assert_eq!(cs.stack_level(), 1);
+        assert!(!cs.wait_for_endbranch());
+        assert_eq!(cs.reserved_bits(), 0);
+        assert_eq!(CsSlot::from_raw(1 << 19).reserved_bits(), 1 << 19);
+        let ss = SsSlot::from_raw(0x5000_0042_0000_1234 | (3 << 48));
+        assert_eq!(ss.selector(), 0x1234);
+        assert_eq!(ss.vector(), 0x42);
+        assert_eq!(ss.event_type(), EventType::HardwareException);
+        assert_eq!(ss.instruction_length(), 5);
+        assert_eq!(ss.reserved_bits(), 0);
+        assert_eq!(SsSlot::from_raw(1 << 59).reserved_bits(), 1 << 59);
+    }
+
+    #[test]
+    fn setters_from_all_ones_keep_every_other_bit() {
+        let all = SsSlot::from_raw(u64::MAX);
+        assert_eq!(all.with_vector(0xAB).raw(), !(0xFF << 32) | (0xAB << 32));
+        assert_eq!(all.with_event_type(EventType::Nmi).raw(), !(0xF << 48) | (2 << 48));
+        assert_eq!(all.with_instruction_length(5).raw(), !(0xF << 60) | (5 << 60));
+        assert_eq!(all.with_instruction_length(0x15).instruction_length(), 5, "modulo 16");
+        assert_eq!(SsSlot::from_raw(0).with_instruction_length(5).raw(), 5 << 60);
+        let cs = CsSlot::from_raw(u64::MAX);
+        assert_eq!(cs.with_stack_level(0).raw(), !(3 << 16));
+        assert_eq!(cs.with_stack_level(2).raw(), !(1 << 16));
+        assert_eq!(CsSlot::from_raw(0).with_stack_level(6).raw(), 2 << 16, "modulo 4");
+        assert_eq!(cs.with_wait_for_endbranch(false).raw(), !(1 << 18));
+        // Setting a value already there changes nothing.
+        let slot = SsSlot::new(0x18, EventType::Nmi, 2);
+        assert_eq!(slot.with_vector(2), slot);
+        assert_eq!(slot.with_event_type(EventType::Nmi), slot);
+        assert_eq!(slot.with_nmi(true), slot);
+        assert_eq!(slot.with_long_mode(true), slot);
+    }
+
+    #[test]
     fn event_data_helpers() {
         // DR6 after a single-step with no breakpoints: 0xFFFF4FF0 -> BS (bit 14) only.
         assert_eq!(event_data::debug_from_dr6(0xFFFF_4FF0), 1 << 14);
@@ -350,5 +406,9 @@ mod tests {
         assert_eq!(event_data::debug_from_dr6(0xFFFF_0FF1), 1);
         assert_eq!(event_data::page_fault(0xDEAD_B000), 0xDEAD_B000);
         assert_eq!(event_data::device_not_available(1 << 18), 1 << 18);
+        // Every bit of the inverted range flips, every other bit passes through.
+        assert_eq!(event_data::dr6_from_debug(u64::MAX), 0xFFFF_FFFF_0000_F00F);
+        assert_eq!(event_data::debug_from_dr6(u64::MAX), 0xFFFF_FFFF_0000_F00F);
+        assert_eq!(event_data::dr6_from_debug(0), 0xFFFF_0FF0);
     }
 }

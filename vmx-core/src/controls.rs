@@ -739,6 +739,128 @@ mod tests {
         );
     }
 
+    /// Skylake with the optional sets added (a processor like the ones KVM runs on): primary
+    /// allowed-1 bit 17 (tertiary), exit allowed-1 bit 31 (secondary exit), and
+    /// IA32_VMX_PROCBASED_CTLS2 (EPT, VPID, unrestricted guest; bit 2 forced to 1 to exercise
+    /// the allowed-0 half), IA32_VMX_PROCBASED_CTLS3 (IPI virtualization) and
+    /// IA32_VMX_EXIT_CTLS2 (save/load FRED).
+    const WITH_OPTIONAL_SETS: &[(u32, u64)] = &[
+        (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
+        (msr::IA32_VMX_PINBASED_CTLS, 0x0000_007F_0000_0016),
+        (msr::IA32_VMX_PROCBASED_CTLS, 0xF7FB_FFFE_0401_E172),
+        (msr::IA32_VMX_EXIT_CTLS, 0x807F_FFFF_0003_6DFF),
+        (msr::IA32_VMX_ENTRY_CTLS, 0x0000_FFFF_0000_11FF),
+        (msr::IA32_VMX_MISC, 0x0000_0000_6004_01E0),
+        (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
+        (msr::IA32_VMX_CR0_FIXED1, 0xFFFF_FFFF),
+        (msr::IA32_VMX_CR4_FIXED0, 0x2000),
+        (msr::IA32_VMX_CR4_FIXED1, 0x0037_27FF),
+        (msr::IA32_VMX_TRUE_PINBASED_CTLS, 0x0000_007F_0000_0016),
+        (msr::IA32_VMX_TRUE_PROCBASED_CTLS, 0xF7FB_FFFE_0400_6172),
+        (msr::IA32_VMX_TRUE_EXIT_CTLS, 0x807F_FFFF_0003_6DFB),
+        (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
+        (msr::IA32_VMX_PROCBASED_CTLS2, 0x0000_00A6_0000_0004),
+        (msr::IA32_VMX_PROCBASED_CTLS3, 0x10),
+        (msr::IA32_VMX_EXIT_CTLS2, 0x3),
+    ];
+
+    #[test]
+    fn optional_sets_are_adjusted_and_activated() {
+        let caps = VmxCapabilities::read(&RecordedMsrs(WITH_OPTIONAL_SETS)).unwrap();
+        let mut request = minimal();
+        request.secondary = SecondaryControls::ENABLE_EPT | SecondaryControls::UNRESTRICTED_GUEST;
+        request.tertiary = TertiaryControls::IPI_VIRTUALIZATION;
+        request.secondary_exit = SecondaryExitControls::SAVE_FRED;
+        let adjusted = adjust(&caps, &request).unwrap();
+        assert_eq!(adjusted.primary.bits(), 0x0400_6172 | (1 << 31) | (1 << 17));
+        assert_eq!(adjusted.secondary.bits(), 0x86, "EPT, unrestricted guest, forced bit 2");
+        assert_eq!(adjusted.tertiary.bits(), 0x10);
+        assert_eq!(adjusted.exit.bits(), 0x0003_6FFB | (1 << 31));
+        assert_eq!(adjusted.secondary_exit.bits(), 1);
+        assert_eq!(adjusted.pin.bits(), 0x16);
+        assert_eq!(adjusted.entry.bits(), 0x13FB);
+        // Empty optional sets leave their activation bits clear, even where allowed.
+        let adjusted = adjust(&caps, &minimal()).unwrap();
+        assert_eq!(adjusted.primary.bits(), 0x0400_6172);
+        assert_eq!(adjusted.exit.bits(), 0x0003_6FFB);
+        assert_eq!(adjusted.secondary.bits(), 0x04);
+        assert_eq!(adjusted.tertiary.bits(), 0);
+        assert_eq!(adjusted.secondary_exit.bits(), 0);
+        // Bits the 64-bit sets do not offer are named.
+        let mut request = minimal();
+        request.tertiary = TertiaryControls::IPI_VIRTUALIZATION | TertiaryControls::ENABLE_HLAT;
+        assert_eq!(
+            adjust(&caps, &request),
+            Err(ControlError::CannotSet { set: ControlSet::Tertiary, bit: 1 })
+        );
+        let mut request = minimal();
+        request.secondary_exit = SecondaryExitControls::LOAD_IA32_SPEC_CTRL;
+        assert_eq!(
+            adjust(&caps, &request),
+            Err(ControlError::CannotSet { set: ControlSet::SecondaryExit, bit: 2 })
+        );
+        let mut request = minimal();
+        request.secondary = SecondaryControls::VMCS_SHADOWING;
+        assert_eq!(
+            adjust(&caps, &request),
+            Err(ControlError::CannotSet { set: ControlSet::Secondary, bit: 14 })
+        );
+    }
+
+    #[test]
+    fn allows_bit_boundaries() {
+        let all = AllowedControls::from_msr(0xFFFF_FFFF_0000_0000);
+        assert!(all.allows(0) && all.allows(31));
+        // Bit 32 and above do not exist in a 32-bit control set: never allowed, never a shift
+        // overflow.
+        assert!(!all.allows(32) && !all.allows(33) && !all.allows(u32::MAX));
+        let top = AllowedControls::from_msr(0x8000_0000_0000_0000);
+        assert!(top.allows(31) && !top.allows(30) && !top.allows(0));
+        let none = AllowedControls::from_msr(0x0000_0000_FFFF_FFFF);
+        assert!((0..32).all(|bit| !none.allows(bit)), "allowed-0 half says nothing about 1");
+        assert_eq!(none, AllowedControls { must_be_one: u32::MAX, may_be_one: 0 });
+    }
+
+    #[test]
+    fn forced_bits_are_kept_when_also_needed() {
+        let allowed = AllowedControls::from_msr(0x0000_00F0_0000_0030);
+        // Needing a bit that is forced anyway: the value is the union, not a toggle.
+        assert_eq!(allowed.adjust(ControlSet::Exit, 0x20, 0), Ok(0x30));
+        assert_eq!(allowed.adjust(ControlSet::Exit, 0x30, 0), Ok(0x30));
+        assert_eq!(allowed.adjust(ControlSet::Exit, 0, 0), Ok(0x30));
+        assert_eq!(allowed.adjust(ControlSet::Exit, 0xC0, 0x40), Ok(0xF0));
+        // The lowest offending bit is named.
+        assert_eq!(
+            allowed.adjust(ControlSet::Exit, 0x300, 0),
+            Err(ControlError::CannotSet { set: ControlSet::Exit, bit: 8 })
+        );
+        assert_eq!(
+            allowed.adjust(ControlSet::Exit, 0, 0x30),
+            Err(ControlError::CannotClear { set: ControlSet::Exit, bit: 4 })
+        );
+    }
+
+    #[test]
+    fn errors_name_the_set_and_bit() {
+        let names = [
+            (ControlSet::PinBased, "pin-based VM-execution controls"),
+            (ControlSet::Primary, "primary processor-based VM-execution controls"),
+            (ControlSet::Secondary, "secondary processor-based VM-execution controls"),
+            (ControlSet::Tertiary, "tertiary processor-based VM-execution controls"),
+            (ControlSet::Exit, "primary VM-exit controls"),
+            (ControlSet::SecondaryExit, "secondary VM-exit controls"),
+            (ControlSet::Entry, "VM-entry controls"),
+        ];
+        for (set, name) in names {
+            assert_eq!(set.name(), name);
+        }
+        assert_eq!(
+            std::format!("{}", ControlError::CannotClear { set: ControlSet::Primary, bit: 15 }),
+            "primary processor-based VM-execution controls bit 15 cannot be cleared: its \
+             allowed-0 setting is 1 (SDM Appendix A)"
+        );
+    }
+
     #[test]
     fn control_bits_match_the_sdm() {
         assert_eq!(PinBasedControls::NMI_EXITING.bits(), 1 << 3);

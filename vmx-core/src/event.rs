@@ -439,6 +439,196 @@ mod tests {
         );
     }
 
+    const ALL_TYPES: [EventType; 8] = [
+        EventType::ExternalInterrupt,
+        EventType::Reserved,
+        EventType::Nmi,
+        EventType::HardwareException,
+        EventType::SoftwareInterrupt,
+        EventType::PrivilegedSoftwareException,
+        EventType::SoftwareException,
+        EventType::Other,
+    ];
+
+    #[test]
+    fn event_type_numbers_follow_the_sdm_table() {
+        for (number, event_type) in (0u32..).zip(ALL_TYPES) {
+            assert_eq!(EventType::from_bits(number), event_type);
+            assert_eq!(event_type.bits(), number);
+            // Bits above the 3-bit field are ignored.
+            assert_eq!(EventType::from_bits(number | 0xFFFF_FFF8), event_type);
+        }
+    }
+
+    #[test]
+    fn instruction_length_only_for_software_events() {
+        // SDM 26.2.1.3: the VM-entry instruction length is checked for types 4, 5 and 6.
+        for event_type in ALL_TYPES {
+            let expected = matches!(event_type.bits(), 4..=6);
+            assert_eq!(event_type.uses_instruction_length(), expected, "{event_type:?}");
+        }
+    }
+
+    #[test]
+    fn error_code_vectors_are_exactly_the_seven() {
+        for vector in 0..=255u8 {
+            let expected = [8, 10, 11, 12, 13, 14, 17].contains(&vector);
+            assert_eq!(vector::has_error_code(vector), expected, "vector {vector}");
+        }
+    }
+
+    #[test]
+    fn try_new_boundaries_per_type() {
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::HardwareException, 0).map(InterruptionInfo::raw),
+            Ok(0x8000_0300)
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::HardwareException, 31).map(InterruptionInfo::raw),
+            Ok(0x8000_031F)
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::HardwareException, 255),
+            Err(InterruptionInfoError::ExceptionVectorAbove31 { vector: 255 })
+        );
+        // Only hardware exceptions are limited to 0-31; only NMIs to vector 2.
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::ExternalInterrupt, 32).map(InterruptionInfo::raw),
+            Ok(0x8000_0020)
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::SoftwareException, 3).map(InterruptionInfo::raw),
+            Ok(0x8000_0603)
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::Other, 0).map(InterruptionInfo::raw),
+            Ok(0x8000_0700)
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(EventType::Nmi, 1),
+            Err(InterruptionInfoError::NmiVectorNot2 { vector: 1 })
+        );
+        for vector in [0, 2, 255] {
+            assert_eq!(
+                InterruptionInfo::try_new(EventType::Reserved, vector),
+                Err(InterruptionInfoError::ReservedType)
+            );
+        }
+    }
+
+    #[test]
+    fn constructors_keep_the_whole_vector() {
+        assert_eq!(InterruptionInfo::external_interrupt(0xFF).raw(), 0x8000_00FF);
+        assert_eq!(InterruptionInfo::external_interrupt(0x30).vector(), 0x30);
+        assert_eq!(InterruptionInfo::from_raw(0x8000_0330).vector(), 0x30);
+        assert_eq!(InterruptionInfo::hardware_exception(31).raw(), 0x8000_031F);
+        assert_eq!(InterruptionInfo::hardware_exception(32).raw(), 0x8000_0300);
+        assert_eq!(InterruptionInfo::hardware_exception(0).raw(), 0x8000_0300);
+        assert_eq!(InterruptionInfo::nmi().vector(), 2);
+        assert_eq!(InterruptionInfo::nmi().event_type(), EventType::Nmi);
+        assert_eq!(
+            InterruptionInfo::from_raw(0x8000_0B0E).event_type(),
+            EventType::HardwareException
+        );
+    }
+
+    #[test]
+    fn each_flag_getter_set_and_clear() {
+        type Getter = fn(InterruptionInfo) -> bool;
+        let flags: [(u32, Getter); 4] = [
+            (11, InterruptionInfo::error_code_valid),
+            (12, InterruptionInfo::nmi_unblocking_due_to_iret),
+            (13, InterruptionInfo::nested_exception),
+            (31, InterruptionInfo::is_valid),
+        ];
+        for (bit, getter) in flags {
+            assert!(getter(InterruptionInfo::from_raw(1 << bit)), "bit {bit} alone");
+            assert!(!getter(InterruptionInfo::from_raw(0)), "bit {bit} from zero");
+            assert!(!getter(InterruptionInfo::from_raw(!(1 << bit))), "bit {bit} clear, rest set");
+            assert!(getter(InterruptionInfo::from_raw(u32::MAX)), "bit {bit} in all-ones");
+        }
+        assert_eq!(InterruptionInfo::from_raw(0x8000_3FFF).reserved_bits(), 0);
+        assert_eq!(InterruptionInfo::from_raw(1 << 14).reserved_bits(), 1 << 14);
+        assert_eq!(InterruptionInfo::from_raw(1 << 30).reserved_bits(), 1 << 30);
+    }
+
+    #[test]
+    fn each_setter_from_zero_all_ones_and_with_the_bit_already_there() {
+        type Setter = fn(InterruptionInfo, bool) -> InterruptionInfo;
+        let setters: [(u32, Setter); 4] = [
+            (11, InterruptionInfo::with_error_code),
+            (12, InterruptionInfo::with_nmi_unblocking_due_to_iret),
+            (13, InterruptionInfo::with_nested_exception),
+            (31, InterruptionInfo::with_valid),
+        ];
+        for (bit, setter) in setters {
+            let mask = 1u32 << bit;
+            for start in [0, u32::MAX, mask, 0x8000_0B0E, 0x1234_5678] {
+                let info = InterruptionInfo::from_raw(start);
+                assert_eq!(setter(info, true).raw(), start | mask, "bit {bit} on {start:#x}");
+                assert_eq!(setter(info, false).raw(), start & !mask, "bit {bit} off {start:#x}");
+            }
+        }
+    }
+
+    #[test]
+    fn is_nmi_needs_valid_and_type_2() {
+        assert!(InterruptionInfo::nmi().is_nmi());
+        assert!(!InterruptionInfo::nmi().with_valid(false).is_nmi(), "type 2 but not valid");
+        assert!(!InterruptionInfo::external_interrupt(2).is_nmi(), "valid but type 0");
+        assert!(!InterruptionInfo::hardware_exception(2).is_nmi());
+        assert!(!InterruptionInfo::from_raw(0).is_nmi());
+    }
+
+    #[test]
+    fn debug_shows_the_decoded_fields() {
+        let text =
+            std::format!("{:?}", InterruptionInfo::hardware_exception(14).with_error_code(true));
+        assert_eq!(
+            text,
+            "InterruptionInfo { raw: 0x80000b0e, valid: true, type: HardwareException, \
+             vector: 14, error_code: true }"
+        );
+        let text = std::format!("{:?}", InterruptionInfo::from_raw(0x0000_0202));
+        assert_eq!(
+            text,
+            "InterruptionInfo { raw: 0x00000202, valid: false, type: Nmi, vector: 2, \
+             error_code: false }"
+        );
+    }
+
+    #[test]
+    fn errors_name_the_rule() {
+        assert_eq!(
+            std::format!("{}", InterruptionInfoError::ReservedType),
+            "interruption type 1 is reserved (SDM 26.2.1.3)"
+        );
+        assert_eq!(
+            std::format!("{}", InterruptionInfoError::NmiVectorNot2 { vector: 3 }),
+            "NMI (type 2) with vector 3: must be 2 (SDM 26.2.1.3)"
+        );
+        assert_eq!(
+            std::format!("{}", InterruptionInfoError::ExceptionVectorAbove31 { vector: 32 }),
+            "hardware exception (type 3) with vector 32: must be <= 31 (SDM 26.2.1.3)"
+        );
+    }
+
+    #[test]
+    fn activity_states_decode_to_their_names() {
+        let states = [
+            (0, ActivityState::Active),
+            (1, ActivityState::Hlt),
+            (2, ActivityState::Shutdown),
+            (3, ActivityState::WaitForSipi),
+            (4, ActivityState::Unknown(4)),
+            (u32::MAX, ActivityState::Unknown(u32::MAX)),
+        ];
+        for (raw, state) in states {
+            assert_eq!(ActivityState::from_raw(raw), state);
+            assert_eq!(state.raw(), raw);
+        }
+    }
+
     #[test]
     fn interruptibility_activity_and_debug_bits() {
         assert_eq!(GuestInterruptibility::STI.bits(), 1);

@@ -554,6 +554,138 @@ mod tests {
     }
 
     #[test]
+    fn every_access_type_and_source_arm() {
+        let cr_types = [
+            (0, CrAccessType::MovToCr),
+            (1, CrAccessType::MovFromCr),
+            (2, CrAccessType::Clts),
+            (3, CrAccessType::Lmsw),
+        ];
+        for (number, access_type) in cr_types {
+            assert_eq!(CrAccess::from_raw(number << 4).access_type(), access_type);
+            // Neighbouring bits set do not leak into the 2-bit field.
+            assert_eq!(CrAccess::from_raw(!(3 << 4) | (number << 4)).access_type(), access_type);
+        }
+        let sources = [
+            (0, TaskSwitchSource::Call),
+            (1, TaskSwitchSource::Iret),
+            (2, TaskSwitchSource::Jmp),
+            (3, TaskSwitchSource::TaskGate),
+        ];
+        for (number, source) in sources {
+            assert_eq!(TaskSwitch::from_raw(number << 30).source(), source);
+            assert_eq!(TaskSwitch::from_raw(!(3 << 30) | (number << 30)).source(), source);
+        }
+        let instructions = [
+            (0, DescriptorTableInstruction::StoreGdtOrLdt),
+            (1, DescriptorTableInstruction::StoreIdtOrTr),
+            (2, DescriptorTableInstruction::LoadGdtOrLdt),
+            (3, DescriptorTableInstruction::LoadIdtOrTr),
+        ];
+        for (number, instruction) in instructions {
+            assert_eq!(DescriptorTableInfo::from_raw(number << 28).instruction(), instruction);
+            let others = !(3u32 << 28) | (number << 28);
+            assert_eq!(DescriptorTableInfo::from_raw(others).instruction(), instruction);
+        }
+        let apic_types = [
+            (0, ApicAccessType::LinearRead),
+            (1, ApicAccessType::LinearWrite),
+            (2, ApicAccessType::LinearFetch),
+            (3, ApicAccessType::LinearEventDelivery),
+            (10, ApicAccessType::PhysicalEventDelivery),
+            (15, ApicAccessType::PhysicalInstruction),
+        ];
+        for number in 0..16u64 {
+            let expected = apic_types
+                .iter()
+                .find(|(n, _)| *n == number)
+                .map_or(ApicAccessType::Unknown(number as u8), |(_, t)| *t);
+            assert_eq!(ApicAccess::from_raw(number << 12).access_type(), expected);
+        }
+    }
+
+    #[test]
+    fn single_bit_fields_set_and_clear() {
+        type Getter = fn(u64) -> bool;
+        let fields: [(u32, Getter); 11] = [
+            (6, |raw| CrAccess::from_raw(raw).lmsw_memory_operand()),
+            (4, |raw| MovDr::from_raw(raw).from_dr()),
+            (3, |raw| IoInstruction::from_raw(raw).is_in()),
+            (4, |raw| IoInstruction::from_raw(raw).is_string()),
+            (5, |raw| IoInstruction::from_raw(raw).is_rep()),
+            (6, |raw| IoInstruction::from_raw(raw).immediate_operand()),
+            (16, |raw| ApicAccess::from_raw(raw).asynchronous()),
+            (13, |raw| DebugExceptions::from_raw(raw).bd()),
+            (14, |raw| DebugExceptions::from_raw(raw).bs()),
+            (16, |raw| DebugExceptions::from_raw(raw).rtm()),
+            (11, |raw| DescriptorTableInfo::from_raw(raw as u32).operand_size_32()),
+        ];
+        for (bit, getter) in fields {
+            assert!(getter(1 << bit), "bit {bit} alone");
+            assert!(!getter(0), "bit {bit} from zero");
+            assert!(!getter(!(1 << bit)), "bit {bit} clear, every other bit set");
+        }
+    }
+
+    #[test]
+    fn multi_bit_fields_whole_width() {
+        for cr in [0, 3, 4, 8, 15] {
+            assert_eq!(CrAccess::from_raw(cr).control_register(), cr as u8);
+        }
+        assert_eq!(CrAccess::from_raw(u64::MAX).control_register(), 15);
+        assert_eq!(CrAccess::from_raw(u64::MAX).register(), GeneralRegister(15));
+        assert_eq!(CrAccess::from_raw(0x0001_0000).lmsw_source_data(), 1);
+        assert_eq!(MovDr::from_raw(u64::MAX).debug_register(), 7);
+        assert_eq!(MovDr::from_raw(0x0300).register(), GeneralRegister(3));
+        assert_eq!(MovDr::from_raw(0).debug_register(), 0);
+        for (bits, size) in [(0, 1), (1, 2), (3, 4), (7, 8)] {
+            assert_eq!(IoInstruction::from_raw(bits).size(), size);
+        }
+        assert_eq!(IoInstruction::from_raw(0xFFFF_0000).port(), 0xFFFF);
+        assert_eq!(ApicAccess::from_raw(u64::MAX).offset(), 0xFFF);
+        assert_eq!(ApicAccess::from_raw(0x0FFF_0001).offset(), 1);
+        assert_eq!(TaskSwitch::from_raw(u64::MAX).selector(), 0xFFFF);
+        assert_eq!(DebugExceptions::from_raw(u64::MAX).breakpoints(), 0xF);
+        assert_eq!(DebugExceptions::from_raw(0x2).breakpoints(), 2);
+        let info = VmxInstructionInfo::from_raw(u32::MAX);
+        assert_eq!(info.register2(), GeneralRegister(15));
+        assert!(info.register_operand() && info.index_invalid() && info.base_invalid());
+    }
+
+    #[test]
+    fn decode_reaches_every_decoder() {
+        let raw = 0x1234_5678;
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::ControlRegisterAccess, raw),
+            ExitQualification::CrAccess(CrAccess::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::MovDr, raw),
+            ExitQualification::MovDr(MovDr::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::IoInstruction, raw),
+            ExitQualification::IoInstruction(IoInstruction::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::EptViolation, raw),
+            ExitQualification::EptViolation(EptViolation::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::ApicAccess, raw),
+            ExitQualification::ApicAccess(ApicAccess::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::TaskSwitch, raw),
+            ExitQualification::TaskSwitch(TaskSwitch::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::ExceptionOrNmi, raw),
+            ExitQualification::Raw(raw)
+        );
+    }
+
+    #[test]
     fn decode_picks_the_decoder_and_keeps_raw() {
         for raw in [0, 1, 0x1234_5678_9ABC_DEF0, u64::MAX] {
             for number in 0..=u16::MAX {
