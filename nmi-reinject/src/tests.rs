@@ -318,11 +318,18 @@ fn queue_neither_loses_nor_duplicates() {
             "every queued NMI is injected, owed or merged"
         );
         assert!(queue.pending_nmis() <= 2, "NMI latching bound");
-        assert_eq!(controls & (1 << 22) != 0, queue.pending_nmis() > 0, "NMI window iff NMIs owed");
+        // An NMI held back by STI blocking alone waits for the interrupt window instead (the
+        // NMI window may open at once under STI blocking on some processors).
+        let nmi_waits_for_sti = queue.pending_nmis() > 0 && blocking == 1;
+        assert_eq!(
+            controls & (1 << 22) != 0,
+            queue.pending_nmis() > 0 && !nmi_waits_for_sti,
+            "NMI window iff NMIs owed (outside STI blocking)"
+        );
         assert_eq!(
             controls & (1 << 2) != 0,
-            queue.highest_irq().is_some(),
-            "IRQ window iff IRQs owed"
+            queue.highest_irq().is_some() || nmi_waits_for_sti,
+            "IRQ window iff IRQs owed or an NMI waits for the STI shadow"
         );
     }
     // Drain: with the guest open, everything still owed comes out exactly once.

@@ -83,7 +83,6 @@ fn exit_completion_invalidates_idt_vectoring_28_2_4() {
 /// On a processor that does not block NMIs after STI (its NMI window opens under STI
 /// blocking), a library told that STI blocks NMIs requests the NMI window and never injects.
 #[test]
-#[ignore = "model finding: NMI window under STI blocking with nmi_requires_no_sti_blocking"]
 fn nmi_window_under_sti_blocking_does_not_livelock() {
     hvkit_fuzz_harness::model::driver::run_with_portable_sti_setting(&[
         0x03, 0x06, 0x01, 0x00, 0x01, 0x00, 0x00,
