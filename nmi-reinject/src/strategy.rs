@@ -30,6 +30,25 @@ pub enum IrqDelivery {
 pub trait NmiReinjector {
     /// Re-delivers the NMI that caused the VM exit.
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError>;
+    /// Re-delivers the NMI that caused the VM exit together with its NMI sources (CPUID.(7,1):
+    /// EAX\[20\] NMI-source reporting: the bitmap the exit qualification of the NMI exit holds).
+    ///
+    /// What each strategy does with the sources:
+    /// - [`FredDirectCall`] puts the bitmap in the FRED frame's event data, where the CPU would
+    ///   have put it: the host handler sees the NMI's real sources.
+    /// - [`NmiSourceSlot`] (wrapping an IDT strategy) stores it in a per-CPU slot the host NMI
+    ///   entry reads: IDT delivery has no event data.
+    /// - Every other strategy (the default) **loses** them: [`SelfNmi`] sends a new NMI whose
+    ///   only source is the one its IPI names (none: the host handler sees "unknown source",
+    ///   bit 0), and [`IdtDirectCall`] alone has nowhere to put them.
+    #[inline(always)]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        let _lost = sources;
+        self.reinject_nmi()
+    }
     /// Re-delivers the external interrupt `vector` acknowledged on exit.
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError>;
 }
@@ -63,11 +82,74 @@ impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook
         self.strategy.reinject_nmi()
     }
 
+    #[inline(always)]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi_with_sources(sources)
+    }
+
     #[inline]
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
         let delivery = self.strategy.reinject_irq(vector)?;
         (self.hook)(vector, delivery);
         Ok(delivery)
+    }
+}
+
+/// A strategy for IDT hosts that keeps the NMI sources of a re-delivered NMI in a per-CPU slot
+/// before re-delivering it, since an IDT frame has no event data: the host NMI entry reads the
+/// slot with [`NmiSourceSlot::take`] (0 when the NMI did not come through a VM exit).
+///
+/// The slot is per CPU (one `NmiSourceSlot` per logical processor, reached from that
+/// processor's NMI entry); it is atomic because an NMI handler may read it at any time.
+#[derive(Debug)]
+pub struct NmiSourceSlot<R: NmiReinjector> {
+    /// The wrapped strategy (usually [`IdtDirectCall`]).
+    pub strategy: R,
+    slot: &'static core::sync::atomic::AtomicU16,
+}
+
+impl<R: NmiReinjector> NmiSourceSlot<R> {
+    /// `strategy`, storing NMI sources in `slot` (this CPU's).
+    pub const fn new(strategy: R, slot: &'static core::sync::atomic::AtomicU16) -> Self {
+        Self { strategy, slot }
+    }
+
+    /// For the host NMI entry: the sources of the NMI being handled, if it was re-delivered
+    /// after a VM exit, and 0 otherwise; the slot is left empty.
+    pub fn take(
+        slot: &core::sync::atomic::AtomicU16,
+    ) -> hvkit_vmx_core::nmi_source::NmiSourceBitmap {
+        hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(slot.swap(0, Ordering::AcqRel))
+    }
+}
+
+impl<R: NmiReinjector> NmiReinjector for NmiSourceSlot<R> {
+    #[inline(always)]
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi()
+    }
+
+    #[inline]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.slot.store(sources.raw(), Ordering::Release);
+        let result = self.strategy.reinject_nmi();
+        if result.is_err() {
+            // Not delivered (or left in flight): the handler that runs later must not see
+            // sources that belong to no NMI it handles now.
+            self.slot.store(0, Ordering::Release);
+        }
+        result
+    }
+
+    #[inline(always)]
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.strategy.reinject_irq(vector)
     }
 }
 
@@ -171,10 +253,19 @@ impl FredDirectCall {
 #[cfg(target_arch = "x86_64")]
 impl NmiReinjector for FredDirectCall {
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
-        // SAFETY: the constructor's contract.
+        // No sources known: event data 0, as `deliver` gives.
+        self.reinject_nmi_with_sources(hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(0))
+    }
+
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        // SAFETY: the constructor's contract; the event data slot takes any value.
         unsafe {
-            hvkit_fred::deliver::deliver(
+            hvkit_fred::deliver::deliver_with_event_data(
                 hvkit_fred::deliver::SoftwareEvent::Nmi,
+                sources.event_data(),
                 self.red_zone_bytes,
                 self.dispatcher,
             )

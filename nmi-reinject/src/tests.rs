@@ -579,3 +579,90 @@ fn idt_direct_call_refuses_what_it_cannot_deliver() {
         Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 14 }))
     );
 }
+
+/// Records the sources each NMI came with (`None`: the source-less `reinject_nmi`).
+#[derive(Default)]
+struct SourceRecording {
+    nmis: std::vec::Vec<Option<u16>>,
+    irqs: std::vec::Vec<u8>,
+    fail: bool,
+}
+
+impl NmiReinjector for SourceRecording {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.nmis.push(None);
+        if self.fail { Err(ReinjectError::NmiNotHandled { polls: 1 }) } else { Ok(()) }
+    }
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.nmis.push(Some(sources.raw()));
+        Ok(())
+    }
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.irqs.push(vector);
+        Ok(IrqDelivery::Handled)
+    }
+}
+
+fn exit_with(
+    exit: &hvkit_vmx_core::exit::VmExit,
+    reason: u32,
+    interruption_info: u32,
+) -> ExitInfo<'_> {
+    ExitInfo::from_parts(
+        exit,
+        ExitInfoParts { reason, interruption_info, ..ExitInfoParts::default() },
+    )
+}
+
+#[test]
+fn nmi_sources_travel_with_the_re_delivered_nmi() {
+    use crate::handle_host_event_with_nmi_sources as handle;
+    use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
+    let exit = SoftVmcs::new().complete_exit();
+    let sources = NmiSourceBitmap::from_exit_qualification(0xFFFF_0000_0000_0024);
+    assert_eq!(sources.raw(), 0x24, "bits 15:0 of the qualification");
+    // NMI exit: the strategy gets the bitmap, once.
+    let mut strategy = SourceRecording::default();
+    let (event, _) =
+        handle(&mut strategy, &exit_with(&exit, 0, 0x8000_0202), true, sources).unwrap();
+    assert_eq!(event, HostEvent::Nmi);
+    assert_eq!(strategy.nmis, [Some(0x24)]);
+    // Acknowledged interrupt: re-delivered as usual, no NMI.
+    let mut strategy = SourceRecording::default();
+    handle(&mut strategy, &exit_with(&exit, 1, 0x8000_0031), true, sources).unwrap();
+    assert_eq!((strategy.nmis.len(), strategy.irqs.as_slice()), (0, &[0x31][..]));
+    // Through the after-interrupt hook wrapper the sources still reach the strategy.
+    let mut hooked = crate::AfterIrqHook::new(SourceRecording::default(), |_, _| {});
+    hooked.reinject_nmi_with_sources(sources).unwrap();
+    assert_eq!(hooked.strategy.nmis, [Some(0x24)]);
+    // A strategy that does not override the method (Counting) still re-delivers the NMI once.
+    let mut counting = Counting::default();
+    handle(&mut counting, &exit_with(&exit, 0, 0x8000_0202), true, sources).unwrap();
+    assert_eq!(counting.nmis, 1);
+}
+
+#[test]
+fn nmi_source_slot_holds_the_sources_for_the_idt_nmi_entry() {
+    use crate::NmiSourceSlot;
+    use core::sync::atomic::AtomicU16;
+    use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
+    static SLOT: AtomicU16 = AtomicU16::new(0);
+    let mut strategy = NmiSourceSlot::new(SourceRecording::default(), &SLOT);
+    strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x8006)).unwrap();
+    assert_eq!(strategy.strategy.nmis, [None], "the IDT strategy re-delivers it plainly");
+    assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0x8006);
+    assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0, "taken once");
+    // A failed re-delivery leaves no sources behind for a later, unrelated NMI.
+    strategy.strategy.fail = true;
+    assert!(strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x10)).is_err());
+    assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
+    // Plain re-delivery and interrupts pass straight through.
+    strategy.strategy.fail = false;
+    strategy.reinject_nmi().unwrap();
+    assert_eq!(strategy.reinject_irq(0x40), Ok(IrqDelivery::Handled));
+    assert_eq!(strategy.strategy.irqs, [0x40]);
+    assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
+}
