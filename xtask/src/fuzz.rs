@@ -5,8 +5,15 @@ use std::fs;
 use std::process::{Command, Stdio};
 
 /// The fuzz targets (fuzz/fuzz_targets/*.rs).
-pub const TARGETS: &[&str] =
-    &["exit_decode", "exit_handling", "entry_check", "apic_ipi", "fred_frame"];
+pub const TARGETS: &[&str] = &[
+    "exit_decode",
+    "exit_handling",
+    "entry_check",
+    "apic_ipi",
+    "fred_frame",
+    "exit_sequence",
+    "event_model",
+];
 
 fn prerequisites() -> Result {
     util::ensure_toolchain("nightly", &[])?;
