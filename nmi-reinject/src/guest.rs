@@ -100,21 +100,25 @@ pub fn idt_vectoring_event(
 /// interruption information is valid with bit 12 set and a vector other than #DF, or the exit
 /// is an EPT violation, a page-modification-log-full exit or a NOTIFY exit whose qualification
 /// has bit 12 set.
+#[inline]
 pub fn nmi_unblocked_by_iret(info: &ExitInfo<'_>, virtual_nmis: bool) -> bool {
-    if !virtual_nmis || info.idt_vectoring_info.is_valid() {
+    if !virtual_nmis || info.idt_vectoring_info.is_valid() || info.reason.is_entry_failure() {
         return false;
     }
     let interruption = info.interruption_info;
-    let from_interruption = interruption.is_valid()
+    if interruption.is_valid()
         && interruption.nmi_unblocking_due_to_iret()
-        && interruption.vector() != hvkit_vmx_core::event::vector::DOUBLE_FAULT;
-    let from_qualification = matches!(
-        info.reason.basic(),
-        BasicExitReason::EptViolation
-            | BasicExitReason::PageModificationLogFull
-            | BasicExitReason::Notify
-    ) && info.qualification & (1 << 12) != 0;
-    !info.reason.is_entry_failure() && (from_interruption || from_qualification)
+        && interruption.vector() != hvkit_vmx_core::event::vector::DOUBLE_FAULT
+    {
+        return true;
+    }
+    // Compared by number: decoding the whole enum is a table lookup the compiler keeps
+    // out of line.
+    const EPT_VIOLATION: u16 = BasicExitReason::EptViolation.number();
+    const PAGE_MODIFICATION_LOG_FULL: u16 = BasicExitReason::PageModificationLogFull.number();
+    const NOTIFY: u16 = BasicExitReason::Notify.number();
+    matches!(info.reason.basic_number(), EPT_VIOLATION | PAGE_MODIFICATION_LOG_FULL | NOTIFY)
+        && info.qualification & (1 << 12) != 0
 }
 
 /// The VM-execution settings and processor capabilities injection depends on.
@@ -408,10 +412,11 @@ pub fn reinject_idt_vectoring(
     context: &InjectionContext,
 ) -> Result<GuestFixups, InjectError> {
     let restore = nmi_unblocked_by_iret(info, context.virtual_nmis);
-    let event = idt_vectoring_event(info, context.capabilities.nested_exception);
-    if !restore && event.is_none() {
+    // Nothing to do on most exits: decided before building any event.
+    if !restore && !info.idt_vectoring_info.is_valid() {
         return Ok(GuestFixups::default());
     }
+    let event = idt_vectoring_event(info, context.capabilities.nested_exception);
     let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
     let mut guest = guest_event_state(vmcs, context)?;
     let before = guest.interruptibility;
@@ -584,7 +589,9 @@ impl GuestEventQueue {
         context: &InjectionContext,
     ) -> Result<EntryDecision, InjectError> {
         // The common case: nothing owed and the windows already clear: no VMCS access at all.
-        if self.windows_clear && self.pending_nmis == 0 && self.pending_irqs == [0; 4] {
+        // (The words are OR-ed: comparing the array with `[0; 4]` becomes a call to `bcmp`.)
+        let [irqs0, irqs1, irqs2, irqs3] = self.pending_irqs;
+        if self.windows_clear && self.pending_nmis == 0 && (irqs0 | irqs1 | irqs2 | irqs3) == 0 {
             return Ok(EntryDecision::Idle);
         }
         let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);

@@ -381,16 +381,16 @@ impl<'exit> ExitHead<'exit> {
         options: ExitInfoOptions,
     ) -> Result<ExitInfo<'exit>, VmFail> {
         let reason = self.reason;
-        let basic = reason.basic();
-        let guest_linear_address = if reports_guest_linear_address(basic) {
+        // Tested by number (a bit mask), not through the decoded enum: no table lookup.
+        let number = reason.basic_number();
+        let guest_linear_address = if reports_guest_linear_address(number) {
             Some(vmcs.read(field::GUEST_LINEAR_ADDRESS)?)
         } else {
             None
         };
-        let guest_physical_address = if matches!(
-            basic,
-            BasicExitReason::EptViolation | BasicExitReason::EptMisconfiguration
-        ) {
+        const EPT_VIOLATION: u16 = BasicExitReason::EptViolation.number();
+        const EPT_MISCONFIGURATION: u16 = BasicExitReason::EptMisconfiguration.number();
+        let guest_physical_address = if matches!(number, EPT_VIOLATION | EPT_MISCONFIGURATION) {
             Some(vmcs.read(field::GUEST_PHYSICAL_ADDRESS)?)
         } else {
             None
@@ -549,30 +549,71 @@ impl fmt::Debug for ExitInfo<'_> {
 
 /// The exits for which the SDM defines the guest-linear-address field (SDM "Exit
 /// Qualification for ..." / "Guest Linear Address").
-const fn reports_guest_linear_address(reason: BasicExitReason) -> bool {
-    matches!(
-        reason,
-        BasicExitReason::ControlRegisterAccess
-            | BasicExitReason::IoInstruction
-            | BasicExitReason::GdtrIdtrAccess
-            | BasicExitReason::LdtrTrAccess
-            | BasicExitReason::EptViolation
-            | BasicExitReason::Invept
-            | BasicExitReason::Invvpid
-            | BasicExitReason::Invpcid
-            | BasicExitReason::Vmclear
-            | BasicExitReason::Vmptrld
-            | BasicExitReason::Vmptrst
-            | BasicExitReason::Vmread
-            | BasicExitReason::Vmwrite
-            | BasicExitReason::Vmxon
-            | BasicExitReason::Xsaves
-            | BasicExitReason::Xrstors
-            | BasicExitReason::Encls
-            | BasicExitReason::Enclv
-            | BasicExitReason::Loadiwkey
-            | BasicExitReason::Pconfig
-    )
+const GUEST_LINEAR_ADDRESS_REASONS: &[BasicExitReason] = &[
+    BasicExitReason::ControlRegisterAccess,
+    BasicExitReason::IoInstruction,
+    BasicExitReason::GdtrIdtrAccess,
+    BasicExitReason::LdtrTrAccess,
+    BasicExitReason::EptViolation,
+    BasicExitReason::Invept,
+    BasicExitReason::Invvpid,
+    BasicExitReason::Invpcid,
+    BasicExitReason::Vmclear,
+    BasicExitReason::Vmptrld,
+    BasicExitReason::Vmptrst,
+    BasicExitReason::Vmread,
+    BasicExitReason::Vmwrite,
+    BasicExitReason::Vmxon,
+    BasicExitReason::Xsaves,
+    BasicExitReason::Xrstors,
+    BasicExitReason::Encls,
+    BasicExitReason::Enclv,
+    BasicExitReason::Loadiwkey,
+    BasicExitReason::Pconfig,
+];
+
+/// The lowest basic-reason number in [`GUEST_LINEAR_ADDRESS_REASONS`].
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const GUEST_LINEAR_ADDRESS_LOWEST: u16 = {
+    let mut lowest = u16::MAX;
+    let mut index = 0;
+    while index < GUEST_LINEAR_ADDRESS_REASONS.len() {
+        let number = GUEST_LINEAR_ADDRESS_REASONS[index].number();
+        if number < lowest {
+            lowest = number;
+        }
+        index += 1;
+    }
+    lowest
+};
+
+/// [`GUEST_LINEAR_ADDRESS_REASONS`] as a bit mask over basic-reason numbers, bit 0 standing
+/// for [`GUEST_LINEAR_ADDRESS_LOWEST`] (the reasons span fewer than 64 numbers: one
+/// subtraction, one compare and one bit test).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const GUEST_LINEAR_ADDRESS_MASK: u64 = {
+    let mut mask = 0u64;
+    let mut index = 0;
+    while index < GUEST_LINEAR_ADDRESS_REASONS.len() {
+        let offset = GUEST_LINEAR_ADDRESS_REASONS[index].number() - GUEST_LINEAR_ADDRESS_LOWEST;
+        assert!(offset < 64, "guest-linear-address reasons span more than 64 numbers");
+        mask |= 1 << offset;
+        index += 1;
+    }
+    mask
+};
+
+/// Whether the exit with basic reason `number` reports a guest-linear address.
+#[inline]
+const fn reports_guest_linear_address(number: u16) -> bool {
+    let offset = number.wrapping_sub(GUEST_LINEAR_ADDRESS_LOWEST);
+    offset < 64 && GUEST_LINEAR_ADDRESS_MASK & (1 << offset) != 0
 }
 
 #[cfg(test)]
@@ -596,6 +637,18 @@ mod tests {
         assert_eq!(BasicExitReason::from_number(48), BasicExitReason::EptViolation);
         assert_eq!(BasicExitReason::from_number(75), BasicExitReason::Notify);
         assert_eq!(BasicExitReason::from_number(85), BasicExitReason::WrmsrnsImmediate);
+    }
+
+    #[test]
+    fn guest_linear_address_mask_matches_the_reason_list_for_every_number() {
+        for number in 0..=u16::MAX {
+            let listed =
+                GUEST_LINEAR_ADDRESS_REASONS.contains(&BasicExitReason::from_number(number));
+            assert_eq!(reports_guest_linear_address(number), listed, "reason {number}");
+        }
+        assert!(reports_guest_linear_address(BasicExitReason::EptViolation.number()));
+        assert!(!reports_guest_linear_address(BasicExitReason::Cpuid.number()));
+        assert!(!reports_guest_linear_address(BasicExitReason::EptMisconfiguration.number()));
     }
 
     #[test]

@@ -103,7 +103,14 @@ const fn slot_key(encoding: u32) -> usize {
     (((encoding >> 2) & 0x1800) | ((encoding >> 1) & 0x7FF)) as usize
 }
 
-/// Catalog position + 1 for every slot key, 0 where the catalog has no field: an O(1)
+/// Entries of the per-field tables: a `u8` catalog index always indexes them in bounds, so a
+/// lookup needs no bounds check (fuzzers instrument every compare).
+const TABLE_LEN: usize = 256;
+
+/// The catalog index standing for "no such field" (never a catalog index, never supported).
+const NO_FIELD: u8 = u8::MAX;
+
+/// Catalog position for every slot key, [`NO_FIELD`] where the catalog has no field: an O(1)
 /// replacement for a binary search on every access.
 #[allow(
     clippy::indexing_slicing,
@@ -111,7 +118,7 @@ const fn slot_key(encoding: u32) -> usize {
     reason = "evaluated at compile time: an index out of range or a catalog over 254 fields fails the build"
 )]
 const SLOT_TABLE: [u8; 1 << 13] = {
-    let mut table = [0u8; 1 << 13];
+    let mut table = [NO_FIELD; 1 << 13];
     let mut position = 0;
     while position < CATALOG_LEN {
         let encoding = field::ALL[position].encoding;
@@ -119,21 +126,79 @@ const SLOT_TABLE: [u8; 1 << 13] = {
             encoding & (RESERVED_ENCODING_BITS | 1) == 0,
             "catalog encoding with reserved bits"
         );
-        assert!(table[slot_key(encoding)] == 0, "two catalog fields share a slot key");
-        assert!(position < u8::MAX as usize, "catalog too large for u8 slots");
-        table[slot_key(encoding)] = (position + 1) as u8;
+        assert!(table[slot_key(encoding)] == NO_FIELD, "two catalog fields share a slot key");
+        assert!(position < NO_FIELD as usize, "catalog too large for u8 slots");
+        table[slot_key(encoding)] = position as u8;
         position += 1;
     }
     table
 };
 
-fn truncate(width: FieldWidth, value: u64) -> u64 {
-    match width {
-        FieldWidth::Bits16 => value & 0xFFFF,
-        FieldWidth::Bits32 => value & 0xFFFF_FFFF,
-        FieldWidth::Bits64 | FieldWidth::Natural => value,
+/// Per catalog index: the bits the field's width keeps (all zero past the catalog).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const WIDTH_MASK: [u64; TABLE_LEN] = {
+    let mut masks = [0; TABLE_LEN];
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        masks[index] = match field::ALL[index].width {
+            FieldWidth::Bits16 => 0xFFFF,
+            FieldWidth::Bits32 => 0xFFFF_FFFF,
+            FieldWidth::Bits64 | FieldWidth::Natural => u64::MAX,
+        };
+        index += 1;
     }
-}
+    masks
+};
+
+/// Per catalog index: 1 when the field has a high-access encoding (64-bit fields), else 0.
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const HAS_HIGH_ACCESS: [u32; TABLE_LEN] = {
+    let mut high = [0; TABLE_LEN];
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        if matches!(field::ALL[index].width, FieldWidth::Bits64) {
+            high[index] = 1;
+        }
+        index += 1;
+    }
+    high
+};
+
+/// Per catalog index: the field is read-only (an exit-information field).
+#[allow(
+    clippy::indexing_slicing,
+    reason = "const evaluation: an out-of-range index fails the build"
+)]
+const READ_ONLY_FIELD: [bool; TABLE_LEN] = {
+    let mut read_only = [false; TABLE_LEN];
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        read_only[index] =
+            matches!(field::ALL[index].field_encoding().field_type(), FieldType::ExitInformation);
+        index += 1;
+    }
+    read_only
+};
+
+/// `true` for the catalog indices, `false` past the catalog (and for [`NO_FIELD`]).
+const ALL_SUPPORTED: [bool; TABLE_LEN] = {
+    let mut supported = [false; TABLE_LEN];
+    let mut index = 0;
+    while index < CATALOG_LEN {
+        #[allow(clippy::indexing_slicing, reason = "const evaluation")]
+        {
+            supported[index] = true;
+        }
+        index += 1;
+    }
+    supported
+};
 
 /// How many catalog fields a VM exit rewrites: the exit-information fields except the
 /// VM-instruction error field (which only failing VMX instructions write).
@@ -195,11 +260,13 @@ const fn rewritten_at_exit(info: &FieldInfo) -> bool {
 /// [`entry_check`](crate::entry_check)) or guests.
 #[derive(Debug, Clone)]
 pub struct SoftVmcs {
-    values: [u64; CATALOG_LEN],
-    supported: [bool; CATALOG_LEN],
+    /// By catalog index (entries past the catalog stay 0).
+    values: [u64; TABLE_LEN],
+    /// By catalog index; always `false` past the catalog.
+    supported: [bool; TABLE_LEN],
     instruction_error: Cell<u32>,
     /// Exit-information fields set with `set_exit_information` since the last `complete_exit`.
-    set_for_this_exit: [bool; CATALOG_LEN],
+    set_for_this_exit: [bool; TABLE_LEN],
 }
 
 impl Default for SoftVmcs {
@@ -212,10 +279,10 @@ impl SoftVmcs {
     /// A VMCS supporting every field of the catalog, all zero.
     pub const fn new() -> Self {
         Self {
-            values: [0; CATALOG_LEN],
-            supported: [true; CATALOG_LEN],
+            values: [0; TABLE_LEN],
+            supported: ALL_SUPPORTED,
             instruction_error: Cell::new(0),
-            set_for_this_exit: [false; CATALOG_LEN],
+            set_for_this_exit: [false; TABLE_LEN],
         }
     }
 
@@ -237,7 +304,7 @@ impl SoftVmcs {
 
     /// `true` when this VMCS supports the (full or high-access) encoding.
     pub fn supports(&self, encoding: u32) -> bool {
-        self.slot(encoding).is_some()
+        self.index(encoding).is_some()
     }
 
     /// The VM-instruction error number of the last failed access (0 if none failed).
@@ -252,9 +319,10 @@ impl SoftVmcs {
         field: Field<W, ReadOnly>,
         value: W::Value,
     ) -> Result<(), VmFail> {
-        let (index, info) = self.slot(field.encoding()).ok_or_else(|| self.unsupported())?;
+        let index = self.index(field.encoding()).ok_or_else(|| self.unsupported())?;
+        let mask = WIDTH_MASK.get(index).copied().unwrap_or(0);
         if let Some(slot) = self.values.get_mut(index) {
-            *slot = truncate(info.width, W::to_raw(value));
+            *slot = W::to_raw(value) & mask;
         }
         if let Some(fresh) = self.set_for_this_exit.get_mut(index) {
             *fresh = true;
@@ -296,16 +364,26 @@ impl SoftVmcs {
         let _consumed = exit;
     }
 
+    /// The catalog index of a supported encoding (full, or high access of a 64-bit field).
+    ///
+    /// Every reason to refuse is OR-ed into one word and tested once: a fuzzer instruments
+    /// each compare, and this runs on every access.
     #[inline]
-    fn slot(&self, encoding: u32) -> Option<(usize, &'static FieldInfo)> {
-        if encoding & RESERVED_ENCODING_BITS != 0 {
-            return None;
-        }
-        let index = usize::from(*SLOT_TABLE.get(slot_key(encoding))?).checked_sub(1)?;
-        let info = field::ALL.get(index)?;
-        let high = encoding & 1 != 0;
+    fn index(&self, encoding: u32) -> Option<usize> {
+        let index = usize::from(SLOT_TABLE.get(slot_key(encoding)).copied().unwrap_or(NO_FIELD));
         let supported = self.supported.get(index).copied().unwrap_or(false);
-        (supported && (!high || info.width == FieldWidth::Bits64)).then_some((index, info))
+        let high_access = HAS_HIGH_ACCESS.get(index).copied().unwrap_or(0);
+        let refused = (encoding & RESERVED_ENCODING_BITS)
+            | (encoding & 1 & !high_access)
+            | u32::from(!supported);
+        (refused == 0).then_some(index)
+    }
+
+    /// [`index`](Self::index) with the field's catalog entry.
+    #[cfg(test)]
+    fn slot(&self, encoding: u32) -> Option<(usize, &'static FieldInfo)> {
+        let index = self.index(encoding)?;
+        Some((index, field::ALL.get(index)?))
     }
 
     fn fail(&self, error: VmInstructionError) -> VmFail {
@@ -321,25 +399,27 @@ impl SoftVmcs {
 
 impl VmcsAccess for SoftVmcs {
     fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
-        let (index, _) = self.slot(encoding).ok_or_else(|| self.unsupported())?;
+        let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
         if encoding == field::VM_INSTRUCTION_ERROR.encoding() {
             return Ok(u64::from(self.instruction_error.get()));
         }
         let value = self.values.get(index).copied().unwrap_or(0);
-        Ok(if encoding & 1 != 0 { value >> 32 } else { value })
+        // The high-access encoding (bit 0) reads bits 63:32.
+        Ok(value >> (32 * (encoding & 1)))
     }
 
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
-        let (index, info) = self.slot(encoding).ok_or_else(|| self.unsupported())?;
-        if info.field_encoding().field_type() == FieldType::ExitInformation {
+        let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
+        if READ_ONLY_FIELD.get(index).copied().unwrap_or(true) {
             return Err(self.fail(VmInstructionError::VmwriteReadOnlyComponent));
         }
+        // A full write keeps the field's width; a high-access write (bit 0, 64-bit fields
+        // only) replaces bits 63:32 and keeps bits 31:0.
+        let high = u64::from(encoding & 1);
+        let kept = 0xFFFF_FFFF * high;
+        let written = WIDTH_MASK.get(index).copied().unwrap_or(0) & !kept;
         if let Some(slot) = self.values.get_mut(index) {
-            *slot = if encoding & 1 != 0 {
-                (*slot & 0xFFFF_FFFF) | (value << 32)
-            } else {
-                truncate(info.width, value)
-            };
+            *slot = (*slot & kept) | ((value << (32 * high)) & written);
         }
         Ok(())
     }

@@ -26,8 +26,9 @@ pub struct Path {
     pub name: &'static str,
     /// The goal of issue 12.
     pub goal: u64,
-    /// The committed budget: the benchmark fails above it (a regression guard; equal to the
-    /// goal where the goal is met).
+    /// The committed budget: the benchmark fails above it (a regression guard; at most the
+    /// goal: equal to it, or the measured count plus about ten instructions of headroom where
+    /// the count is well below the goal).
     pub budget: u64,
     pub kvm: Option<Reference>,
 }
@@ -61,13 +62,11 @@ pub const PATHS: &[Path] = &[
     },
     Path { name: "host NMI exit -> handler (self-NMI)", goal: 100, budget: 100, kvm: None },
     Path { name: "timer exit -> handler (IDT direct call)", goal: 60, budget: 60, kvm: None },
-    // Goal not met (257 on the Bochs 2.7 models): the full exit read, re-injection and
-    // reflection checks and the example's own handling remain. The budget guards against
-    // regressions.
+    // 167 on the Bochs 2.7 models; the budget keeps ten instructions of headroom.
     Path {
         name: "exit -> next entry, nothing to inject (CPUID/VMCALL)",
         goal: 200,
-        budget: 270,
+        budget: 177,
         kvm: None,
     },
     Path {
@@ -358,9 +357,10 @@ mod tests {
     }
 
     #[test]
-    fn every_budget_is_at_least_its_goal_and_kvm_ratios_use_the_worst_model() {
+    fn every_budget_is_within_its_goal_and_kvm_ratios_use_the_worst_model() {
+        // Every goal is met: a budget above its goal would let a regression past the goal.
         for path in PATHS {
-            assert!(path.budget >= path.goal, "{}", path.name);
+            assert!(path.budget <= path.goal, "{}", path.name);
         }
         let values = vec![
             vec![Some(41), None, None, None, Some(8), Some(9)],
