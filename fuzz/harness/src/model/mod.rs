@@ -420,7 +420,11 @@ pub fn check_injection(config: &Config, view: &EntryView) -> Result<(), Violatio
     let kind = (info >> 8) & 7;
     let vector = info & 0xFF;
     let deliver = info & (1 << 11) != 0;
-    if kind == 1 || kind == 7 {
+    // Type 7 ("other event"): vector 0 is MTF, which this model's processor lacks; a FRED
+    // guest may also be given vector 1 (SYSCALL) or 2 (SYSENTER) (FRED specification, VMX
+    // changes; they carry an instruction length like software events).
+    let fred_system_call = kind == 7 && config.fred && (vector == 1 || vector == 2);
+    if kind == 1 || (kind == 7 && !fred_system_call) {
         return Err(Violation::ReservedType(kind));
     }
     if (kind == 2 && vector != 2) || (kind == 3 && vector > 31) {
@@ -440,7 +444,7 @@ pub fn check_injection(config: &Config, view: &EntryView) -> Result<(), Violatio
     if deliver && view.error_code >> 16 != 0 {
         return Err(Violation::ErrorCodeHigh(view.error_code));
     }
-    if (4..=6).contains(&kind) {
+    if (4..=6).contains(&kind) || fred_system_call {
         let ok = (1..=15).contains(&view.length) || (view.length == 0 && config.misc_30);
         if !ok {
             return Err(Violation::InstructionLength(view.length));
@@ -883,6 +887,21 @@ mod tests {
         assert_eq!(check_entry(&config(), &v), Err(Violation::ReservedType(1)));
         v.injection = (1 << 31) | (7 << 8);
         assert_eq!(check_entry(&config(), &v), Err(Violation::ReservedType(7)));
+        // SYSCALL (1) and SYSENTER (2) as type 7 only for a FRED guest, with a length.
+        let fred = Config { fred: true, ..config() };
+        v.length = 2;
+        for vector in [1, 2] {
+            v.injection = (1 << 31) | (7 << 8) | vector;
+            assert_eq!(check_entry(&config(), &v), Err(Violation::ReservedType(7)));
+            assert_eq!(check_entry(&fred, &v), Ok(()));
+        }
+        v.injection = (1 << 31) | (7 << 8) | 3;
+        assert_eq!(check_entry(&fred, &v), Err(Violation::ReservedType(7)));
+        v.injection = (1 << 31) | (7 << 8);
+        assert_eq!(check_entry(&fred, &v), Err(Violation::ReservedType(7)), "MTF: not modelled");
+        v.injection = (1 << 31) | (7 << 8) | 1;
+        v.length = 16;
+        assert_eq!(check_entry(&fred, &v), Err(Violation::InstructionLength(16)));
     }
 
     #[test]
