@@ -93,7 +93,26 @@ impl SoftwareEvent {
 #[cfg(target_arch = "x86_64")]
 pub unsafe fn deliver(event: SoftwareEvent, red_zone_bytes: u64, dispatcher: Dispatcher) {
     // SAFETY: forwarded to the caller's contract.
-    unsafe { deliver_erets(event.ss_slot_bits(), dispatcher, red_zone_bytes) }
+    unsafe { deliver_erets(event.ss_slot_bits(), dispatcher, red_zone_bytes, 0) }
+}
+
+/// As [`deliver`], with `event_data` in the frame's event-data slot (offset 48) instead of 0:
+/// for an NMI on a processor with NMI-source reporting, the 16-bit source bitmap of the NMI
+/// that caused the VM exit (its exit qualification), as the CPU would have delivered it (Intel
+/// FRED specification, "Event data"; NMI-source reporting).
+///
+/// # Safety
+///
+/// As for [`deliver`].
+#[cfg(target_arch = "x86_64")]
+pub unsafe fn deliver_with_event_data(
+    event: SoftwareEvent,
+    event_data: u64,
+    red_zone_bytes: u64,
+    dispatcher: Dispatcher,
+) {
+    // SAFETY: forwarded to the caller's contract.
+    unsafe { deliver_erets(event.ss_slot_bits(), dispatcher, red_zone_bytes, event_data) }
 }
 
 /// As [`deliver`] but returning without ERETS (RIP, RFLAGS and RSP restored from the frame), so
@@ -109,11 +128,11 @@ pub unsafe fn deliver_with_emulated_return(
     dispatcher: Dispatcher,
 ) {
     // SAFETY: forwarded to the caller's contract; nothing privileged runs.
-    unsafe { deliver_emulated(event.ss_slot_bits(), dispatcher, red_zone_bytes) }
+    unsafe { deliver_emulated(event.ss_slot_bits(), dispatcher, red_zone_bytes, 0) }
 }
 
 /// The frame-building part shared by both variants; ends with RSP at the frame (error code).
-/// rdi = SS slot bits, rsi = dispatcher, rdx = red-zone bytes.
+/// rdi = SS slot bits, rsi = dispatcher, rdx = red-zone bytes, rcx = event data.
 #[cfg(target_arch = "x86_64")]
 macro_rules! build_frame_and_dispatch {
     () => {
@@ -125,7 +144,7 @@ macro_rules! build_frame_and_dispatch {
             "sub rsp, rdx\n",
             "and rsp, -64\n",
             "push 0\n",
-            "push 0\n",
+            "push rcx\n",
             "xor eax, eax\n",
             "mov ax, ss\n",
             "or rax, rdi\n",
@@ -160,7 +179,12 @@ pub(crate) fn deliver_erets_address() -> u64 {
 
 #[cfg(target_arch = "x86_64")]
 #[unsafe(naked)]
-unsafe extern "sysv64" fn deliver_erets(ss_bits: u64, dispatcher: Dispatcher, red_zone: u64) {
+unsafe extern "sysv64" fn deliver_erets(
+    ss_bits: u64,
+    dispatcher: Dispatcher,
+    red_zone: u64,
+    event_data: u64,
+) {
     core::arch::naked_asm!(
         build_frame_and_dispatch!(),
         crate::instr::erets_bytes!(),
@@ -176,6 +200,7 @@ pub(crate) unsafe extern "sysv64" fn deliver_emulated(
     ss_bits: u64,
     dispatcher: Dispatcher,
     red_zone: u64,
+    event_data: u64,
 ) {
     core::arch::naked_asm!(
         build_frame_and_dispatch!(),

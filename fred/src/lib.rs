@@ -144,7 +144,7 @@ mod user_space_tests {
         ".pushsection .text.hvkit_fred_test_deliver_harness,\"ax\",@progbits",
         "hvkit_fred_test_deliver_harness:",
         "push rbx", "push r12", "push r13", "push r14", "push r15", "push rbp",
-        "push rcx",
+        "push r8",
         "movabs rbx, 0x1111111111111111",
         "movabs r12, 0x2222222222222222",
         "movabs r13, 0x3333333333333333",
@@ -153,8 +153,8 @@ mod user_space_tests {
         "movabs rbp, 0x6666666666666666",
         "pushfq",
         "pop rax",
-        "mov [rcx + 8], rax",
-        "mov [rcx], rsp",
+        "mov [r8 + 8], rax",
+        "mov [r8], rsp",
         "call {deliver}",
         "pop rcx",
         "xor eax, eax",
@@ -176,21 +176,50 @@ mod user_space_tests {
             ss_bits: u64,
             dispatcher: Dispatcher,
             red_zone: u64,
+            event_data: u64,
             site: *mut CallSite,
         );
     }
 
     fn run_delivery(event: SoftwareEvent, red_zone: u64) -> (Seen, CallSite) {
+        run_delivery_with_event_data(event, red_zone, 0)
+    }
+
+    fn run_delivery_with_event_data(
+        event: SoftwareEvent,
+        red_zone: u64,
+        event_data: u64,
+    ) -> (Seen, CallSite) {
         *SEEN.lock().unwrap() = Seen::default();
         let mut site = CallSite::default();
         let canary = [0xC0FF_EE00_u64; 32];
         let canary = std::hint::black_box(canary);
         // SAFETY: the harness preserves the ABI; the dispatcher leaves RIP/RSP/CS/SS alone.
         unsafe {
-            hvkit_fred_test_deliver_harness(event.ss_slot_bits(), record, red_zone, &mut site)
+            hvkit_fred_test_deliver_harness(
+                event.ss_slot_bits(),
+                record,
+                red_zone,
+                event_data,
+                &mut site,
+            )
         };
         assert_eq!(std::hint::black_box(canary), [0xC0FF_EE00_u64; 32], "caller's stack intact");
         (*SEEN.lock().unwrap(), site)
+    }
+
+    #[test]
+    fn software_delivery_carries_the_event_data() {
+        let _guard = LOCK.lock().unwrap();
+        // An NMI with NMI-source bits 1 and 5 (bitmap 0x22), and all-ones: the slot at +48
+        // holds exactly what was given, the reserved slot above it stays 0.
+        for event_data in [0x22, u64::MAX, 1 << 63] {
+            let (seen, _) = run_delivery_with_event_data(SoftwareEvent::Nmi, 64, event_data);
+            assert_eq!(seen.calls, 1);
+            assert_eq!(seen.frame.event_data, event_data);
+            assert_eq!(seen.frame.reserved, 0);
+            assert_eq!(seen.frame.error_code, 0);
+        }
     }
 
     #[test]

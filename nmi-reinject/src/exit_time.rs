@@ -18,6 +18,7 @@ use crate::strategy::{IrqDelivery, NmiReinjector};
 use core::fmt;
 use hvkit_vmx_core::event::EventType;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitHead};
+use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
 
 /// The host event a VM exit carries.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -124,5 +125,37 @@ pub fn handle_host_event<'exit, R: NmiReinjector>(
             Ok((event, Some(delivery)))
         }
         HostEvent::None | HostEvent::PendingIrq => Ok((event, None)),
+    }
+}
+
+/// As [`handle_host_event`], and an NMI is re-delivered with `sources`, its NMI-source bitmap
+/// (CPUID.(7,1):EAX\[20\]: read it from the exit qualification of the NMI exit with
+/// `NmiSourceBitmap::from_exit_qualification`; see
+/// [`NmiReinjector::reinject_nmi_with_sources`] for what each strategy does with it).
+#[inline]
+pub fn handle_host_event_with_nmi_sources<'exit, R: NmiReinjector>(
+    reinjector: &mut R,
+    info: impl Into<ExitHead<'exit>>,
+    acknowledge_on_exit: bool,
+    sources: NmiSourceBitmap,
+) -> Result<(HostEvent, Option<IrqDelivery>), HostEventError> {
+    handle_host_event(&mut WithSources { reinjector, sources }, info, acknowledge_on_exit)
+}
+
+/// A strategy whose NMIs carry `sources`.
+struct WithSources<'a, R> {
+    reinjector: &'a mut R,
+    sources: NmiSourceBitmap,
+}
+
+impl<R: NmiReinjector> NmiReinjector for WithSources<'_, R> {
+    #[inline(always)]
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.reinjector.reinject_nmi_with_sources(self.sources)
+    }
+
+    #[inline(always)]
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.reinjector.reinject_irq(vector)
     }
 }

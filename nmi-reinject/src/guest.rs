@@ -628,11 +628,19 @@ impl GuestEventQueue {
         // Windows for what is still owed after this entry.
         let nmi_owed = next.pending_nmis > 0;
         let irq_owed = next.highest_irq().is_some();
-        let nmi_window = awake && nmi_owed && context.nmi_window_usable();
-        // An NMI injected now blocks the next one (bit 3 after delivery): no substitute then.
+        // An NMI injected now blocks the next one (bit 3 after delivery).
         let nmi_blocked_by_nmi = blocking.contains(GuestInterruptibility::NMI)
             || injected.is_some_and(|e| e.info.is_nmi());
-        let nmi_needs_substitute = nmi_owed && !context.nmi_window_usable() && !nmi_blocked_by_nmi;
+        // An NMI held back only by STI blocking waits for the interrupt window, not the NMI
+        // window: some processors open the NMI window at once under STI blocking although they
+        // refuse NMI injection until the STI shadow ends, so every entry would exit again before
+        // a guest instruction (a livelock). The interrupt window opens after the next
+        // instruction (STI blocking implies IF = 1). Behind NMI blocking the NMI window is safe:
+        // it stays shut until the guest's IRET.
+        let sti_only = blocking.contains(GuestInterruptibility::STI) && !nmi_blocked_by_nmi;
+        let use_nmi_window = context.nmi_window_usable() && !sti_only;
+        let nmi_window = awake && nmi_owed && use_nmi_window;
+        let nmi_needs_substitute = nmi_owed && !nmi_blocked_by_nmi && !use_nmi_window;
         let interrupt_window =
             awake && (irq_owed || nmi_needs_substitute) && context.interrupt_window_usable();
 

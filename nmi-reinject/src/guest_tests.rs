@@ -744,3 +744,28 @@ fn nothing_owed_and_windows_clear_touches_no_vmcs_field() {
     assert_eq!(open.read(primary).unwrap() & INTERRUPT_WINDOW, 0, "window off once delivered");
     assert_eq!(queue.prepare_entry(&mut no_fields, &context), Ok(EntryDecision::Idle));
 }
+
+/// Found by the event-delivery model: on processors whose NMI window opens under STI blocking
+/// (they may still refuse NMI injection until the STI shadow ends, SDM 26.3.1.5), asking for
+/// the NMI window under STI blocking exits before every guest instruction. The interrupt window
+/// is used instead; behind blocking by NMI the NMI window stays (it opens only after IRET).
+#[test]
+fn nmi_under_sti_blocking_waits_for_the_interrupt_window_not_a_livelock() {
+    let mut queue = GuestEventQueue::new();
+    queue.queue_nmi();
+    let mut vmcs = guest_vmcs(STI, true);
+    assert_eq!(queue.prepare_entry(&mut vmcs, &context(true)), Ok(EntryDecision::WindowRequested));
+    assert_eq!(controls_of(&vmcs) & (NMI_WINDOW | INTERRUPT_WINDOW), INTERRUPT_WINDOW);
+    // The next instruction ended the STI shadow: the NMI goes in, windows off.
+    let mut vmcs = guest_vmcs(0, true);
+    assert_eq!(
+        queue.prepare_entry(&mut vmcs, &context(true)),
+        Ok(EntryDecision::Injected(GuestEvent::nmi()))
+    );
+    assert_eq!(controls_of(&vmcs) & (NMI_WINDOW | INTERRUPT_WINDOW), 0);
+    // STI and blocking by NMI: the NMI window, which stays shut until the guest's IRET.
+    queue.queue_nmi();
+    let mut vmcs = guest_vmcs(STI | BLOCKING_BY_NMI, true);
+    assert_eq!(queue.prepare_entry(&mut vmcs, &context(true)), Ok(EntryDecision::WindowRequested));
+    assert_eq!(controls_of(&vmcs) & (NMI_WINDOW | INTERRUPT_WINDOW), NMI_WINDOW);
+}

@@ -1,5 +1,147 @@
 //! IDT-host assembly: call a handler through the IRET frame the CPU would have pushed, and
-//! IRET-to-self (shared/FACTS.md section 2).
+//! IRET-to-self; typed entry addresses and the entry-stub macro.
+
+/// The frame the processor pushes when it delivers an interrupt or NMI in 64-bit mode without
+/// an error code (SDM Vol. 3A 6.14.2 "64-Bit Mode Stack Frame"), lowest address first, and the
+/// frame [`IdtDirectCall`](crate::IdtDirectCall) builds for a direct call.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(C)]
+pub struct InterruptFrame {
+    /// Where IRETQ returns to.
+    pub rip: u64,
+    /// The code-segment selector (bits 15:0) of the interrupted context.
+    pub cs: u64,
+    /// The interrupted context's RFLAGS.
+    pub rflags: u64,
+    /// The interrupted context's RSP.
+    pub rsp: u64,
+    /// The stack-segment selector (bits 15:0) of the interrupted context.
+    pub ss: u64,
+}
+
+const _: () = assert!(core::mem::size_of::<InterruptFrame>() == 40);
+const _: () = assert!(core::mem::offset_of!(InterruptFrame, cs) == 8);
+const _: () = assert!(core::mem::offset_of!(InterruptFrame, rsp) == 24);
+const _: () = assert!(core::mem::offset_of!(InterruptFrame, ss) == 32);
+
+/// The address of an interrupt entry that both a host IDT gate and the direct call
+/// ([`IdtDirectCall`](crate::IdtDirectCall)) may use.
+///
+/// # The direct-call contract
+///
+/// The direct call enters the entry the way the processor delivers an interrupt in 64-bit mode
+/// at CPL 0 without IST (SDM Vol. 3A 6.14.2): with interrupts disabled, on the caller's stack,
+/// RSP aligned down to 16, then SS, the caller's RSP, RFLAGS and CS pushed and the entry
+/// CALLed (which pushes the return RIP): an [`InterruptFrame`] at RSP, no error code. The
+/// entry must:
+///
+/// 1. preserve every general register and end with IRETQ (which returns right after the CALL
+///    and, for an NMI, unblocks NMIs);
+/// 2. run on the stack it is entered on: for NMIs, a dedicated non-IST entry, not the IDT's NMI
+///    gate if that gate switches to an IST stack (a direct call would run it on the wrong
+///    stack; Linux fixed exactly this bug in commit a217a6593cec);
+/// 3. expect the RFLAGS image to carry the caller's system flags (IF = 0) and arbitrary
+///    arithmetic flags.
+///
+/// [`idt_entry_stub!`](crate::idt_entry_stub) makes such an entry around a Rust handler.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[repr(transparent)]
+pub struct IdtEntry(u64);
+
+impl IdtEntry {
+    /// The entry at `entry`.
+    ///
+    /// # Safety
+    ///
+    /// `entry` meets the direct-call contract (see the type's documentation).
+    pub unsafe fn from_fn(entry: unsafe extern "C" fn()) -> Self {
+        Self(entry as usize as u64)
+    }
+
+    /// The entry at `address`.
+    ///
+    /// # Safety
+    ///
+    /// `address` is the address of code that meets the direct-call contract.
+    pub const unsafe fn from_address(address: u64) -> Self {
+        Self(address)
+    }
+
+    /// The entry's address (for an IDT gate).
+    pub const fn address(self) -> u64 {
+        self.0
+    }
+}
+
+/// Defines `fn $name() -> IdtEntry`: an interrupt entry stub around `$handler`, an
+/// `extern "C" fn(&InterruptFrame)`, that meets the direct-call contract of [`IdtEntry`] and
+/// can also be installed in an IDT gate (without IST for the direct-call NMI entry).
+///
+/// The stub saves the nine caller-saved general registers (RAX, RCX, RDX, RSI, RDI, R8-R11),
+/// clears DF, calls the handler with a pointer to the [`InterruptFrame`] (the stack is 16-byte
+/// aligned at the call, as the ABI requires), restores the registers and executes IRETQ. It
+/// does not save SIMD or x87 state: the handler must not use it (the `x86_64-unknown-none`
+/// target is soft-float) or must save it itself. Not for exceptions that push an error code.
+///
+/// ```no_run
+/// # #[cfg(target_arch = "x86_64")] {
+/// use hvkit_nmi_reinject::{InterruptFrame, idt_entry_stub};
+///
+/// extern "C" fn host_nmi(_frame: &InterruptFrame) {
+///     // count it, run the host's NMI work ...
+/// }
+///
+/// idt_entry_stub! {
+///     /// The dedicated non-IST NMI entry for the direct call.
+///     pub fn nmi_entry => host_nmi
+/// }
+///
+/// let entry = nmi_entry();
+/// let _gate_address = entry.address();
+/// # }
+/// ```
+#[macro_export]
+macro_rules! idt_entry_stub {
+    ($(#[$meta:meta])* $vis:vis fn $name:ident => $handler:path) => {
+        $(#[$meta])*
+        $vis fn $name() -> $crate::IdtEntry {
+            const _: extern "C" fn(&$crate::InterruptFrame) = $handler;
+            #[unsafe(naked)]
+            unsafe extern "C" fn stub() {
+                ::core::arch::naked_asm!(
+                    "push rax",
+                    "push rcx",
+                    "push rdx",
+                    "push rsi",
+                    "push rdi",
+                    "push r8",
+                    "push r9",
+                    "push r10",
+                    "push r11",
+                    "lea rdi, [rsp + 72]",
+                    "cld",
+                    "call {handler}",
+                    "pop r11",
+                    "pop r10",
+                    "pop r9",
+                    "pop r8",
+                    "pop rdi",
+                    "pop rsi",
+                    "pop rdx",
+                    "pop rcx",
+                    "pop rax",
+                    "iretq",
+                    handler = sym $handler,
+                )
+            }
+            // SAFETY: the stub preserves every general register (the nine caller-saved ones
+            // are saved around the call, the handler preserves the rest by the ABI), calls the
+            // handler with RSP 16-byte aligned (40-byte frame + 72 bytes of saves above a
+            // 16-aligned base), stays on its stack and ends with IRETQ.
+            unsafe { $crate::IdtEntry::from_fn(stub) }
+        }
+    };
+}
 
 /// Calls `handler` as if an interrupt had arrived: aligns RSP to 16, pushes SS, the old RSP,
 /// RFLAGS and CS, and CALLs the handler (which pushes the return RIP) - the frame the processor
@@ -206,6 +348,115 @@ mod tests {
         // SAFETY: the stub's first 16 bytes are code in this crate.
         let code = unsafe { core::ptr::read(super::call_with_iret_frame as *const [u8; 16]) };
         assert_eq!(code, expected);
+    }
+
+    static STUB_CALLS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    static STUB_FRAME: [std::sync::atomic::AtomicU64; 5] =
+        [const { std::sync::atomic::AtomicU64::new(0) }; 5];
+
+    extern "C" fn stub_handler(frame: &super::InterruptFrame) {
+        use std::sync::atomic::Ordering::SeqCst;
+        STUB_CALLS.fetch_add(1, SeqCst);
+        STUB_FRAME[0].store(frame.rip, SeqCst);
+        STUB_FRAME[1].store(frame.cs, SeqCst);
+        STUB_FRAME[2].store(frame.rflags, SeqCst);
+        STUB_FRAME[3].store(frame.rsp, SeqCst);
+        STUB_FRAME[4].store(frame.ss, SeqCst);
+    }
+
+    crate::idt_entry_stub! {
+        /// The stub under test.
+        fn test_entry => stub_handler
+    }
+
+    core::arch::global_asm!(
+        ".pushsection .text.hvkit_nmi_test_stub,\"ax\",@progbits",
+        // rdi = entry. Builds the interrupt frame by hand, sets every caller-saved register to
+        // a pattern, calls the entry and returns 0 when all came back unchanged.
+        "hvkit_nmi_test_stub_harness:",
+        "push rbx",
+        "push rbp",
+        "mov rbp, rsp",
+        "mov rbx, rdi",
+        "and rsp, -16",
+        "xor eax, eax",
+        "mov ax, ss",
+        "push rax",
+        "push rbp",
+        "pushfq",
+        "xor eax, eax",
+        "mov ax, cs",
+        "push rax",
+        "mov eax, 1",
+        "mov ecx, 2",
+        "mov edx, 3",
+        "mov esi, 4",
+        "mov edi, 5",
+        "mov r8d, 6",
+        "mov r9d, 7",
+        "mov r10d, 8",
+        "mov r11d, 9",
+        "call rbx",
+        "mov rbx, rax",
+        "xor rbx, 1",
+        "xor rcx, 2",
+        "or rbx, rcx",
+        "xor rdx, 3",
+        "or rbx, rdx",
+        "xor rsi, 4",
+        "or rbx, rsi",
+        "xor rdi, 5",
+        "or rbx, rdi",
+        "xor r8, 6",
+        "or rbx, r8",
+        "xor r9, 7",
+        "or rbx, r9",
+        "xor r10, 8",
+        "or rbx, r10",
+        "xor r11, 9",
+        "or rbx, r11",
+        "mov rax, rbx",
+        // IRETQ restored RSP to the pushed value (rbp).
+        "mov rcx, rsp",
+        "xor rcx, rbp",
+        "or rax, rcx",
+        "pop rbp",
+        "pop rbx",
+        "ret",
+        ".popsection",
+    );
+
+    unsafe extern "sysv64" {
+        fn hvkit_nmi_test_stub_harness(entry: u64) -> u64;
+    }
+
+    #[test]
+    fn entry_stub_preserves_every_register_and_passes_the_frame() {
+        let _guard = LOCK.lock().unwrap();
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = STUB_CALLS.load(SeqCst);
+        let entry = test_entry();
+        // SAFETY: the harness builds a same-privilege interrupt frame; the stub ends in IRETQ.
+        let changed = unsafe { hvkit_nmi_test_stub_harness(entry.address()) };
+        assert_eq!(changed, 0, "caller-saved registers and RSP intact");
+        assert_eq!(STUB_CALLS.load(SeqCst), before + 1, "handler ran once");
+        let (cs, ss) = selectors();
+        assert_eq!(STUB_FRAME[1].load(SeqCst), cs);
+        assert_eq!(STUB_FRAME[4].load(SeqCst), ss);
+        assert_ne!(STUB_FRAME[0].load(SeqCst), 0, "return RIP passed");
+        assert_eq!(STUB_FRAME[3].load(SeqCst) % 8, 0, "the harness's RSP");
+    }
+
+    #[test]
+    fn entry_stub_is_callable_by_the_direct_call() {
+        let _guard = LOCK.lock().unwrap();
+        use std::sync::atomic::Ordering::SeqCst;
+        let before = STUB_CALLS.load(SeqCst);
+        let (cs, ss) = selectors();
+        // SAFETY: the stub meets the direct-call contract; same privilege level.
+        unsafe { super::call_with_iret_frame(test_entry().address(), cs, ss) };
+        assert_eq!(STUB_CALLS.load(SeqCst), before + 1);
+        assert_eq!(STUB_FRAME[1].load(SeqCst), cs);
     }
 
     #[test]

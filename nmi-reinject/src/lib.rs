@@ -76,15 +76,18 @@ mod idt;
 pub mod strategy;
 
 pub use error::{EventState, ReinjectError, Unsupported};
-pub use exit_time::{HostEvent, HostEventError, classify, handle_host_event};
+pub use exit_time::{
+    HostEvent, HostEventError, classify, handle_host_event, handle_host_event_with_nmi_sources,
+};
 pub use guest::{
     DebugConditions, EntryDecision, GuestEvent, GuestEventQueue, GuestFixups, InjectError,
     InjectionContext, NmiQueued, ReflectError, ReflectedException, idt_vectoring_event, inject,
     nmi_unblocked_by_iret, reflected_exception, reinject_idt_vectoring,
 };
+pub use idt::{IdtEntry, InterruptFrame};
 pub use strategy::{
-    ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
-    IrqDelivery, NmiReinjector, NmiUnblocker, SelfIpiSender, SelfNmi,
+    AfterIrqHook, ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall,
+    IretToSelf, IrqDelivery, NmiReinjector, NmiSourceSlot, NmiUnblocker, SelfIpiSender, SelfNmi,
 };
 
 #[cfg(test)]

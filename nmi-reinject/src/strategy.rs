@@ -1,6 +1,7 @@
 //! The [`NmiReinjector`] trait and its implementations.
 
 use crate::error::{ReinjectError, Unsupported, apic_error};
+use crate::idt::IdtEntry;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{Delay, LocalApic};
 
@@ -29,25 +30,143 @@ pub enum IrqDelivery {
 pub trait NmiReinjector {
     /// Re-delivers the NMI that caused the VM exit.
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError>;
+    /// Re-delivers the NMI that caused the VM exit together with its NMI sources (CPUID.(7,1):
+    /// EAX\[20\] NMI-source reporting: the bitmap the exit qualification of the NMI exit holds).
+    ///
+    /// What each strategy does with the sources:
+    /// - [`FredDirectCall`] puts the bitmap in the FRED frame's event data, where the CPU would
+    ///   have put it: the host handler sees the NMI's real sources.
+    /// - [`NmiSourceSlot`] (wrapping an IDT strategy) stores it in a per-CPU slot the host NMI
+    ///   entry reads: IDT delivery has no event data.
+    /// - Every other strategy (the default) **loses** them: [`SelfNmi`] sends a new NMI whose
+    ///   only source is the one its IPI names (none: the host handler sees "unknown source",
+    ///   bit 0), and [`IdtDirectCall`] alone has nowhere to put them.
+    #[inline(always)]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        let _lost = sources;
+        self.reinject_nmi()
+    }
     /// Re-delivers the external interrupt `vector` acknowledged on exit.
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError>;
 }
 
-/// Host handler addresses for interrupt vectors, for [`IdtDirectCall`].
-pub trait HandlerTable {
-    /// The handler entry for `vector`, if any. It must be an interrupt handler that preserves
-    /// every register and returns with IRETQ.
-    fn handler(&self, vector: u8) -> Option<u64>;
+/// Any strategy with a hook that runs after each successful interrupt re-delivery, for hosts
+/// that must do work once an interrupt was dispatched from an interrupts-off context (for
+/// example re-arming deferred timers whose expiry the handler could not program with
+/// interrupts off).
+///
+/// The hook gets the vector and how it was re-delivered ([`IrqDelivery::Handled`]: the handler
+/// has run; [`IrqDelivery::Requeued`]: it runs when the host next enables interrupts). It is
+/// not called when re-delivery fails, and NMIs pass straight through. Costs nothing for
+/// strategies that are not wrapped.
+#[derive(Debug, Clone, Copy)]
+pub struct AfterIrqHook<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> {
+    /// The wrapped strategy.
+    pub strategy: R,
+    hook: F,
 }
 
-impl HandlerTable for [u64; 256] {
-    fn handler(&self, vector: u8) -> Option<u64> {
-        self.get(usize::from(vector)).copied().filter(|&address| address != 0)
+impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> AfterIrqHook<R, F> {
+    /// `strategy`, with `hook` run after each interrupt it re-delivers.
+    pub const fn new(strategy: R, hook: F) -> Self {
+        Self { strategy, hook }
     }
 }
 
-impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
-    fn handler(&self, vector: u8) -> Option<u64> {
+impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook<R, F> {
+    #[inline(always)]
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi()
+    }
+
+    #[inline(always)]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi_with_sources(sources)
+    }
+
+    #[inline]
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        let delivery = self.strategy.reinject_irq(vector)?;
+        (self.hook)(vector, delivery);
+        Ok(delivery)
+    }
+}
+
+/// A strategy for IDT hosts that keeps the NMI sources of a re-delivered NMI in a per-CPU slot
+/// before re-delivering it, since an IDT frame has no event data: the host NMI entry reads the
+/// slot with [`NmiSourceSlot::take`] (0 when the NMI did not come through a VM exit).
+///
+/// The slot is per CPU (one `NmiSourceSlot` per logical processor, reached from that
+/// processor's NMI entry); it is atomic because an NMI handler may read it at any time.
+#[derive(Debug)]
+pub struct NmiSourceSlot<R: NmiReinjector> {
+    /// The wrapped strategy (usually [`IdtDirectCall`]).
+    pub strategy: R,
+    slot: &'static core::sync::atomic::AtomicU16,
+}
+
+impl<R: NmiReinjector> NmiSourceSlot<R> {
+    /// `strategy`, storing NMI sources in `slot` (this CPU's).
+    pub const fn new(strategy: R, slot: &'static core::sync::atomic::AtomicU16) -> Self {
+        Self { strategy, slot }
+    }
+
+    /// For the host NMI entry: the sources of the NMI being handled, if it was re-delivered
+    /// after a VM exit, and 0 otherwise; the slot is left empty.
+    pub fn take(
+        slot: &core::sync::atomic::AtomicU16,
+    ) -> hvkit_vmx_core::nmi_source::NmiSourceBitmap {
+        hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(slot.swap(0, Ordering::AcqRel))
+    }
+}
+
+impl<R: NmiReinjector> NmiReinjector for NmiSourceSlot<R> {
+    #[inline(always)]
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.strategy.reinject_nmi()
+    }
+
+    #[inline]
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.slot.store(sources.raw(), Ordering::Release);
+        let result = self.strategy.reinject_nmi();
+        if result.is_err() {
+            // Not delivered (or left in flight): the handler that runs later must not see
+            // sources that belong to no NMI it handles now.
+            self.slot.store(0, Ordering::Release);
+        }
+        result
+    }
+
+    #[inline(always)]
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.strategy.reinject_irq(vector)
+    }
+}
+
+/// Host interrupt entries by vector, for [`IdtDirectCall`].
+pub trait HandlerTable {
+    /// The entry for `vector`, if any (see [`IdtEntry`] for what an entry must do).
+    fn handler(&self, vector: u8) -> Option<IdtEntry>;
+}
+
+impl HandlerTable for [Option<IdtEntry>; 256] {
+    fn handler(&self, vector: u8) -> Option<IdtEntry> {
+        self.get(usize::from(vector)).copied().flatten()
+    }
+}
+
+impl<F: Fn(u8) -> Option<IdtEntry>> HandlerTable for F {
+    fn handler(&self, vector: u8) -> Option<IdtEntry> {
         self(vector)
     }
 }
@@ -55,12 +174,14 @@ impl<F: Fn(u8) -> Option<u64>> HandlerTable for F {
 /// Direct call on IDT hosts: the IRET frame the CPU would have pushed, then a call into the
 /// handler, which returns with IRETQ (unblocking NMIs). This is what Linux KVM does.
 ///
-/// The NMI entry must be a dedicated entry that is safe on the current stack, **not** the IDT's
-/// NMI gate if that gate uses an IST stack: called directly, an IST handler would run on the
-/// wrong stack (a real bug fixed in Linux, commit a217a6593cec).
+/// Every entry it calls meets the direct-call contract documented on [`IdtEntry`] (frame,
+/// stack, registers). The NMI entry must be a dedicated entry that is safe on the current
+/// stack, **not** the IDT's NMI gate if that gate uses an IST stack: called directly, an IST
+/// handler would run on the wrong stack (a real bug fixed in Linux, commit a217a6593cec).
+/// [`idt_entry_stub!`](crate::idt_entry_stub) builds such entries around Rust handlers.
 #[derive(Debug, Clone, Copy)]
 pub struct IdtDirectCall<T: HandlerTable> {
-    nmi_entry: u64,
+    nmi_entry: IdtEntry,
     handlers: T,
     /// CS and SS of the host, read at construction for the IRET frame.
     cs: u64,
@@ -74,10 +195,9 @@ impl<T: HandlerTable> IdtDirectCall<T> {
     ///
     /// # Safety
     ///
-    /// `nmi_entry` and every address `handlers` returns are interrupt entries that preserve all
-    /// registers and end with IRETQ, safe to run on the caller's stack with interrupts disabled;
-    /// re-delivery is called with interrupts disabled at CPL 0.
-    pub unsafe fn new(nmi_entry: u64, handlers: T) -> Self {
+    /// Re-delivery is called with interrupts disabled at CPL 0 (the entries themselves are
+    /// vouched for by the [`IdtEntry`] values).
+    pub unsafe fn new(nmi_entry: IdtEntry, handlers: T) -> Self {
         #[cfg(target_arch = "x86_64")]
         let (cs, ss) = crate::idt::current_selectors();
         #[cfg(not(target_arch = "x86_64"))]
@@ -91,7 +211,7 @@ impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
     #[inline]
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
         // SAFETY: the constructor's contract covers the entry.
-        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry, self.cs, self.ss) };
+        unsafe { crate::idt::call_with_iret_frame(self.nmi_entry.address(), self.cs, self.ss) };
         Ok(())
     }
 
@@ -104,7 +224,7 @@ impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
             .handler(vector)
             .ok_or(ReinjectError::Unsupported(Unsupported::NoHandler { vector }))?;
         // SAFETY: the constructor's contract covers the handlers.
-        unsafe { crate::idt::call_with_iret_frame(handler, self.cs, self.ss) };
+        unsafe { crate::idt::call_with_iret_frame(handler.address(), self.cs, self.ss) };
         Ok(IrqDelivery::Handled)
     }
 }
@@ -133,10 +253,19 @@ impl FredDirectCall {
 #[cfg(target_arch = "x86_64")]
 impl NmiReinjector for FredDirectCall {
     fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
-        // SAFETY: the constructor's contract.
+        // No sources known: event data 0, as `deliver` gives.
+        self.reinject_nmi_with_sources(hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(0))
+    }
+
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        // SAFETY: the constructor's contract; the event data slot takes any value.
         unsafe {
-            hvkit_fred::deliver::deliver(
+            hvkit_fred::deliver::deliver_with_event_data(
                 hvkit_fred::deliver::SoftwareEvent::Nmi,
+                sources.event_data(),
                 self.red_zone_bytes,
                 self.dispatcher,
             )
@@ -273,6 +402,12 @@ impl<A: LocalApic> SelfIpiSender for ApicSender<A> {
 /// Interrupts: the vector is re-sent as a fixed self-IPI and then EOI'd ([`IrqDelivery::Requeued`]):
 /// the host takes it when it enables interrupts, after any higher-priority pending ones (the
 /// original order is not kept). Level-triggered interrupts are refused: EOI would drop the level.
+///
+/// After a timeout ([`ReinjectError::NmiNotHandled`], state `InFlight`) the NMI was sent and
+/// NMIs unblocked, so it must not be sent again: keep waiting with
+/// [`poll_in_flight`](Self::poll_in_flight) (as often as the host's policy allows, Xen
+/// waited 1000 ms in all) before entering the guest. [`in_flight`](Self::in_flight) shows the
+/// handled-counter value the wait is for the counter to move from.
 #[derive(Debug)]
 pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
     sender: S,
@@ -280,6 +415,8 @@ pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
     delay: D,
     handled: &'counter AtomicU64,
     max_polls: u32,
+    /// The counter's value before the send of an NMI that timed out and is still in flight.
+    in_flight: Option<u64>,
 }
 
 impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S, U, D> {
@@ -292,7 +429,39 @@ impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S,
         handled: &'counter AtomicU64,
         max_polls: u32,
     ) -> Self {
-        Self { sender, unblocker, delay, handled, max_polls }
+        Self { sender, unblocker, delay, handled, max_polls, in_flight: None }
+    }
+
+    /// The handled-counter value from before the send of the NMI still in flight (the last
+    /// [`reinject_nmi`](NmiReinjector::reinject_nmi) timed out and no
+    /// [`poll_in_flight`](Self::poll_in_flight) has seen the counter move since), or `None`.
+    /// The NMI has been handled once the counter differs from it.
+    pub const fn in_flight(&self) -> Option<u64> {
+        self.in_flight
+    }
+
+    /// Keeps waiting for the NMI in flight: up to the strategy's bound of polls, with its delay
+    /// between them, without sending anything or unblocking NMIs again. `Ok` when the handler
+    /// has run (or nothing was in flight); on another timeout the NMI stays in flight.
+    pub fn poll_in_flight(&mut self) -> Result<(), ReinjectError> {
+        let Some(baseline) = self.in_flight else {
+            return Ok(());
+        };
+        self.wait_for_handler(baseline)
+    }
+
+    /// Polls until `handled` moves away from `baseline`; records `baseline` as in flight on a
+    /// timeout and clears it on success.
+    fn wait_for_handler(&mut self, baseline: u64) -> Result<(), ReinjectError> {
+        for _ in 0..self.max_polls {
+            if self.handled.load(Ordering::SeqCst) != baseline {
+                self.in_flight = None;
+                return Ok(());
+            }
+            self.delay.delay();
+        }
+        self.in_flight = Some(baseline);
+        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
     }
 
     /// The sender (e.g. to reach the APIC).
@@ -306,13 +475,7 @@ impl<S: SelfIpiSender, U: NmiUnblocker, D: Delay> NmiReinjector for SelfNmi<'_, 
         let before = self.handled.load(Ordering::SeqCst);
         self.sender.send_self_nmi().map_err(apic_error)?;
         self.unblocker.unblock_nmis();
-        for _ in 0..self.max_polls {
-            if self.handled.load(Ordering::SeqCst) != before {
-                return Ok(());
-            }
-            self.delay.delay();
-        }
-        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
+        self.wait_for_handler(before)
     }
 
     fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {

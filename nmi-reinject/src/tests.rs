@@ -318,11 +318,18 @@ fn queue_neither_loses_nor_duplicates() {
             "every queued NMI is injected, owed or merged"
         );
         assert!(queue.pending_nmis() <= 2, "NMI latching bound");
-        assert_eq!(controls & (1 << 22) != 0, queue.pending_nmis() > 0, "NMI window iff NMIs owed");
+        // An NMI held back by STI blocking alone waits for the interrupt window instead (the
+        // NMI window may open at once under STI blocking on some processors).
+        let nmi_waits_for_sti = queue.pending_nmis() > 0 && blocking == 1;
+        assert_eq!(
+            controls & (1 << 22) != 0,
+            queue.pending_nmis() > 0 && !nmi_waits_for_sti,
+            "NMI window iff NMIs owed (outside STI blocking)"
+        );
         assert_eq!(
             controls & (1 << 2) != 0,
-            queue.highest_irq().is_some(),
-            "IRQ window iff IRQs owed"
+            queue.highest_irq().is_some() || nmi_waits_for_sti,
+            "IRQ window iff IRQs owed or an NMI waits for the STI shadow"
         );
     }
     // Drain: with the guest open, everything still owed comes out exactly once.
@@ -455,6 +462,57 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
 }
 
 #[test]
+fn self_nmi_in_flight_is_waited_for_without_a_second_send() {
+    let handled = AtomicU64::new(7);
+    let unblocks = std::cell::Cell::new(0);
+    let polls = std::cell::Cell::new(0);
+    let sender = FakeSender::new(&handled);
+    let delay = || polls.set(polls.get() + 1);
+    let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), delay, &handled, 3);
+    assert_eq!(strategy.in_flight(), None);
+    assert_eq!(strategy.poll_in_flight(), Ok(()), "nothing in flight: nothing to wait for");
+    assert_eq!(polls.get(), 0);
+    assert_eq!(strategy.reinject_nmi(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(strategy.in_flight(), Some(7), "the counter value before the send");
+    // Still not handled: another bounded wait, nothing sent or unblocked again.
+    assert_eq!(strategy.poll_in_flight(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(polls.get(), 6);
+    assert_eq!(strategy.in_flight(), Some(7));
+    // The handler runs: the next poll succeeds at once and nothing is in flight any more.
+    handled.fetch_add(1, Ordering::SeqCst);
+    assert_eq!(strategy.poll_in_flight(), Ok(()));
+    assert_eq!(polls.get(), 6, "no delay once the counter moved");
+    assert_eq!(strategy.in_flight(), None);
+    assert_eq!(strategy.sender_mut().log, ["nmi"], "one send in all");
+    assert_eq!(unblocks.get(), 1, "one unblock in all");
+    // A later NMI that is handled in time leaves nothing in flight either.
+    strategy.sender_mut().latency = Some(0);
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.in_flight(), None);
+}
+
+#[test]
+fn after_irq_hook_runs_once_per_redelivered_interrupt_only() {
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let seen = std::cell::RefCell::new(std::vec::Vec::new());
+    let sender = FakeSender { latency: Some(0), ..FakeSender::new(&handled) };
+    let inner = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 3);
+    let mut strategy =
+        AfterIrqHook::new(inner, |vector, delivery| seen.borrow_mut().push((vector, delivery)));
+    assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
+    assert_eq!(*seen.borrow(), [(0xEC, IrqDelivery::Requeued)]);
+    assert_eq!(strategy.strategy.sender_mut().log, ["ipi", "eoi"], "hook after the EOI");
+    // A refused vector: no hook.
+    assert!(strategy.reinject_irq(8).is_err());
+    assert_eq!(seen.borrow().len(), 1);
+    // NMIs pass through without the hook.
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(handled.load(Ordering::SeqCst), 1);
+    assert_eq!(seen.borrow().len(), 1);
+}
+
+#[test]
 fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
     let handled = AtomicU64::new(0);
     let unblocks = std::cell::Cell::new(0);
@@ -509,9 +567,9 @@ fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
 #[cfg(target_arch = "x86_64")]
 #[test]
 fn idt_direct_call_refuses_what_it_cannot_deliver() {
-    let table = [0u64; 256];
-    // SAFETY: no handler is ever called: every vector is refused before any call.
-    let mut strategy = unsafe { IdtDirectCall::new(0, table) };
+    let table: [Option<IdtEntry>; 256] = [None; 256];
+    // SAFETY: no entry is ever called: every vector is refused before any call.
+    let mut strategy = unsafe { IdtDirectCall::new(IdtEntry::from_address(0), table) };
     assert_eq!(
         strategy.reinject_irq(0x40),
         Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))
@@ -520,4 +578,91 @@ fn idt_direct_call_refuses_what_it_cannot_deliver() {
         strategy.reinject_irq(14),
         Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 14 }))
     );
+}
+
+/// Records the sources each NMI came with (`None`: the source-less `reinject_nmi`).
+#[derive(Default)]
+struct SourceRecording {
+    nmis: std::vec::Vec<Option<u16>>,
+    irqs: std::vec::Vec<u8>,
+    fail: bool,
+}
+
+impl NmiReinjector for SourceRecording {
+    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+        self.nmis.push(None);
+        if self.fail { Err(ReinjectError::NmiNotHandled { polls: 1 }) } else { Ok(()) }
+    }
+    fn reinject_nmi_with_sources(
+        &mut self,
+        sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
+    ) -> Result<(), ReinjectError> {
+        self.nmis.push(Some(sources.raw()));
+        Ok(())
+    }
+    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+        self.irqs.push(vector);
+        Ok(IrqDelivery::Handled)
+    }
+}
+
+fn exit_with(
+    exit: &hvkit_vmx_core::exit::VmExit,
+    reason: u32,
+    interruption_info: u32,
+) -> ExitInfo<'_> {
+    ExitInfo::from_parts(
+        exit,
+        ExitInfoParts { reason, interruption_info, ..ExitInfoParts::default() },
+    )
+}
+
+#[test]
+fn nmi_sources_travel_with_the_re_delivered_nmi() {
+    use crate::handle_host_event_with_nmi_sources as handle;
+    use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
+    let exit = SoftVmcs::new().complete_exit();
+    let sources = NmiSourceBitmap::from_exit_qualification(0xFFFF_0000_0000_0024);
+    assert_eq!(sources.raw(), 0x24, "bits 15:0 of the qualification");
+    // NMI exit: the strategy gets the bitmap, once.
+    let mut strategy = SourceRecording::default();
+    let (event, _) =
+        handle(&mut strategy, &exit_with(&exit, 0, 0x8000_0202), true, sources).unwrap();
+    assert_eq!(event, HostEvent::Nmi);
+    assert_eq!(strategy.nmis, [Some(0x24)]);
+    // Acknowledged interrupt: re-delivered as usual, no NMI.
+    let mut strategy = SourceRecording::default();
+    handle(&mut strategy, &exit_with(&exit, 1, 0x8000_0031), true, sources).unwrap();
+    assert_eq!((strategy.nmis.len(), strategy.irqs.as_slice()), (0, &[0x31][..]));
+    // Through the after-interrupt hook wrapper the sources still reach the strategy.
+    let mut hooked = crate::AfterIrqHook::new(SourceRecording::default(), |_, _| {});
+    hooked.reinject_nmi_with_sources(sources).unwrap();
+    assert_eq!(hooked.strategy.nmis, [Some(0x24)]);
+    // A strategy that does not override the method (Counting) still re-delivers the NMI once.
+    let mut counting = Counting::default();
+    handle(&mut counting, &exit_with(&exit, 0, 0x8000_0202), true, sources).unwrap();
+    assert_eq!(counting.nmis, 1);
+}
+
+#[test]
+fn nmi_source_slot_holds_the_sources_for_the_idt_nmi_entry() {
+    use crate::NmiSourceSlot;
+    use core::sync::atomic::AtomicU16;
+    use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
+    static SLOT: AtomicU16 = AtomicU16::new(0);
+    let mut strategy = NmiSourceSlot::new(SourceRecording::default(), &SLOT);
+    strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x8006)).unwrap();
+    assert_eq!(strategy.strategy.nmis, [None], "the IDT strategy re-delivers it plainly");
+    assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0x8006);
+    assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0, "taken once");
+    // A failed re-delivery leaves no sources behind for a later, unrelated NMI.
+    strategy.strategy.fail = true;
+    assert!(strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x10)).is_err());
+    assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
+    // Plain re-delivery and interrupts pass straight through.
+    strategy.strategy.fail = false;
+    strategy.reinject_nmi().unwrap();
+    assert_eq!(strategy.reinject_irq(0x40), Ok(IrqDelivery::Handled));
+    assert_eq!(strategy.strategy.irqs, [0x40]);
+    assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
 }

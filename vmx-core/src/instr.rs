@@ -195,7 +195,9 @@ mod hw {
     /// # Safety
     ///
     /// VMX root operation at CPL 0; `vmcs` is the 4 KiB-aligned physical address of a VMCS region
-    /// (not the VMXON region).
+    /// (not the VMXON region). Code that holds a [`VmxRoot`](crate::vmcs::VmxRoot) calls its
+    /// `forget_current` afterwards, and must not clear a region a [`Vmcs`](crate::vmcs::Vmcs)
+    /// owns behind its back (use `VmxRoot::clear`, which also resets the launch state).
     pub unsafe fn vmclear(vmcs: u64) -> Result<(), VmFail> {
         let (cf, zf): (u8, u8);
         // SAFETY: per the caller's contract; the memory operand is `vmcs` on our stack.
@@ -213,7 +215,8 @@ mod hw {
     ///
     /// VMX root operation at CPL 0; `vmcs` is the 4 KiB-aligned physical address of an
     /// initialised VMCS region with the right revision identifier, not current on another
-    /// logical processor.
+    /// logical processor. Code that holds a [`VmxRoot`](crate::vmcs::VmxRoot) calls its
+    /// `forget_current` afterwards (prefer `VmxRoot::activate`).
     pub unsafe fn vmptrld(vmcs: u64) -> Result<(), VmFail> {
         let (cf, zf): (u8, u8);
         // SAFETY: per the caller's contract; the memory operand is `vmcs` on our stack.

@@ -10,7 +10,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`field`] | every VMCS field of SDM Appendix B as a typed constant (width and access in the type) |
-//! | [`vmcs`] | `VmcsAccess`, `SoftVmcs`, `VmxRoot`/`ActiveVmcs` capability tokens, the guest runner |
+//! | [`vmcs`] | `VmcsAccess`, `SoftVmcs`, the `VmxRoot` (per CPU), `Vmcs` (per vCPU) and `ActiveVmcs` tokens, the guest runner and its entry/exit hooks |
 //! | [`instr`] | VMXON ... INVVPID, CF/ZF captured in the same `asm!` block |
 //! | [`error`] | `VmFail` and every VM-instruction error number |
 //! | [`caps`] | capability MSRs read safely, IA32_VMX_BASIC/MISC/EPT_VPID_CAP decoded, CR0/CR4 fixed bits |

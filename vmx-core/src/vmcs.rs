@@ -1,4 +1,48 @@
-//! VMCS access: the [`VmcsAccess`] trait (raw access by encoding, typed access on top).
+//! VMCS access: the [`VmcsAccess`] trait (raw access by encoding, typed access on top), the
+//! software VMCS, and the hardware side: [`VmxRoot`] (one per logical processor), [`Vmcs`] (one
+//! per vCPU, with its launch state), [`ActiveVmcs`] (the short-lived handle of the current
+//! VMCS) and the guest runner.
+//!
+//! A vCPU owns its VMCS; the exit loop activates it (VMPTRLD only when another VMCS was
+//! current) and runs it. Only the address of the region is vouched for with `unsafe`, once:
+//!
+//! ```no_run
+//! # #[cfg(target_arch = "x86_64")] {
+//! use hvkit_vmx_core::exit::{ExitInfo, ExitInfoOptions, VmExit};
+//! use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, Vmcs, VmcsAccess, VmxRoot};
+//! use hvkit_vmx_core::{VmFail, field};
+//!
+//! struct Vcpu {
+//!     vmcs: Vmcs,
+//!     registers: GuestRegisters,
+//!     exit: Option<VmExit>,
+//! }
+//!
+//! impl Vcpu {
+//!     fn new(root: &mut VmxRoot, region: ClearVmcs) -> Result<Self, VmFail> {
+//!         let mut vmcs = root.adopt(region)?; // VMCLEAR
+//!         let mut active = root.activate(&mut vmcs)?; // VMPTRLD
+//!         active.write(field::VMCS_LINK_POINTER, u64::MAX)?; // ... the rest of the state
+//!         Ok(Self { vmcs, registers: GuestRegisters::default(), exit: None })
+//!     }
+//!
+//!     fn run_once(&mut self, root: &mut VmxRoot) -> Result<(), VmFail> {
+//!         let mut vmcs = root.activate(&mut self.vmcs)?; // no VMPTRLD if already current
+//!         // SAFETY: complete guest and host state, interrupts disabled, EPT confines the guest.
+//!         let exit = unsafe { vmcs.run(&mut self.registers, self.exit.take()) }?;
+//!         let info = ExitInfo::read(&vmcs, &exit, ExitInfoOptions::default())?;
+//!         let _ = info.reason; // ... handle the exit
+//!         self.exit = Some(exit);
+//!         Ok(())
+//!     }
+//! }
+//!
+//! // At set-up, per region: the physical address is the one unsafe promise.
+//! // SAFETY: a 4 KiB VMCS region with the revision id, reserved to this vCPU, never loaded.
+//! let region = unsafe { ClearVmcs::new(0x0010_0000) };
+//! # let _ = region;
+//! # }
+//! ```
 
 use crate::error::VmFail;
 use crate::field::{Access, Field, ReadWrite, Width};
@@ -335,38 +379,161 @@ static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, rbp), 
 static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, r8), 56);
 static_assertions::const_assert_eq!(core::mem::offset_of!(GuestRegisters, r15), 112);
 
-/// Proof of VMX root operation on this logical processor.
+/// The current-VMCS pointer when no VMCS is current: VMXON and VMCLEAR of the current VMCS
+/// leave it all ones (SDM Vol. 3C 31.3 "VMXON" and "VMCLEAR" operation).
+const NO_CURRENT_VMCS: u64 = u64::MAX;
+
+/// Proof of VMX root operation on this logical processor, and the record of which VMCS is
+/// current on it.
 ///
 /// Exists only after a successful VMXON ([`VmxRoot::enable`]) or when the caller vouches for it
 /// ([`VmxRoot::assume`]). It is neither `Send` nor `Sync`: VMX root operation belongs to one
-/// logical processor.
+/// logical processor, so a hypervisor keeps one `VmxRoot` per CPU (in per-CPU storage).
+///
+/// ```compile_fail
+/// fn is_send<T: Send>() {}
+/// is_send::<hvkit_vmx_core::vmcs::VmxRoot>(); // VMX root operation stays on its CPU
+/// ```
+///
+/// The token remembers the physical address of the VMCS it last made current, so that
+/// [`activate`](Self::activate) executes VMPTRLD only when another VMCS (or none) is current:
+/// in an exit loop that activates its vCPU's VMCS every time, the VMPTRLD happens once. Code
+/// that executes VMPTRLD or VMCLEAR itself through [`instr`](crate::instr) must call
+/// [`forget_current`](Self::forget_current) afterwards.
 #[derive(Debug)]
 pub struct VmxRoot {
+    /// Physical address of the current VMCS as far as this token knows ([`NO_CURRENT_VMCS`]
+    /// when none is or when unknown).
+    current: u64,
     _per_cpu: PhantomData<*mut ()>,
 }
 
-/// The current VMCS of this logical processor, reached with VMREAD/VMWRITE.
+/// A VMCS region that is clear and not active on any logical processor: the form in which a
+/// VMCS is created and in which it moves between logical processors.
 ///
-/// Obtained from [`VmxRoot::load`] (VMPTRLD) or [`ActiveVmcs::assume_current`]; borrows the
-/// [`VmxRoot`] so it cannot outlive VMX root operation. Not `Send`/`Sync`.
-#[derive(Debug)]
-pub struct ActiveVmcs<'root> {
+/// It is `Send` and `Sync` (it is only a physical address with a promise attached); the
+/// [`Vmcs`] made from it with [`VmxRoot::adopt`] is not. Moving a vCPU from one logical
+/// processor to another goes through this type:
+///
+/// 1. on the old processor, [`VmxRoot::release`] executes VMCLEAR (the processor writes any
+///    VMCS data it caches back to the region and the VMCS becomes clear and not active) and
+///    returns a `ClearVmcs`;
+/// 2. the `ClearVmcs` (with the vCPU's registers) is sent to the new processor;
+/// 3. there, [`VmxRoot::adopt`] makes it a [`Vmcs`] again; the first entry uses VMLAUNCH.
+///
+/// The SDM requires exactly this: a VMCS must not be active on two logical processors, and
+/// only VMCLEAR on the processor where it is active makes it inactive (SDM Vol. 3C 25.11.1
+/// "Software Use of Virtual-Machine Control Structures"). HOST_* fields that differ between
+/// processors (TR, GDTR and IDTR bases, GS base) must be rewritten after the move.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ClearVmcs {
+    address: u64,
+}
+
+impl ClearVmcs {
+    /// Vouches for a VMCS region: the one unsafe step of the VMCS life cycle.
+    ///
+    /// # Safety
+    ///
+    /// 1. `physical_address` is the 4 KiB-aligned physical address of a VMCS region
+    ///    ([`VmcsRegion`](crate::region::VmcsRegion)) that holds the revision identifier of
+    ///    the processors it will be used on (IA32_VMX_BASIC bits 30:0), and is not a VMXON
+    ///    region.
+    /// 2. The region's memory stays reserved to the processor (nothing else reads, writes or
+    ///    frees it) for as long as this value, or the [`Vmcs`] made from it, exists.
+    /// 3. No other `ClearVmcs` or `Vmcs` names the same region.
+    /// 4. The VMCS is not active on any logical processor: it was never made current, or it
+    ///    was VMCLEARed since.
+    pub const unsafe fn new(physical_address: u64) -> Self {
+        Self { address: physical_address }
+    }
+
+    /// The physical address of the region.
+    pub const fn physical_address(&self) -> u64 {
+        self.address
+    }
+}
+
+/// A VMCS owned by one virtual CPU, bound to the logical processor it was adopted on: the
+/// physical address of its region, its launch state (SDM Vol. 3C 25.1: "clear" or
+/// "launched") and the HOST_RSP value the guest runner last wrote into it.
+///
+/// A `Vcpu` struct holds it by value next to its [`GuestRegisters`]; the short-lived
+/// [`ActiveVmcs`] handle that reads, writes and runs it comes from [`VmxRoot::activate`], which
+/// borrows both the root and this VMCS: two handles cannot exist at once on one processor, a
+/// handle cannot survive a switch to another VMCS, and the launch state lives here, so
+/// switching back and forth between VMCSs keeps VMLAUNCH vs VMRESUME right.
+///
+/// Not `Send`/`Sync`: the VMCS may be active (current or cached) on this logical processor.
+/// To move it to another one, [`VmxRoot::release`] it into a [`ClearVmcs`] first.
+///
+/// ```
+/// # use hvkit_vmx_core::vmcs::{ClearVmcs, Vmcs};
+/// fn is_send<T: Send>() {}
+/// is_send::<ClearVmcs>();
+/// ```
+///
+/// ```compile_fail
+/// # use hvkit_vmx_core::vmcs::{ClearVmcs, Vmcs};
+/// fn is_send<T: Send>() {}
+/// is_send::<Vmcs>(); // a VMCS that may be active here cannot move to another CPU
+/// ```
+#[derive(Debug, PartialEq, Eq)]
+pub struct Vmcs {
+    address: u64,
     launched: bool,
-    /// The HOST_RSP value last written by [`ActiveVmcs::run`] (0 = unknown): HOST_RSP and
+    /// The HOST_RSP value last written by the guest runner (0 = unknown): HOST_RSP and
     /// HOST_RIP are written only when the runner's stack pointer differs from it.
     host_rsp: u64,
-    _root: PhantomData<&'root mut VmxRoot>,
+    _per_cpu: PhantomData<*mut ()>,
+}
+
+impl Vmcs {
+    /// The physical address of the region.
+    pub const fn physical_address(&self) -> u64 {
+        self.address
+    }
+
+    /// `true` once a VM entry with VMLAUNCH has succeeded on this VMCS and it has not been
+    /// cleared since: the next entry uses VMRESUME.
+    pub const fn is_launched(&self) -> bool {
+        self.launched
+    }
+
+    /// After VMCLEAR: the launch state is clear (SDM Vol. 3C 31.3 "VMCLEAR") and the region
+    /// holds no host RSP the runner wrote for this processor's stack any more.
+    fn cleared(&mut self) {
+        self.launched = false;
+        self.host_rsp = 0;
+    }
+
+    /// After the guest runner returned through a VM exit: a VMLAUNCH (the entry was made with
+    /// `was_launched` false) that got this far launched the VMCS, unless the exit is a
+    /// VM-entry failure (see [`launched_after_vmlaunch`]). `exit_reason` is read only after a
+    /// VMLAUNCH. (`was_launched` is the value read before the entry: kept in a register across
+    /// the trampoline, it spares the exit path a load.)
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the guest runner that uses it is x86_64-only")
+    )]
+    #[inline(always)]
+    fn exited(&mut self, was_launched: bool, exit_reason: impl FnOnce() -> Result<u32, VmFail>) {
+        if !was_launched {
+            self.launched = launched_after_vmlaunch(exit_reason());
+        }
+    }
 }
 
 impl VmxRoot {
-    /// Vouches for VMX root operation entered by other code.
+    /// Vouches for VMX root operation entered by other code. The token assumes no VMCS is
+    /// current (the first [`activate`](Self::activate) executes VMPTRLD).
     ///
     /// # Safety
     ///
     /// The logical processor must be in VMX root operation at CPL 0 for as long as the token
     /// lives, and no other `VmxRoot` for it may exist.
     pub const unsafe fn assume() -> Self {
-        Self { _per_cpu: PhantomData }
+        Self { current: NO_CURRENT_VMCS, _per_cpu: PhantomData }
     }
 
     /// Executes VMXON with the VMXON region at physical address `region`.
@@ -378,68 +545,244 @@ impl VmxRoot {
     pub unsafe fn enable(region: u64) -> Result<Self, VmFail> {
         // SAFETY: forwarded to the caller.
         unsafe { crate::instr::vmxon(region) }?;
-        Ok(Self { _per_cpu: PhantomData })
+        Ok(Self { current: NO_CURRENT_VMCS, _per_cpu: PhantomData })
     }
 
     /// Executes VMXOFF, consuming the token.
     ///
     /// # Safety
     ///
-    /// As for [`instr::vmxoff`](crate::instr::vmxoff).
+    /// 1. As for [`instr::vmxoff`](crate::instr::vmxoff).
+    /// 2. Every [`Vmcs`] made current under this token has been [released](Self::release) or
+    ///    [cleared](Self::clear): VMXOFF does not write an active VMCS back to its region, so
+    ///    its data could be lost (SDM Vol. 3C 25.11.1).
     #[cfg(target_arch = "x86_64")]
     pub unsafe fn disable(self) -> Result<(), VmFail> {
         // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
         unsafe { crate::instr::vmxoff() }
     }
 
-    /// VMCLEAR of the VMCS at physical address `vmcs`.
-    ///
-    /// # Safety
-    ///
-    /// As for [`instr::vmclear`](crate::instr::vmclear).
-    #[cfg(target_arch = "x86_64")]
-    pub unsafe fn clear(&mut self, vmcs: u64) -> Result<(), VmFail> {
-        // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
-        unsafe { crate::instr::vmclear(vmcs) }
+    /// The physical address of the VMCS this token made current last, or `None` when no VMCS
+    /// is current (or the token does not know).
+    pub const fn current(&self) -> Option<u64> {
+        if self.current == NO_CURRENT_VMCS { None } else { Some(self.current) }
     }
 
-    /// VMPTRLD of the VMCS at physical address `vmcs`, which the caller has just cleared (so
-    /// the first [`ActiveVmcs::run`] uses VMLAUNCH).
-    ///
-    /// # Safety
-    ///
-    /// As for [`instr::vmptrld`](crate::instr::vmptrld); the VMCS must be in the clear launch
-    /// state.
-    #[cfg(target_arch = "x86_64")]
-    pub unsafe fn load(&mut self, vmcs: u64) -> Result<ActiveVmcs<'_>, VmFail> {
-        // SAFETY: the token proves VMX root operation; the rest is the caller's contract.
-        unsafe { crate::instr::vmptrld(vmcs) }?;
-        Ok(ActiveVmcs { launched: false, host_rsp: 0, _root: PhantomData })
+    /// Forgets which VMCS is current, so that the next [`activate`](Self::activate) executes
+    /// VMPTRLD. Call it after executing VMPTRLD or VMCLEAR through [`instr`](crate::instr).
+    pub fn forget_current(&mut self) {
+        self.current = NO_CURRENT_VMCS;
+    }
+
+    fn adopt_with(
+        &mut self,
+        vmcs: ClearVmcs,
+        vmclear: impl FnOnce(u64) -> Result<(), VmFail>,
+    ) -> Result<Vmcs, VmFail> {
+        vmclear(vmcs.address)?;
+        if self.current == vmcs.address {
+            self.current = NO_CURRENT_VMCS;
+        }
+        Ok(Vmcs { address: vmcs.address, launched: false, host_rsp: 0, _per_cpu: PhantomData })
+    }
+
+    fn clear_with(
+        &mut self,
+        vmcs: &mut Vmcs,
+        vmclear: impl FnOnce(u64) -> Result<(), VmFail>,
+    ) -> Result<(), VmFail> {
+        vmclear(vmcs.address)?;
+        vmcs.cleared();
+        if self.current == vmcs.address {
+            self.current = NO_CURRENT_VMCS;
+        }
+        Ok(())
+    }
+
+    #[inline(always)]
+    fn activate_with<'a>(
+        &'a mut self,
+        vmcs: &'a mut Vmcs,
+        vmptrld: impl FnOnce(u64) -> Result<(), VmFail>,
+    ) -> Result<ActiveVmcs<'a>, VmFail> {
+        if self.current != vmcs.address {
+            // Whatever was current stays so if VMPTRLD fails; the token no longer knows.
+            self.current = NO_CURRENT_VMCS;
+            vmptrld(vmcs.address)?;
+            self.current = vmcs.address;
+        }
+        Ok(ActiveVmcs { vmcs, _root: PhantomData })
     }
 }
 
-impl<'root> ActiveVmcs<'root> {
-    /// Vouches for a current VMCS loaded by other code.
+#[cfg(target_arch = "x86_64")]
+impl VmxRoot {
+    /// Takes a clear VMCS into use on this logical processor: VMCLEAR (which also initialises
+    /// a new region's implementation-specific data, SDM Vol. 3C 25.11.3 "Initializing a
+    /// VMCS"), giving a [`Vmcs`] in the clear launch state.
     ///
-    /// # Safety
-    ///
-    /// A VMCS must be current on this logical processor for as long as the value lives, and
-    /// `launched` must be its launch state.
-    pub unsafe fn assume_current(_root: &'root mut VmxRoot, launched: bool) -> Self {
-        Self { launched, host_rsp: 0, _root: PhantomData }
+    /// On failure the region was not taken into use.
+    pub fn adopt(&mut self, vmcs: ClearVmcs) -> Result<Vmcs, VmFail> {
+        self.adopt_with(vmcs, |address| {
+            // SAFETY: the token proves VMX root operation at CPL 0; `ClearVmcs::new`'s contract
+            // makes `address` a VMCS region's address.
+            unsafe { crate::instr::vmclear(address) }
+        })
     }
 
-    /// `true` once a VM entry with VMLAUNCH has succeeded on this VMCS.
+    /// VMCLEAR: the VMCS's data is written back to its region, the VMCS is no longer current or
+    /// active, and its launch state is clear (the next entry uses VMLAUNCH). It stays bound to
+    /// this logical processor; [`release`](Self::release) lets it move.
+    ///
+    /// On failure the VMCS and its launch state are as they were.
+    pub fn clear(&mut self, vmcs: &mut Vmcs) -> Result<(), VmFail> {
+        self.clear_with(vmcs, |address| {
+            // SAFETY: as in `adopt`: a `Vmcs` is made only from a `ClearVmcs`.
+            unsafe { crate::instr::vmclear(address) }
+        })
+    }
+
+    /// VMCLEAR, then gives up the VMCS as a [`ClearVmcs`] that may move to another logical
+    /// processor (see [`ClearVmcs`] for the whole move).
+    ///
+    /// On failure the VMCS comes back unchanged with the error.
+    pub fn release(&mut self, mut vmcs: Vmcs) -> Result<ClearVmcs, (Vmcs, VmFail)> {
+        match self.clear(&mut vmcs) {
+            Ok(()) => Ok(ClearVmcs { address: vmcs.address }),
+            Err(fail) => Err((vmcs, fail)),
+        }
+    }
+
+    /// Makes `vmcs` the current VMCS of this logical processor (VMPTRLD, skipped when it
+    /// already is) and returns the handle that reads, writes and runs it. The handle borrows
+    /// both the root and the VMCS, so it ends before another VMCS can be activated, cleared
+    /// or released:
+    ///
+    /// ```compile_fail
+    /// # use hvkit_vmx_core::{field, vmcs::{ClearVmcs, VmcsAccess, VmxRoot}};
+    /// # fn f() -> Result<(), hvkit_vmx_core::VmFail> {
+    /// let mut root = unsafe { VmxRoot::assume() };
+    /// let mut first = root.adopt(unsafe { ClearVmcs::new(0x1000) })?;
+    /// let mut second = root.adopt(unsafe { ClearVmcs::new(0x2000) })?;
+    /// let active = root.activate(&mut first)?;
+    /// let _other = root.activate(&mut second)?; // VMPTRLD of another VMCS...
+    /// active.read(field::GUEST_RIP)?; // ...so the first handle is gone: does not compile.
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// ```compile_fail
+    /// # use hvkit_vmx_core::{field, vmcs::{ClearVmcs, VmcsAccess, VmxRoot}};
+    /// # fn f() -> Result<(), hvkit_vmx_core::VmFail> {
+    /// let mut root = unsafe { VmxRoot::assume() };
+    /// let mut vmcs = root.adopt(unsafe { ClearVmcs::new(0x1000) })?;
+    /// let active = root.activate(&mut vmcs)?;
+    /// root.clear(&mut vmcs)?; // VMCLEAR while a handle is alive: does not compile.
+    /// active.read(field::GUEST_RIP)?;
+    /// # Ok(()) }
+    /// ```
+    #[inline(always)]
+    pub fn activate<'a>(&'a mut self, vmcs: &'a mut Vmcs) -> Result<ActiveVmcs<'a>, VmFail> {
+        self.activate_with(vmcs, activate_slow)
+    }
+}
+
+/// VMPTRLD, out of line: the exit loop's `activate` of the VMCS that is already current only
+/// compares an address.
+#[cfg(target_arch = "x86_64")]
+#[cold]
+#[inline(never)]
+fn activate_slow(address: u64) -> Result<(), VmFail> {
+    // SAFETY: called only from `VmxRoot::activate`: VMX root operation at CPL 0 (the token) and
+    // `address` names a VMCS region not active on another processor (`ClearVmcs::new`'s
+    // contract; a `Vmcs` never leaves this processor without `release`).
+    unsafe { crate::instr::vmptrld(address) }
+}
+
+/// The current VMCS of this logical processor, reached with VMREAD/VMWRITE and run with
+/// [`run`](Self::run).
+///
+/// Obtained from [`VmxRoot::activate`]; borrows the [`VmxRoot`] and the [`Vmcs`], so it cannot
+/// outlive VMX root operation, cannot coexist with a second handle, and cannot survive a
+/// switch to another VMCS. Not `Send`/`Sync`.
+#[derive(Debug)]
+pub struct ActiveVmcs<'a> {
+    vmcs: &'a mut Vmcs,
+    _root: PhantomData<&'a mut VmxRoot>,
+}
+
+impl ActiveVmcs<'_> {
+    /// `true` once a VM entry with VMLAUNCH has succeeded on this VMCS (and it was not cleared
+    /// since).
     pub fn is_launched(&self) -> bool {
-        self.launched
+        self.vmcs.launched
+    }
+
+    /// The physical address of the VMCS region.
+    pub fn physical_address(&self) -> u64 {
+        self.vmcs.address
     }
 }
+
+/// Code that [`ActiveVmcs::run_with`] runs right before the VM entry and right after the VM
+/// exit, with interrupts disabled: the place for what production hypervisors do around guest
+/// execution, such as VERW to clear CPU buffers before entry, switching IA32_SPEC_CTRL between
+/// host and guest values, or refilling the return-stack buffer after exit.
+///
+/// Both methods default to doing nothing and are inlined, so [`NoHooks`] (what
+/// [`ActiveVmcs::run`] uses) costs nothing.
+///
+/// What runs between the hooks and the guest: between `before_entry` and VMLAUNCH/VMRESUME,
+/// the trampoline writes HOST_RSP/HOST_RIP when the stack moved and loads the guest's general
+/// registers from [`GuestRegisters`]; between the VM exit and `after_exit`, it stores them back
+/// and executes one `RET`. A mitigation that must come before that `RET` (the return-stack
+/// refill of some processors) needs its own trampoline.
+///
+/// ```no_run
+/// # #[cfg(target_arch = "x86_64")] {
+/// use hvkit_vmx_core::vmcs::{ActiveVmcs, EntryExitHooks, GuestRegisters};
+///
+/// /// Clears CPU buffers with VERW before every entry (the MDS mitigation).
+/// struct ClearBuffers {
+///     selector: u16,
+/// }
+///
+/// impl EntryExitHooks for ClearBuffers {
+///     #[inline(always)]
+///     fn before_entry(&mut self) {
+///         // SAFETY: VERW only sets ZF; the operand is a readable selector in memory.
+///         unsafe { core::arch::asm!("verw word ptr [{}]", in(reg) &self.selector) };
+///     }
+/// }
+///
+/// fn enter(vmcs: &mut ActiveVmcs<'_>, registers: &mut GuestRegisters) {
+///     let mut hooks = ClearBuffers { selector: 0x10 };
+///     // SAFETY: complete guest and host state, interrupts disabled, EPT confines the guest.
+///     let _exit = unsafe { vmcs.run_with(registers, None, &mut hooks) };
+/// }
+/// # }
+/// ```
+pub trait EntryExitHooks {
+    /// Runs immediately before the trampoline that enters the guest.
+    #[inline(always)]
+    fn before_entry(&mut self) {}
+
+    /// Runs immediately after the trampoline returns, before any VMREAD: after a VM exit, and
+    /// also after a failed VM entry.
+    #[inline(always)]
+    fn after_exit(&mut self) {}
+}
+
+/// No code around entry and exit: what [`ActiveVmcs::run`] uses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct NoHooks;
+
+impl EntryExitHooks for NoHooks {}
 
 #[cfg(target_arch = "x86_64")]
 impl VmcsAccess for ActiveVmcs<'_> {
     #[inline(always)]
     fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
-        // SAFETY: an ActiveVmcs exists only in VMX root operation with a current VMCS.
+        // SAFETY: an ActiveVmcs exists only in VMX root operation with its VMCS current.
         unsafe { crate::instr::vmread(encoding) }
     }
 
@@ -454,7 +797,7 @@ impl VmcsAccess for ActiveVmcs<'_> {
         if encoding == field::HOST_RSP.encoding() || encoding == field::HOST_RIP.encoding() {
             // The runner's cached host state no longer describes the VMCS: rewrite it at the
             // next entry. (Folded away for every other constant encoding.)
-            self.host_rsp = 0;
+            self.vmcs.host_rsp = 0;
         }
         // SAFETY: as above; writing host-state fields that break the caller's exit path is the
         // caller's responsibility, documented on the trait.
@@ -467,16 +810,18 @@ impl ActiveVmcs<'_> {
     /// Enters the guest and returns at its next VM exit.
     ///
     /// Makes sure HOST_RSP and HOST_RIP send the VM exit back into this function (they are
-    /// written only when the stack pointer differs from the one last written, as the stack
-    /// depth of the caller's loop is normally the same every time), loads
-    /// `registers` into the general registers, executes VMLAUNCH (first entry) or VMRESUME, and at
-    /// the VM exit stores the guest's registers back into `registers`. Callee-saved host
-    /// registers are preserved. `previous_exit` is the token of the exit being ended (`None` only
-    /// before the first entry), so no exit-information snapshot of it can be used afterwards.
+    /// written only when the stack pointer differs from the one last written into this VMCS,
+    /// as the stack depth of the caller's loop is normally the same every time), loads
+    /// `registers` into the general registers, executes VMLAUNCH (VMCS clear) or VMRESUME
+    /// (launched), and at the VM exit stores the guest's registers back into `registers`.
+    /// Callee-saved host registers are preserved. `previous_exit` is the token of the exit
+    /// being ended (`None` only before the first entry), so no exit-information snapshot of it
+    /// can be used afterwards.
     ///
     /// Returns the new exit's token, or the VM-entry failure reported by VMLAUNCH/VMRESUME (or
     /// by the HOST_RSP/HOST_RIP writes). A VM entry that fails *after* the checks on controls and
-    /// host state is a VM exit with bit 31 of the exit reason set: it returns `Ok`.
+    /// host state is a VM exit with bit 31 of the exit reason set: it returns `Ok`, and the
+    /// VMCS stays clear.
     ///
     /// # Safety
     ///
@@ -491,15 +836,35 @@ impl ActiveVmcs<'_> {
         registers: &mut GuestRegisters,
         previous_exit: Option<VmExit>,
     ) -> Result<VmExit, VmFail> {
+        // SAFETY: forwarded to the caller.
+        unsafe { self.run_with(registers, previous_exit, &mut NoHooks) }
+    }
+
+    /// [`run`](Self::run) with `hooks` called right before the entry and right after the exit
+    /// (see [`EntryExitHooks`]).
+    ///
+    /// # Safety
+    ///
+    /// As for [`run`](Self::run); the hooks run under the same conditions (interrupts
+    /// disabled, the VMCS current) and must not make another VMCS current.
+    #[inline]
+    pub unsafe fn run_with<H: EntryExitHooks>(
+        &mut self,
+        registers: &mut GuestRegisters,
+        previous_exit: Option<VmExit>,
+        hooks: &mut H,
+    ) -> Result<VmExit, VmFail> {
         let _consumed = previous_exit;
+        hooks.before_entry();
+        let vmcs = &mut *self.vmcs;
+        let launched = vmcs.launched;
         // SAFETY: the caller's contract covers the VMCS contents and interrupt state; the
         // assembly preserves callee-saved registers and returns on the same stack.
-        let status = unsafe { vm_run(registers, u64::from(self.launched), &mut self.host_rsp) };
+        let status = unsafe { vm_run(registers, u64::from(launched), &mut vmcs.host_rsp) };
+        hooks.after_exit();
         match status {
             0 => {
-                if !self.launched {
-                    self.launched = launched_after_vmlaunch(self.exit_reason_for_launch());
-                }
+                self.vmcs.exited(launched, exit_reason_for_launch);
                 Ok(VmExit::new())
             }
             1 => Err(VmFail::Invalid),
@@ -511,14 +876,14 @@ impl ActiveVmcs<'_> {
     }
 }
 
+/// The exit reason after a VMLAUNCH returned through a VM exit (first entry only, off the hot
+/// path).
 #[cfg(target_arch = "x86_64")]
-impl ActiveVmcs<'_> {
-    /// The exit reason after a VMLAUNCH returned through a VM exit (first entry only, off the
-    /// hot path).
-    #[cold]
-    fn exit_reason_for_launch(&self) -> Result<u32, VmFail> {
-        self.read(field::EXIT_REASON)
-    }
+#[cold]
+fn exit_reason_for_launch() -> Result<u32, VmFail> {
+    // SAFETY: called by the guest runner right after a VM exit: VMX root operation with the
+    // runner's VMCS current.
+    unsafe { crate::instr::vmread(field::EXIT_REASON.encoding()) }.map(|reason| reason as u32)
 }
 
 /// The launch state after a VMLAUNCH that returned through a VM exit: launched, unless the exit
@@ -670,6 +1035,142 @@ mod tests {
         assert!(launched_after_vmlaunch(Ok(0x0000_0021)), "bit 31 clear: a real exit");
         assert!(launched_after_vmlaunch(Ok(10)), "CPUID exit");
         assert!(launched_after_vmlaunch(Ok(0x7FFF_FFFF)));
+    }
+
+    /// A fake VMCLEAR/VMPTRLD: records the addresses it was given, fails when told to.
+    #[derive(Default)]
+    struct Instructions {
+        calls: std::vec::Vec<u64>,
+        fail: Option<VmFail>,
+    }
+
+    impl Instructions {
+        fn execute(&mut self, address: u64) -> Result<(), VmFail> {
+            self.calls.push(address);
+            self.fail.map_or(Ok(()), Err)
+        }
+    }
+
+    const INVALID_ADDRESS: VmFail = VmFail::Valid(VmInstructionError::VmclearInvalidAddress);
+
+    fn adopted(root: &mut VmxRoot, address: u64) -> Vmcs {
+        // SAFETY: the fake instructions never touch the address.
+        let clear = unsafe { ClearVmcs::new(address) };
+        root.adopt_with(clear, |_| Ok(())).unwrap()
+    }
+
+    #[test]
+    fn an_adopted_vmcs_is_clear_and_not_current() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut vmclear = Instructions::default();
+        // SAFETY: as above.
+        let clear = unsafe { ClearVmcs::new(0x1000) };
+        assert_eq!(clear.physical_address(), 0x1000);
+        let vmcs = root.adopt_with(clear, |address| vmclear.execute(address)).unwrap();
+        assert_eq!(vmclear.calls, [0x1000], "adopting executes VMCLEAR (SDM 25.11.3)");
+        assert!(!vmcs.is_launched());
+        assert_eq!(vmcs.physical_address(), 0x1000);
+        assert_eq!(root.current(), None);
+    }
+
+    #[test]
+    fn activate_loads_only_a_vmcs_that_is_not_current() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut first = adopted(&mut root, 0x1000);
+        let mut second = adopted(&mut root, 0x2000);
+        let mut vmptrld = Instructions::default();
+        for which in [0, 0, 1, 1, 0] {
+            let vmcs = if which == 0 { &mut first } else { &mut second };
+            let active = root.activate_with(vmcs, |address| vmptrld.execute(address)).unwrap();
+            assert_eq!(active.physical_address(), [0x1000, 0x2000][which]);
+        }
+        assert_eq!(vmptrld.calls, [0x1000, 0x2000, 0x1000], "one VMPTRLD per switch");
+        assert_eq!(root.current(), Some(0x1000));
+        root.forget_current();
+        assert_eq!(root.current(), None);
+        let _ = root.activate_with(&mut first, |address| vmptrld.execute(address)).unwrap();
+        assert_eq!(vmptrld.calls.len(), 4, "forget_current makes the next activate load");
+    }
+
+    #[test]
+    fn a_failed_vmptrld_leaves_no_vmcs_known_current() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut first = adopted(&mut root, 0x1000);
+        let mut second = adopted(&mut root, 0x2000);
+        let _ = root.activate_with(&mut first, |_| Ok(())).unwrap();
+        let failing = VmFail::Valid(VmInstructionError::VmptrldInvalidAddress);
+        let result = root.activate_with(&mut second, |_| Err(failing)).map(|_| ());
+        assert_eq!(result, Err(failing));
+        assert_eq!(root.current(), None, "the next activate of either VMCS loads it again");
+    }
+
+    #[test]
+    fn the_launch_state_follows_vmlaunch_exits_and_vmclear() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut vmcs = adopted(&mut root, 0x1000);
+        // A VMLAUNCH that failed on the guest state: still clear, so VMLAUNCH again.
+        vmcs.exited(vmcs.is_launched(), || Ok(0x8000_0021));
+        assert!(!vmcs.is_launched());
+        // A VMLAUNCH that entered the guest and came back with a CPUID exit.
+        vmcs.exited(vmcs.is_launched(), || Ok(10));
+        assert!(vmcs.is_launched());
+        // Once launched, exits do not read the exit reason and keep the state.
+        vmcs.exited(vmcs.is_launched(), || unreachable!("read only after VMLAUNCH"));
+        assert!(vmcs.is_launched());
+        vmcs.host_rsp = 0x8000;
+        let _ = root.activate_with(&mut vmcs, |_| Ok(())).unwrap();
+        let mut vmclear = Instructions::default();
+        root.clear_with(&mut vmcs, |address| vmclear.execute(address)).unwrap();
+        assert_eq!(vmclear.calls, [0x1000]);
+        assert!(!vmcs.is_launched(), "VMCLEAR makes the launch state clear");
+        assert_eq!(vmcs.host_rsp, 0, "and forgets the HOST_RSP written");
+        assert_eq!(root.current(), None, "VMCLEAR of the current VMCS leaves none current");
+    }
+
+    #[test]
+    fn a_failed_vmclear_changes_nothing() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut vmcs = adopted(&mut root, 0x1000);
+        vmcs.exited(vmcs.is_launched(), || Ok(10));
+        vmcs.host_rsp = 0x8000;
+        let _ = root.activate_with(&mut vmcs, |_| Ok(())).unwrap();
+        let result = root.clear_with(&mut vmcs, |_| Err(INVALID_ADDRESS));
+        assert_eq!(result, Err(INVALID_ADDRESS));
+        assert!(vmcs.is_launched());
+        assert_eq!(vmcs.host_rsp, 0x8000);
+        assert_eq!(root.current(), Some(0x1000));
+        // SAFETY: as above.
+        let failed = root.adopt_with(unsafe { ClearVmcs::new(0x2000) }, |_| Err(INVALID_ADDRESS));
+        assert_eq!(failed, Err(INVALID_ADDRESS));
+        assert_eq!(root.current(), Some(0x1000));
+    }
+
+    #[test]
+    fn clearing_another_vmcs_keeps_the_current_one() {
+        // SAFETY: no instruction is executed in this test.
+        let mut root = unsafe { VmxRoot::assume() };
+        let mut first = adopted(&mut root, 0x1000);
+        let mut second = adopted(&mut root, 0x2000);
+        let _ = root.activate_with(&mut first, |_| Ok(())).unwrap();
+        root.clear_with(&mut second, |_| Ok(())).unwrap();
+        assert_eq!(root.current(), Some(0x1000));
+        // Re-adopting the current region (it came back through another path) forgets it.
+        // SAFETY: as above.
+        let _again = root.adopt_with(unsafe { ClearVmcs::new(0x1000) }, |_| Ok(())).unwrap();
+        assert_eq!(root.current(), None);
+    }
+
+    #[test]
+    fn only_the_clear_form_may_move_between_processors() {
+        fn is_send_and_sync<T: Send + Sync>() {}
+        is_send_and_sync::<ClearVmcs>();
+        is_send_and_sync::<NoHooks>();
+        assert_eq!(core::mem::size_of::<NoHooks>(), 0, "the default hooks carry nothing");
     }
 
     const UNSUPPORTED: VmFail = VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent);

@@ -169,28 +169,6 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn phase_summary_lists_each_phase_with_its_share_of_the_total() {
-        let phases = Phases {
-            done: vec![
-                ("fmt".to_string(), Duration::from_secs(30)),
-                ("fuzz smoke".to_string(), Duration::from_secs(10)),
-            ],
-            current: None,
-        };
-        let text = phases.summary();
-        let lines: Vec<&str> = text.lines().collect();
-        assert_eq!(lines.len(), 4, "{text}");
-        assert!(lines[1].starts_with("fmt") && lines[1].ends_with("30.0    75%"), "{text}");
-        assert!(lines[2].starts_with("fuzz smoke") && lines[2].ends_with("10.0    25%"), "{text}");
-        assert!(lines[3].starts_with("total") && lines[3].contains("40.0"), "{text}");
-    }
-}
-
 /// `cargo package` verifies each library against the others through a temporary local registry
 /// under `target/package`. Cargo treats registry crates as immutable: it unpacks them under
 /// `$CARGO_HOME/registry/src/-<hash of that path>/NAME-VERSION` and reuses both that copy and
@@ -226,4 +204,26 @@ fn forget_packaged_sources() -> Result {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phase_summary_lists_each_phase_with_its_share_of_the_total() {
+        let phases = Phases {
+            done: vec![
+                ("fmt".to_string(), Duration::from_secs(30)),
+                ("fuzz smoke".to_string(), Duration::from_secs(10)),
+            ],
+            current: None,
+        };
+        let text = phases.summary();
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 4, "{text}");
+        assert!(lines[1].starts_with("fmt") && lines[1].ends_with("30.0    75%"), "{text}");
+        assert!(lines[2].starts_with("fuzz smoke") && lines[2].ends_with("10.0    25%"), "{text}");
+        assert!(lines[3].starts_with("total") && lines[3].contains("40.0"), "{text}");
+    }
 }

@@ -43,7 +43,9 @@ use hvkit_vmx_core::entry_check::{
 use hvkit_vmx_core::event::{ActivityState, GuestInterruptibility, InterruptionInfo};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::VmcsRegion;
-use hvkit_vmx_core::vmcs::{ActiveVmcs, GuestRegisters, VmcsAccess, VmxRoot};
+use hvkit_vmx_core::vmcs::{
+    ActiveVmcs, ClearVmcs, EntryExitHooks, GuestRegisters, Vmcs, VmcsAccess, VmxRoot,
+};
 
 static mut DIFF_VMCS: VmcsRegion = VmcsRegion::new(0);
 
@@ -342,17 +344,22 @@ impl Outcome {
     }
 }
 
-/// Runs the differential check on a VMCS of its own, then makes the example's VMCS current
-/// again, and reports one `entry-checks` scenario line. Call before the example's VMCS is used.
-pub fn run(vmx: &Vmx, guest_stack_top: u64, guest_idt: u64, eptp: u64) {
+/// Runs the differential check on a VMCS of its own, releases that VMCS (VMCLEAR) and reports
+/// one `entry-checks` scenario line. The example's VMCS is made current again by its next
+/// `VmxRoot::activate`.
+pub fn run(root: &mut VmxRoot, vmx: &Vmx, guest_stack_top: u64, guest_idt: u64, eptp: u64) {
     let mut setup = Setup::read(vmx, guest_stack_top, guest_idt, eptp);
     let mut tally = Tally::default();
     let revision = vmx.caps.basic.revision_id();
-    // SAFETY: single CPU; the region is a static only this module uses.
-    let region = unsafe {
+    // SAFETY: single CPU, called once; the region is a static only this module uses.
+    let address = unsafe {
         DIFF_VMCS = VmcsRegion::new(revision);
         core::ptr::addr_of!(DIFF_VMCS) as u64
     };
+    // SAFETY: 1. a 4 KiB-aligned, identity-mapped VMCS region with this CPU's revision id;
+    // 2. a static used only here, by the processor; 3. this is the only value naming it (`run`
+    // is called once); 4. never made current before.
+    let region = unsafe { ClearVmcs::new(address) };
     println!(
         "HVKIT entry-diff platform={:?} preemption_timer={} unrestricted_guest={} mtf={} sgx={} basic56={} misc30={}",
         setup.platform,
@@ -363,26 +370,31 @@ pub fn run(vmx: &Vmx, guest_stack_top: u64, guest_idt: u64, eptp: u64) {
         setup.caps.no_error_code_consistency_check,
         setup.caps.zero_length_injection
     );
-    let mut cleaned = Outcome::Harness;
-    let done = crate::vmx::with_root(|root| {
-        let mut harness = match Harness::new(root, region, &mut setup) {
-            Ok(harness) => harness,
-            Err(fail) => {
-                println!("HVKIT error: entry-diff: VMCS set-up failed: {fail}");
-                return;
-            }
-        };
-        generate(&setup, &mut |case| one(&mut harness, &setup, case, &mut tally));
-        harness.probe_library_launch_state(region, &setup);
-        cleaned = unblock_virtual_nmis(&mut harness, &setup);
-    });
+    let mut harness = match Harness::new(root, region, &mut setup) {
+        Ok(harness) => harness,
+        Err(fail) => {
+            println!("HVKIT error: entry-diff: VMCS set-up failed: {fail}");
+            crate::port::exit(crate::port::status::FAIL)
+        }
+    };
+    generate(&setup, &mut |case| one(&mut harness, &setup, case, &mut tally));
+    harness.probe_library_launch_state(&setup);
+    let cleaned = unblock_virtual_nmis(&mut harness, &setup);
     if !matches!(cleaned, Outcome::Entered { reason: 18, .. }) {
         println!("HVKIT error: entry-diff: the clean-up entry ended with {cleaned:?}");
     }
-    if let Err(fail) = done {
-        println!(
-            "HVKIT error: entry-diff: the example's VMCS could not be made current again: {fail}"
-        );
+    // Every VM entry attempted through `run_with` ran both hooks once, failed entries included.
+    let hooks = harness.hooks;
+    println!(
+        "HVKIT entry-diff hooks entries={} before_entry={} after_exit={}",
+        harness.entries, hooks.before_entry, hooks.after_exit
+    );
+    if hooks.before_entry != harness.entries || hooks.after_exit != harness.entries {
+        println!("HVKIT error: entry-diff: the entry/exit hooks did not run once per entry");
+        tally.unexplained += 1;
+    }
+    if let Err((_, fail)) = harness.root.release(harness.vmcs) {
+        println!("HVKIT error: entry-diff: VMCLEAR of the harness VMCS failed: {fail}");
         crate::port::exit(crate::port::status::FAIL)
     }
     // An NMI injected with virtual NMIs off leaves NMIs blocked on Bochs 2.7 after the VM exit
@@ -792,92 +804,108 @@ fn unblock_virtual_nmis(harness: &mut Harness<'_>, setup: &Setup<'_>) -> Outcome
     harness.attempt(&cleanup, &Case::NEUTRAL)
 }
 
-/// The VMCS all cases run on, and its launch state.
+/// Counts the calls of the guest runner's entry/exit hooks.
+#[derive(Clone, Copy, Default)]
+struct CountingHooks {
+    before_entry: u64,
+    after_exit: u64,
+}
+
+impl EntryExitHooks for CountingHooks {
+    fn before_entry(&mut self) {
+        self.before_entry += 1;
+    }
+
+    fn after_exit(&mut self) {
+        self.after_exit += 1;
+    }
+}
+
+/// The VMCS all cases run on (it tracks its own launch state: VMLAUNCH until an entry is
+/// accepted, VMRESUME after that), and the hooks every entry runs.
 struct Harness<'r> {
     root: &'r mut VmxRoot,
-    /// Set by the first accepted VMLAUNCH only: an entry that fails (VMfailValid, or an exit
-    /// with bit 31 for invalid guest state) leaves the launch state as it was (SDM 26.1, 26.8).
-    launched: bool,
+    vmcs: Vmcs,
+    hooks: CountingHooks,
+    /// VM entries attempted with `run_with`.
+    entries: u64,
 }
 
 impl<'r> Harness<'r> {
     /// VMCLEAR and VMPTRLD of `region`, then the example's complete host and guest state (known
     /// good: it launches the example's guest) with the fields every case shares.
-    fn new(root: &'r mut VmxRoot, region: u64, setup: &mut Setup<'_>) -> Result<Self, VmFail> {
-        // SAFETY: `region` is this module's VMCS region with the right revision id.
-        unsafe { root.clear(region) }?;
-        // SAFETY: as above; VMCLEAR left it in the clear launch state.
-        let mut vmcs = unsafe { root.load(region) }?;
+    fn new(
+        root: &'r mut VmxRoot,
+        region: ClearVmcs,
+        setup: &mut Setup<'_>,
+    ) -> Result<Self, VmFail> {
+        let mut vmcs = root.adopt(region)?;
+        let mut active = root.activate(&mut vmcs)?;
         crate::vmx::setup_vmcs(
-            &mut vmcs,
+            &mut active,
             setup.vmx,
             setup.guest_rip,
             setup.guest_rsp,
             setup.guest_idt,
             setup.eptp,
         )?;
-        setup.base_cr0 = vmcs.read(field::GUEST_CR0)?;
-        Ok(Self { root, launched: false })
+        setup.base_cr0 = active.read(field::GUEST_CR0)?;
+        Ok(Self { root, vmcs, hooks: CountingHooks::default(), entries: 0 })
     }
 
     /// Compares the launch state `ActiveVmcs::run` assumes after a failed entry with the CPU's:
     /// an entry that fails on the guest state leaves the VMCS clear (SDM VMLAUNCH pseudocode:
     /// "launch state of VMCS <- launched" only once guest state and MSRs loaded), so the next
     /// entry must be a VMLAUNCH again. Prints what hvkit's handle did; counted nowhere else.
-    fn probe_library_launch_state(&mut self, region: u64, setup: &Setup<'_>) {
-        // SAFETY: as in `new`: this module's region; VMCLEAR leaves it clear for VMPTRLD.
-        let loaded = unsafe { self.root.clear(region) }
-            // SAFETY: as above.
-            .and_then(|()| unsafe { self.root.load(region) });
-        let Ok(mut vmcs) = loaded else {
+    fn probe_library_launch_state(&mut self, setup: &Setup<'_>) {
+        // VMCLEAR: the launch state is clear again, so the next entry is a VMLAUNCH.
+        if self.root.clear(&mut self.vmcs).is_err() {
             println!("HVKIT entry-diff launch-state-probe result=harness-error");
             return;
-        };
+        }
+        let cleared_launched = self.vmcs.is_launched();
         // STI and MOV-SS blocking together: an invalid guest state (SDM 26.3.1.5).
         let invalid = Case { interruptibility: 3, ..Case::NEUTRAL };
-        let mut registers = GuestRegisters::default();
-        let first = match write_case(&mut vmcs, setup, &invalid) {
-            // SAFETY: as in `attempt`.
-            Ok(()) => unsafe { vmcs.run(&mut registers, None) }.map(|_| read_exit(&vmcs)),
-            Err(fail) => Err(fail),
-        };
-        let handle_launched = vmcs.is_launched();
-        let second = match write_case(&mut vmcs, setup, &Case::NEUTRAL) {
-            // SAFETY: as in `attempt`.
-            Ok(()) => unsafe { vmcs.run(&mut registers, None) }.map(|_| read_exit(&vmcs)),
-            Err(fail) => Err(fail),
-        };
+        let first = self.attempt_result(setup, &invalid);
+        let handle_launched = self.vmcs.is_launched();
+        let second = self.attempt_result(setup, &Case::NEUTRAL);
         println!(
-            "HVKIT entry-diff launch-state-probe first={first:?} handle_launched_after={handle_launched} second={second:?}"
+            "HVKIT entry-diff launch-state-probe cleared_launched={cleared_launched} first={first:?} handle_launched_after={handle_launched} second={second:?}"
         );
-        // The CPU's launch state: launched only if one of the two entries was accepted.
-        self.launched = matches!(first, Ok(Outcome::Entered { .. }))
-            || matches!(second, Ok(Outcome::Entered { .. }));
+    }
+
+    /// Writes the case and attempts one VM entry: the outcome, or the VMX instruction failure.
+    fn attempt_result(&mut self, setup: &Setup<'_>, case: &Case) -> Result<Outcome, VmFail> {
+        let harness = &mut *self;
+        let mut vmcs = harness.root.activate(&mut harness.vmcs)?;
+        write_case(&mut vmcs, setup, case)?;
+        let mut registers = GuestRegisters::default();
+        harness.entries += 1;
+        // SAFETY: as in `attempt`.
+        let _exit = unsafe { vmcs.run_with(&mut registers, None, &mut harness.hooks) }?;
+        Ok(read_exit(&vmcs))
     }
 
     /// Writes the case and attempts one VM entry (VMLAUNCH until one is accepted, then
     /// VMRESUME).
     fn attempt(&mut self, setup: &Setup<'_>, case: &Case) -> Outcome {
-        // SAFETY: `new` made the region current and nothing else loads a VMCS while the harness
-        // lives; `launched` is its launch state (see the field).
-        let mut vmcs = unsafe { ActiveVmcs::assume_current(self.root, self.launched) };
+        let Ok(mut vmcs) = self.root.activate(&mut self.vmcs) else {
+            return Outcome::Harness;
+        };
         if write_case(&mut vmcs, setup, case).is_err() {
             return Outcome::Harness;
         }
         let mut registers = GuestRegisters::default();
+        self.entries += 1;
         // SAFETY: the VMCS holds the example's complete host and guest state with the case's
         // changes; interrupts are disabled; EPT confines the guest, which can only fault into
-        // an exit (exception bitmap all ones) or run VMCALL.
-        let outcome = match unsafe { vmcs.run(&mut registers, None) } {
+        // an exit (exception bitmap all ones) or run VMCALL. The hooks only count.
+        match unsafe { vmcs.run_with(&mut registers, None, &mut self.hooks) } {
             Ok(_exit) => read_exit(&vmcs),
             Err(VmFail::Valid(error)) if error.number() == 7 => Outcome::ControlFail,
             Err(VmFail::Valid(error)) => Outcome::Other { code: error.number() },
             Err(VmFail::Invalid) => Outcome::Other { code: u32::MAX },
-        };
-        if let Outcome::Entered { .. } = outcome {
-            self.launched = true;
         }
-        outcome
     }
 }
 

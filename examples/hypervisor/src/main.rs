@@ -16,12 +16,13 @@ mod vmx;
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
     ApicSender, FredDirectCall, FredEretsToSelf, GuestEvent, GuestEventQueue, IdtDirectCall,
-    InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi, handle_host_event,
-    inject, reflected_exception, reinject_idt_vectoring,
+    IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi,
+    handle_host_event, inject, reflected_exception, reinject_idt_vectoring,
 };
+use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfo, ExitInfoOptions};
 use hvkit_vmx_core::field;
-use hvkit_vmx_core::vmcs::{GuestRegisters, VmcsAccess};
+use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, Vmcs, VmcsAccess, VmxRoot};
 use port::status;
 
 #[panic_handler]
@@ -144,8 +145,8 @@ extern "C" fn kernel_main() -> ! {
         }
     };
     println!("HVKIT apic id={apic_id} mode=xAPIC base={:#x}", apic::base_address());
-    let vmx = match vmx::enable() {
-        Ok(vmx) => vmx,
+    let (vmx, mut root) = match vmx::enable() {
+        Ok(enabled) => enabled,
         Err(reason) => {
             println!("HVKIT NOVMX reason=\"{reason}\"");
             port::exit(status::NO_VMX)
@@ -153,16 +154,44 @@ extern "C" fn kernel_main() -> ! {
     };
     guest::init();
     let eptp = vmx::build_ept(guest::area());
-    entry_diff::run(&vmx, guest::stack_top(), guest::idt(), eptp);
-    let mut vmcs = vmx::vmcs();
-    let guest_rip = guest::main as *const () as u64;
-    if let Err(fail) =
-        vmx::setup_vmcs(&mut vmcs, &vmx, guest_rip, guest::stack_top() - 8, guest::idt(), eptp)
-    {
-        println!("HVKIT error: VMCS setup: {fail}");
-        port::exit(status::FAIL)
+    entry_diff::run(&mut root, &vmx, guest::stack_top(), guest::idt(), eptp);
+    let registers = GuestRegisters {
+        rdi: apic::base_address(),
+        rsi: u64::from(apic_id),
+        ..GuestRegisters::default()
+    };
+    let vcpu = match Vcpu::new(&mut root, vmx::guest_vmcs(&vmx), &vmx, eptp, registers) {
+        Ok(vcpu) => vcpu,
+        Err(fail) => {
+            println!("HVKIT error: VMCS setup: {fail}");
+            port::exit(status::FAIL)
+        }
+    };
+    run(&mut root, vcpu, &vmx)
+}
+
+/// The example's one virtual CPU: its VMCS (with the launch state) and its registers.
+struct Vcpu {
+    vmcs: Vmcs,
+    registers: GuestRegisters,
+}
+
+impl Vcpu {
+    /// Takes the region into use on this CPU (VMCLEAR), makes it current and writes the
+    /// complete host and guest state.
+    fn new(
+        root: &mut VmxRoot,
+        region: ClearVmcs,
+        vmx: &vmx::Vmx,
+        eptp: u64,
+        registers: GuestRegisters,
+    ) -> Result<Self, VmFail> {
+        let mut vmcs = root.adopt(region)?;
+        let mut active = root.activate(&mut vmcs)?;
+        let guest_rip = guest::main as *const () as u64;
+        vmx::setup_vmcs(&mut active, vmx, guest_rip, guest::stack_top() - 8, guest::idt(), eptp)?;
+        Ok(Self { vmcs, registers })
     }
-    run(&mut vmcs, &vmx, apic::base_address(), apic_id)
 }
 
 /// Why the EPT-violation scenarios SKIP on a CPU with VMX but no usable EPT.
@@ -233,20 +262,19 @@ fn snapshot() -> Counters {
     }
 }
 
-fn timer_handler(vector: u8) -> Option<u64> {
-    (vector == host::TIMER_VECTOR).then(host::timer_entry)
+fn timer_handler(vector: u8) -> Option<IdtEntry> {
+    // SAFETY: the host timer entry saves every register it uses, runs on the current stack
+    // (no IST) and ends with IRETQ: the direct-call contract.
+    (vector == host::TIMER_VECTOR).then(|| unsafe { IdtEntry::from_address(host::timer_entry()) })
 }
 
-fn run(
-    vmcs: &mut hvkit_vmx_core::vmcs::ActiveVmcs<'static>,
-    vmx: &vmx::Vmx,
-    apic_base: u64,
-    apic_id: u32,
-) -> ! {
-    // SAFETY: the host NMI entry is non-IST and the timer entry preserves all registers; both
-    // end with IRETQ; re-delivery runs with interrupts disabled.
+fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
+    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
+    // IRETQ: the direct-call contract.
+    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
+    // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let mut direct =
-        unsafe { IdtDirectCall::new(host::nmi_entry(), timer_handler as fn(u8) -> Option<u64>) };
+        unsafe { IdtDirectCall::new(nmi_entry, timer_handler as fn(u8) -> Option<IdtEntry>) };
     let sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
     // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
     let unblocker = unsafe { IretToSelf::new() };
@@ -270,18 +298,26 @@ fn run(
     // The guest does not use FRED, so no event data travels with its events.
     let context = InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false);
     let mut queue = GuestEventQueue::new();
-    let mut registers =
-        GuestRegisters { rdi: apic_base, rsi: u64::from(apic_id), ..GuestRegisters::default() };
     let mut previous = None;
     let mut strategy = Strategy::DirectCall;
     let mut phase = snapshot();
     let mut armed_page: Option<u64> = None;
     let mut reflected: Option<GuestEvent> = None;
 
+    // The only VMCS this CPU runs from here on: make it current once (VMPTRLD).
+    let mut active = match root.activate(&mut vcpu.vmcs) {
+        Ok(active) => active,
+        Err(fail) => {
+            println!("HVKIT error: VMPTRLD: {fail}");
+            port::exit(status::FAIL)
+        }
+    };
+    let vmcs = &mut active;
+    let registers = &mut vcpu.registers;
     loop {
         // SAFETY: the VMCS holds a complete host and guest state built by `setup_vmcs`;
         // interrupts are disabled; EPT confines the guest.
-        let exit = match unsafe { vmcs.run(&mut registers, previous.take()) } {
+        let exit = match unsafe { vmcs.run(registers, previous.take()) } {
             Ok(exit) => exit,
             Err(fail) => {
                 println!("HVKIT error: VM entry failed: {fail}");
@@ -352,7 +388,7 @@ fn run(
             }
             BasicExitReason::InterruptWindow => {}
             BasicExitReason::Cpuid => {
-                emulate_cpuid(&mut registers);
+                emulate_cpuid(registers);
                 phase.other_exits += 1;
                 advance = true;
             }

@@ -11,11 +11,12 @@ use hvkit_vmx_core::controls::{
 use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
-use hvkit_vmx_core::vmcs::{ActiveVmcs, VmcsAccess, VmxRoot};
+use hvkit_vmx_core::vmcs::{ActiveVmcs, ClearVmcs, VmcsAccess, VmxRoot};
 
 static mut VMXON_REGION: VmxonRegion = VmxonRegion::new(0);
 static mut VMCS_REGION: VmcsRegion = VmcsRegion::new(0);
-static mut VMX_ROOT: Option<VmxRoot> = None;
+/// Set once [`guest_vmcs`] has handed out [`VMCS_REGION`].
+static VMCS_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Set by [`enable`] when the controls enable EPT; [`invept_all`] does nothing while clear.
 static EPT_IN_USE: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 
@@ -76,8 +77,9 @@ pub struct Vmx {
     pub ept: bool,
 }
 
-/// Enables VMX: feature control, fixed bits, VMXON, VMCS. Prints each step.
-pub fn enable() -> Result<Vmx, &'static str> {
+/// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
+/// capabilities and this CPU's VMX root token.
+pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
     let feature = FeatureControl(crate::cpu::rdmsr(msr::IA32_FEATURE_CONTROL));
     match feature.vmxon_readiness() {
         VmxonReadiness::Ready => {}
@@ -111,20 +113,13 @@ pub fn enable() -> Result<Vmx, &'static str> {
     unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
 
     let revision = caps.basic.revision_id();
-    // SAFETY: single CPU; the regions are statics only VMX uses.
-    let (vmxon, vmcs) = unsafe {
+    // SAFETY: single CPU, called once; the region is a static only VMX uses.
+    let vmxon = unsafe {
         VMXON_REGION = VmxonRegion::new(revision);
-        VMCS_REGION = VmcsRegion::new(revision);
-        (core::ptr::addr_of!(VMXON_REGION) as u64, core::ptr::addr_of!(VMCS_REGION) as u64)
+        core::ptr::addr_of!(VMXON_REGION) as u64
     };
     // SAFETY: CR0/CR4 fixed bits hold, feature control allows VMXON, the region is identity-mapped.
-    let mut root = unsafe { VmxRoot::enable(vmxon) }.map_err(|_| "VMXON failed")?;
-    // SAFETY: `vmcs` is a fresh region with the right revision id.
-    unsafe { root.clear(vmcs) }.map_err(|_| "VMCLEAR failed")?;
-    // SAFETY: as above.
-    unsafe { root.load(vmcs) }.map_err(|_| "VMPTRLD failed")?;
-    // SAFETY: single CPU.
-    unsafe { VMX_ROOT = Some(root) };
+    let root = unsafe { VmxRoot::enable(vmxon) }.map_err(|_| "VMXON failed")?;
 
     let ept_possible = caps.secondary_controls().is_some_and(|allowed| allowed.allows(1))
         && caps.ept_vpid.is_some_and(|ept| {
@@ -160,31 +155,23 @@ pub fn enable() -> Result<Vmx, &'static str> {
         ept_possible
     );
     EPT_IN_USE.store(ept_possible, core::sync::atomic::Ordering::SeqCst);
-    Ok(Vmx { caps, controls, ept: ept_possible })
+    Ok((Vmx { caps, controls, ept: ept_possible }, root))
 }
 
-/// The current VMCS (call once: the handle tracks the launch state).
-#[allow(static_mut_refs, reason = "single CPU; VMX root state lives for the kernel's lifetime")]
-pub fn vmcs() -> ActiveVmcs<'static> {
-    // SAFETY: `enable` loaded (and cleared) the VMCS and stored the root token; single CPU.
-    match unsafe { VMX_ROOT.as_mut() } {
-        // SAFETY: the VMCS loaded by `enable` is current and was cleared (never launched).
-        Some(root) => unsafe { ActiveVmcs::assume_current(root, false) },
-        None => crate::port::exit(crate::port::status::PANIC),
-    }
-}
-
-/// Lends the VMX root token to `body` (which may make another VMCS current), then makes the
-/// example's VMCS current again. Call before [`vmcs`].
-#[allow(static_mut_refs, reason = "single CPU; no `ActiveVmcs` exists yet")]
-pub fn with_root(body: impl FnOnce(&mut VmxRoot)) -> Result<(), VmFail> {
-    // SAFETY: `enable` stored the root token; single CPU; `vmcs` has not been called yet.
-    let Some(root) = (unsafe { VMX_ROOT.as_mut() }) else {
+/// The guest's VMCS region, handed out once (a second call ends the run).
+pub fn guest_vmcs(vmx: &Vmx) -> ClearVmcs {
+    if VMCS_TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst) {
         crate::port::exit(crate::port::status::PANIC)
+    }
+    // SAFETY: single CPU; the flag above makes this the only reference to the region.
+    let address = unsafe {
+        VMCS_REGION = VmcsRegion::new(vmx.caps.basic.revision_id());
+        core::ptr::addr_of!(VMCS_REGION) as u64
     };
-    body(root);
-    // SAFETY: the example's VMCS region was cleared by `enable` and never launched.
-    unsafe { root.load(core::ptr::addr_of!(VMCS_REGION) as u64) }.map(drop)
+    // SAFETY: 1. a 4 KiB-aligned, identity-mapped VMCS region with this CPU's revision id;
+    // 2. a static that only the processor uses from here on; 3. handed out once (the flag);
+    // 4. never made current before.
+    unsafe { ClearVmcs::new(address) }
 }
 
 /// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.

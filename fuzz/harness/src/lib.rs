@@ -3,6 +3,7 @@
 //! when an invariant breaks. The same functions replay the committed seeds on stable
 //! (`tests/replay.rs`).
 
+pub mod model;
 mod oracle;
 
 use arbitrary::{Arbitrary, Unstructured};
@@ -384,4 +385,75 @@ pub fn fred_frame(data: &[u8]) {
         Ok(levels) => assert_eq!(levels.level(stack_vector), Some(level)),
         Err(_) => assert!(stack_vector > 31 || level > 3),
     }
+}
+
+/// The whole exit sequence (host re-delivery, IDT-vectoring re-injection, the guest event
+/// queue, VM entry) against the independent model of VMX event delivery (`model`), over
+/// every configuration bit a user may have.
+pub fn exit_sequence(data: &[u8]) {
+    model::driver::run(data);
+}
+
+/// The model's VM-entry checks (guest interruptibility and activity state, event injection)
+/// against hvkit's entry validator on arbitrary single entries: the two readings of SDM
+/// 26.2.1.3 and 26.3.1.5 must agree on every input. Written apart, so a disagreement is a bug
+/// in one of them, decided by the SDM text.
+pub fn event_model(data: &[u8]) {
+    let Some((head, rest)) = data.split_first_chunk::<16>() else { return };
+    let word = |at: usize| {
+        u32::from_le_bytes([
+            head[at % 16],
+            head[(at + 1) % 16],
+            head[(at + 2) % 16],
+            head[(at + 3) % 16],
+        ])
+    };
+    let config = model::Config::from_bits(u16::from_le_bytes([head[12], head[13]]));
+    let flags = head[14];
+    // Mostly plausible fields, sometimes raw ones.
+    let info = if flags & 1 != 0 { word(0) } else { word(0) & 0x8000_3FFF };
+    let interruptibility = if flags & 2 != 0 { word(8) } else { u32::from(head[8] & 0x1F) };
+    let activity = if flags & 4 != 0 { u32::from(head[9]) } else { u32::from(head[9] & 3) };
+    let view = model::EntryView {
+        pin: if config.virtual_nmis { model::pin::VIRTUAL_NMIS } else { 0 },
+        injection: info,
+        error_code: if flags & 8 != 0 { word(4) } else { word(4) & 0x1_FFFF },
+        length: u32::from(head[10] & 0x1F),
+        interruptibility,
+        activity,
+        rflags_if: flags & 0x10 != 0,
+        cr0_pe: config.protected_mode,
+        ..model::EntryView::default()
+    };
+    let _ = rest;
+    let verdict = model::check_injection(&config, &view)
+        .and_then(|()| model::check_guest_state(&config, &view));
+    let event = EntryEvent {
+        info: InterruptionInfo::from_raw(view.injection),
+        error_code: view.error_code,
+        instruction_length: view.length,
+    };
+    let guest = GuestEventState {
+        cr0_pe: view.cr0_pe,
+        rflags_if: view.rflags_if,
+        interruptibility: GuestInterruptibility::from_bits_retain(view.interruptibility),
+        activity: ActivityState::from_raw(view.activity),
+        virtual_nmis: config.virtual_nmis,
+        unrestricted_guest: config.unrestricted_guest,
+    };
+    let caps = EntryCapabilities {
+        no_error_code_consistency_check: config.basic_56,
+        zero_length_injection: config.misc_30,
+        monitor_trap_flag: false,
+        nested_exception: config.fred,
+        fred_guest: config.fred,
+        nmi_requires_no_sti_blocking: config.nmi_blocked_by_sti,
+        sgx: config.sgx,
+    };
+    let library = entry_check::check(&event, &guest, &caps);
+    assert_eq!(
+        library.is_ok(),
+        verdict.is_ok(),
+        "hvkit {library:?} vs model {verdict:?} for {view:x?} {config:?}"
+    );
 }

@@ -65,7 +65,8 @@ pub fn allowed(case: &EntryCase) -> bool {
     let protected = case.cr0_pe || !case.unrestricted_guest;
     let rules = [
         kind != 1,
-        kind != 7 || (case.mtf && vector <= if case.fred { 2 } else { 0 }),
+        // Type 7: vector 0 (MTF) needs MTF support; 1 (SYSCALL) and 2 (SYSENTER) a FRED guest.
+        kind != 7 || (vector == 0 && case.mtf) || (case.fred && (vector == 1 || vector == 2)),
         kind != 2 || vector == 2,
         kind != 3 || vector <= 31,
         !deliver || (kind == 3 && protected),
@@ -76,7 +77,7 @@ pub fn allowed(case: &EntryCase) -> bool {
         case.info & 0x7FFF_C000 == 0 && case.info & (1 << 12) == 0,
         case.info & (1 << 13) == 0 || (case.nested && kind == 3),
         !deliver || case.error_code >> 16 == 0,
-        !(4..=6).contains(&kind)
+        !((4..=6).contains(&kind) || (kind == 7 && case.fred && (vector == 1 || vector == 2)))
             || (1..=15).contains(&case.instruction_length)
             || (case.zero_length && case.instruction_length == 0),
         kind != 0 || (case.rflags_if && !sti && !mov_ss),

@@ -39,6 +39,16 @@ fn fred_frame() {
     replay("fred_frame", hvkit_fuzz_harness::fred_frame);
 }
 
+#[test]
+fn exit_sequence() {
+    replay("exit_sequence", hvkit_fuzz_harness::exit_sequence);
+}
+
+#[test]
+fn event_model() {
+    replay("event_model", hvkit_fuzz_harness::event_model);
+}
+
 /// Random inputs on stable too (a cheap stand-in for a fuzzer run where libFuzzer is absent).
 #[test]
 fn pseudo_random_inputs() {
@@ -58,5 +68,17 @@ fn pseudo_random_inputs() {
         hvkit_fuzz_harness::exit_handling(data);
         hvkit_fuzz_harness::apic_ipi(data);
         hvkit_fuzz_harness::fred_frame(data);
+        hvkit_fuzz_harness::event_model(data);
+    }
+    // The exit sequence costs more per input: fewer of them.
+    for _ in 0..4_000 {
+        for byte in buffer.iter_mut().take(200) {
+            state ^= state << 13;
+            state ^= state >> 7;
+            state ^= state << 17;
+            *byte = state as u8;
+        }
+        let length = (state % 200) as usize;
+        hvkit_fuzz_harness::exit_sequence(&buffer[..length]);
     }
 }
