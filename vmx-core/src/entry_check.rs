@@ -124,33 +124,11 @@ pub fn check_event_controls(controls: &EventControls) -> Result<(), EntryRule> {
     Ok(())
 }
 
-macro_rules! rules {
-    ($( $(#[$doc:meta])* $name:ident => $section:literal, $text:literal; )*) => {
-        /// One rule of the VM-entry checks.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-        pub enum EntryRule {
-            $( $(#[$doc])* $name, )*
-        }
-
-        impl EntryRule {
-            /// Every rule this validator checks.
-            pub const ALL: &'static [Self] = &[$( Self::$name, )*];
-
-            /// The SDM section that states the rule.
-            pub const fn section(self) -> &'static str {
-                match self { $( Self::$name => $section, )* }
-            }
-
-            /// What the rule requires.
-            pub const fn text(self) -> &'static str {
-                match self { $( Self::$name => $text, )* }
-            }
-        }
-    };
-}
-
-rules! {
+sdm_rules! {
+    /// One rule of the VM-entry checks.
+    EntryRule,
+    /// The SDM section that states the rule.
+    ;
     /// Virtual NMIs need NMI exiting.
     VirtualNmisWithoutNmiExiting => "26.2.1.1",
         "the \"virtual NMIs\" control needs the \"NMI exiting\" control";

@@ -90,34 +90,12 @@ pub enum FredRegister {
     Interruptibility,
 }
 
-macro_rules! rules {
-    ($( $(#[$doc:meta])* $name:ident => $section:literal, $text:literal; )*) => {
-        /// One FRED VM-entry check.
-        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-        pub enum FredRule {
-            $( $(#[$doc])* $name, )*
-        }
-
-        impl FredRule {
-            /// Every rule this checker applies.
-            pub const ALL: &'static [Self] = &[$( Self::$name, )*];
-
-            /// The SDM section (guest side for the rules on both sides; the host-state
-            /// counterpart is 26.2.2).
-            pub const fn section(self) -> &'static str {
-                match self { $( Self::$name => $section, )* }
-            }
-
-            /// What the rule requires.
-            pub const fn text(self) -> &'static str {
-                match self { $( Self::$name => $text, )* }
-            }
-        }
-    };
-}
-
-rules! {
+sdm_rules! {
+    /// One FRED VM-entry check.
+    FredRule,
+    /// The SDM section (guest side for the rules on both sides; the host-state counterpart is
+    /// 26.2.2).
+    ;
     /// IA32_FRED_CONFIG bits 11, 5:4 and 2 must be 0.
     ConfigReservedBits => "26.3.1.1", "IA32_FRED_CONFIG bits 11, 5:4 and 2 must be 0";
     /// IA32_FRED_RSP1-3 must be 64-byte aligned.

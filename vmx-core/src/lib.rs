@@ -97,6 +97,37 @@
 #![warn(missing_docs)]
 #![deny(missing_debug_implementations)]
 
+/// A rule enum whose variants each carry the SDM section that states the rule and what it
+/// requires: `Enum::ALL`, `section()` and `text()` (the VM-entry and FRED entry checkers).
+macro_rules! sdm_rules {
+    (
+        $(#[$enum_doc:meta])* $enum:ident, $(#[$section_doc:meta])* ;
+        $( $(#[$doc:meta])* $name:ident => $section:literal, $text:literal; )*
+    ) => {
+        $(#[$enum_doc])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+        #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+        pub enum $enum {
+            $( $(#[$doc])* $name, )*
+        }
+
+        impl $enum {
+            /// Every rule of this checker.
+            pub const ALL: &'static [Self] = &[$( Self::$name, )*];
+
+            $(#[$section_doc])*
+            pub const fn section(self) -> &'static str {
+                match self { $( Self::$name => $section, )* }
+            }
+
+            /// What the rule requires.
+            pub const fn text(self) -> &'static str {
+                match self { $( Self::$name => $text, )* }
+            }
+        }
+    };
+}
+
 pub mod caps;
 pub mod controls;
 pub mod entry_check;
