@@ -769,3 +769,59 @@ fn nmi_under_sti_blocking_waits_for_the_interrupt_window_not_a_livelock() {
     assert_eq!(queue.prepare_entry(&mut vmcs, &context(true)), Ok(EntryDecision::WindowRequested));
     assert_eq!(controls_of(&vmcs) & (NMI_WINDOW | INTERRUPT_WINDOW), NMI_WINDOW);
 }
+
+#[test]
+fn reinjected_exception_keeps_only_the_nested_bit_it_had() {
+    let exit = SoftVmcs::new().complete_exit();
+    // #PF (hardware exception, error code) whose delivery was not nested: bit 13 clear. With
+    // nested-exception support on, the re-injected event must not gain bit 13 (or any other
+    // bit of the IDT-vectoring information: bit 12 is undefined there).
+    for vectoring in [0x8000_0B0E_u32, 0x8000_1B0E] {
+        let info = ExitInfo::from_parts(
+            &exit,
+            ExitInfoParts {
+                reason: 48,
+                idt_vectoring_info: vectoring,
+                idt_vectoring_error_code: 2,
+                ..ExitInfoParts::default()
+            },
+        );
+        let event = guest::idt_vectoring_event(&info, true).unwrap();
+        assert_eq!(event.info.raw(), 0x8000_0B0E, "vectoring {vectoring:#x}");
+    }
+}
+
+#[test]
+fn guest_event_state_reads_cr0_pe_from_bit_0_only() {
+    // CR0 after reset (CD, NW, ET: PE clear), then protected mode with paging (PE set).
+    for (cr0, pe) in [(0x6000_0010_u64, false), (0x1, true), (0x8000_0011, true)] {
+        let mut vmcs = guest_vmcs(0, true);
+        vmcs.write(field::GUEST_CR0, cr0).unwrap();
+        let state = guest::guest_event_state(&vmcs, &context(true)).unwrap();
+        assert_eq!(state.cr0_pe, pe, "CR0 {cr0:#x}");
+    }
+}
+
+#[test]
+fn idle_shortcut_sees_interrupts_in_every_word_of_the_queue() {
+    // Pairs of vectors at the same bit of neighbouring 64-vector words: the words are equal,
+    // so only an OR of all four (not an XOR) tells that something is owed.
+    for (low, high) in [(0x21_u8, 0x61_u8), (0x41, 0x81), (0x81, 0xC1)] {
+        let mut queue = GuestEventQueue::new();
+        let mut vmcs = guest_vmcs(0, true);
+        // Nothing owed: the windows are cleared, so the next call may take the shortcut.
+        assert_eq!(queue.prepare_entry(&mut vmcs, &context(true)), Ok(EntryDecision::Idle));
+        queue.queue_irq(low);
+        queue.queue_irq(high);
+        for vector in [high, low] {
+            let mut vmcs = guest_vmcs(0, true);
+            assert_eq!(
+                queue.prepare_entry(&mut vmcs, &context(true)),
+                Ok(EntryDecision::Injected(GuestEvent::external_interrupt(vector))),
+                "vectors {low:#x} and {high:#x}"
+            );
+        }
+        let mut vmcs = guest_vmcs(0, true);
+        assert_eq!(queue.prepare_entry(&mut vmcs, &context(true)), Ok(EntryDecision::Idle));
+    }
+}

@@ -666,3 +666,134 @@ fn nmi_source_slot_holds_the_sources_for_the_idt_nmi_entry() {
     assert_eq!(strategy.strategy.irqs, [0x40]);
     assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
 }
+
+/// Calls of the direct-call test entries: [0] the NMI entry, [1] the interrupt entry.
+#[cfg(target_arch = "x86_64")]
+static DIRECT_CALLS: [AtomicU64; 2] = [const { AtomicU64::new(0) }; 2];
+
+#[cfg(target_arch = "x86_64")]
+extern "C" fn direct_nmi_handler(_frame: &crate::InterruptFrame) {
+    DIRECT_CALLS[0].fetch_add(1, Ordering::SeqCst);
+}
+
+#[cfg(target_arch = "x86_64")]
+extern "C" fn direct_irq_handler(_frame: &crate::InterruptFrame) {
+    DIRECT_CALLS[1].fetch_add(1, Ordering::SeqCst);
+}
+
+#[cfg(target_arch = "x86_64")]
+crate::idt_entry_stub! {
+    /// The NMI entry the direct-call tests re-deliver to.
+    fn direct_nmi_entry => direct_nmi_handler
+}
+
+#[cfg(target_arch = "x86_64")]
+crate::idt_entry_stub! {
+    /// The interrupt entry the direct-call tests re-deliver to.
+    fn direct_irq_entry => direct_irq_handler
+}
+
+/// Only this test calls the entries (same-privilege IRETQ works at CPL 3 too), so the counts
+/// are its own.
+#[cfg(target_arch = "x86_64")]
+#[test]
+fn idt_direct_call_runs_the_entry_once_per_event_from_vector_32_up() {
+    let mut table: [Option<IdtEntry>; 256] = [None; 256];
+    table[32] = Some(direct_irq_entry());
+    table[0xEC] = Some(direct_irq_entry());
+    assert_eq!(table.handler(0xEC), Some(direct_irq_entry()), "the array's entry for 0xEC");
+    assert_eq!(table.handler(0xED), None);
+    // SAFETY: both entries are idt_entry_stub! stubs (direct-call contract), same privilege.
+    let mut strategy = unsafe { IdtDirectCall::new(direct_nmi_entry(), table) };
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(DIRECT_CALLS[0].load(Ordering::SeqCst), 1, "the NMI entry ran once");
+    assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 0);
+    // Vector 32 is the first interrupt vector (0-31 are exceptions, SDM Vol. 3A 6.2).
+    assert_eq!(strategy.reinject_irq(32), Ok(IrqDelivery::Handled));
+    assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 1, "the vector-32 entry ran once");
+    assert_eq!(
+        strategy.reinject_irq(31),
+        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
+    );
+    // A closure table: its answer is what the strategy calls.
+    let lookup = |vector: u8| (vector == 0x50).then(direct_irq_entry);
+    assert_eq!(lookup.handler(0x50), Some(direct_irq_entry()));
+    // SAFETY: as above.
+    let mut strategy = unsafe { IdtDirectCall::new(direct_nmi_entry(), lookup) };
+    assert_eq!(strategy.reinject_irq(0x50), Ok(IrqDelivery::Handled));
+    assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 2, "the closure's entry ran once");
+    assert_eq!(
+        strategy.reinject_irq(0x51),
+        Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x51 }))
+    );
+    assert_eq!(DIRECT_CALLS[0].load(Ordering::SeqCst), 1);
+}
+
+#[test]
+fn self_nmi_requeues_from_vector_32_up() {
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let mut strategy =
+        SelfNmi::new(FakeSender::new(&handled), Unblock(&unblocks), || {}, &handled, 1);
+    assert_eq!(strategy.reinject_irq(32), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.sender_mut().log, ["ipi", "eoi"]);
+    strategy.sender_mut().log.clear();
+    assert_eq!(
+        strategy.reinject_irq(31),
+        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
+    );
+    assert!(strategy.sender_mut().log.is_empty(), "nothing sent for an exception vector");
+}
+
+#[test]
+fn apic_sender_reads_the_trigger_mode_from_the_tmr() {
+    let mut registers = FakeXApicRegisters::with_id(5);
+    // TMR word 2 (vectors 0x40..0x5F), bit 1: vector 0x41 was accepted level-triggered.
+    registers.set(register::TMR_BASE + 0x20, 1 << 1);
+    let apic = XApic::new(registers, ApicBase(0xFEE0_0900)).unwrap();
+    let sender = ApicSender { apic, max_polls: 10 };
+    assert!(sender.is_level_triggered(0x41));
+    assert!(!sender.is_level_triggered(0x40));
+    // Through the self-NMI strategy: the level-triggered vector is refused, the edge one is not.
+    let handled = AtomicU64::new(0);
+    let unblocks = std::cell::Cell::new(0);
+    let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 1);
+    assert_eq!(
+        strategy.reinject_irq(0x41),
+        Err(ReinjectError::Unsupported(Unsupported::LevelTriggered { vector: 0x41 }))
+    );
+    assert_eq!(strategy.reinject_irq(0x40), Ok(IrqDelivery::Requeued));
+}
+
+#[test]
+fn nmi_source_slot_passes_plain_nmis_and_their_errors_through() {
+    use crate::NmiSourceSlot;
+    use core::sync::atomic::AtomicU16;
+    static SLOT: AtomicU16 = AtomicU16::new(0);
+    let mut strategy = NmiSourceSlot::new(SourceRecording::default(), &SLOT);
+    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.strategy.nmis, [None], "the wrapped strategy re-delivered it once");
+    strategy.strategy.fail = true;
+    assert_eq!(strategy.reinject_nmi(), Err(ReinjectError::NmiNotHandled { polls: 1 }));
+    assert_eq!(strategy.strategy.nmis, [None, None]);
+    assert_eq!(SLOT.load(Ordering::SeqCst), 0, "no sources stored for a plain NMI");
+}
+
+#[test]
+fn host_event_errors_say_what_happened_to_the_event() {
+    let missing = HostEventError::AcknowledgedWithoutVector { info: 0x31 };
+    assert_eq!(
+        std::format!("{missing}"),
+        "external-interrupt exit with acknowledge-on-exit but invalid interruption info 0x31; \
+         the interrupt is still pending in the APIC"
+    );
+    let failed = HostEventError::Reinject {
+        event: HostEvent::AcknowledgedIrq(0x40),
+        error: ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }),
+    };
+    assert_eq!(
+        std::format!("{failed}"),
+        "re-delivering AcknowledgedIrq(64): no host handler registered for vector 64; \
+         event not delivered"
+    );
+}

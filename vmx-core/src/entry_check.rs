@@ -712,6 +712,20 @@ mod tests {
     }
 
     #[test]
+    fn hlt_and_shutdown_allow_only_their_exact_events() {
+        // HLT: MTF is type 7 *and* vector 0; neither alone qualifies (SDM 26.3.1.5).
+        let hlt = GuestEventState { activity: ActivityState::Hlt, ..ACTIVE };
+        let fred = EntryCapabilities { monitor_trap_flag: true, fred_guest: true, ..CAPS };
+        assert_eq!(rule(event(0x8000_0300), hlt, fred), Some(R::ActivityHltEvent), "#DE");
+        let syscall = event(0x8000_0700 | u32::from(OTHER_EVENT_SYSCALL));
+        assert_eq!(rule(syscall, hlt, fred), Some(R::ActivityHltEvent), "FRED SYSCALL");
+        // Shutdown: #MC is a hardware exception *and* vector 18; neither alone qualifies.
+        let shutdown = GuestEventState { activity: ActivityState::Shutdown, ..ACTIVE };
+        assert_eq!(rule(event(0x8000_0300), shutdown, CAPS), Some(R::ActivityShutdownEvent));
+        assert_eq!(rule(event(0x8000_0412), shutdown, CAPS), Some(R::ActivityShutdownEvent));
+    }
+
+    #[test]
     fn every_rule_is_reachable_and_explained() {
         assert_eq!(EntryRule::ALL.len(), 29);
         for rule in EntryRule::ALL {
