@@ -619,6 +619,33 @@ const fn reports_guest_linear_address(number: u16) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn debug_output_names_the_reason_and_the_fields() {
+        use std::format;
+        let failure = ExitReason::from_raw(0x8000_0021);
+        let text = format!("{failure:?}");
+        assert!(text.starts_with("ExitReason(0x80000021: "), "{text}");
+        assert!(text.ends_with(", entry failure)"), "{text}");
+        let cpuid = format!("{:?}", ExitReason::from_raw(10));
+        assert_eq!(cpuid, "ExitReason(0xa: Cpuid)");
+        let exit = crate::vmcs::SoftVmcs::new().complete_exit();
+        let info = ExitInfo::from_parts(
+            &exit,
+            ExitInfoParts {
+                reason: 48,
+                qualification: 0x1_0182,
+                interruption_info: 0,
+                instruction_length: 3,
+                ..ExitInfoParts::default()
+            },
+        );
+        let text = format!("{info:?}");
+        assert!(text.starts_with("ExitInfo { reason: ExitReason(0x30: EptViolation)"), "{text}");
+        assert!(text.contains("qualification: 0x10182"), "{text}");
+        assert!(text.contains("instruction_length: 3"), "{text}");
+        assert!(text.ends_with(".. }"), "{text}");
+    }
     use crate::vmcs::SoftVmcs;
 
     #[test]
