@@ -365,22 +365,7 @@ mod tests {
 
     #[test]
     fn a_failing_write_restores_the_fields_already_written() {
-        /// Fails the write of one encoding, after reads succeed.
-        struct FailingWrite {
-            inner: SoftVmcs,
-            fail_at: u32,
-        }
-        impl VmcsAccess for FailingWrite {
-            fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
-                self.inner.read_raw(encoding)
-            }
-            fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
-                if encoding == self.fail_at {
-                    return Err(VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent));
-                }
-                self.inner.write_raw(encoding, value)
-            }
-        }
+        use crate::vmcs::test_support::FailingWrite;
         let old = FredMsrState { config: 7, rsp1: 0x40, ..FredMsrState::default() };
         let mut inner = SoftVmcs::new();
         old.write_host(&mut inner).unwrap();

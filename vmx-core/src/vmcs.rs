@@ -1084,6 +1084,32 @@ unsafe extern "sysv64" fn vm_run(
     )
 }
 
+/// Test doubles for code that writes several VMCS fields.
+#[cfg(test)]
+pub(crate) mod test_support {
+    use super::{SoftVmcs, VmcsAccess};
+    use crate::error::{VmFail, VmInstructionError};
+
+    /// A VMCS whose reads succeed and whose write of one encoding fails (VMfailValid 12), to
+    /// check that a multi-field writer leaves the VMCS as it was.
+    pub(crate) struct FailingWrite {
+        pub(crate) inner: SoftVmcs,
+        pub(crate) fail_at: u32,
+    }
+
+    impl VmcsAccess for FailingWrite {
+        fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
+            self.inner.read_raw(encoding)
+        }
+        fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+            if encoding == self.fail_at {
+                return Err(VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent));
+            }
+            self.inner.write_raw(encoding, value)
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

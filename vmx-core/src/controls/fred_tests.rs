@@ -6,6 +6,7 @@ use super::*;
 use crate::caps::{FredControlSupport, RecordedMsrs, VmxCapabilities, msr};
 use crate::error::VmInstructionError;
 use crate::vmcs::SoftVmcs;
+use crate::vmcs::test_support::FailingWrite;
 use std::vec::Vec;
 
 /// Debian testing's Bochs 3.1 `wildcat_lake` (built without FRED): BASIC, EXIT and ENTRY as
@@ -235,22 +236,6 @@ fn a_failed_write_leaves_the_vmcs_as_it_was() {
     assert_eq!(vmcs.read(field::PRIMARY_VM_EXIT_CONTROLS).unwrap(), 0x1234);
     assert_eq!(vmcs.read(field::PIN_BASED_VM_EXECUTION_CONTROLS).unwrap(), 0);
 
-    /// Reads succeed; the write of one encoding fails.
-    struct FailingWrite {
-        inner: SoftVmcs,
-        fail_at: u32,
-    }
-    impl VmcsAccess for FailingWrite {
-        fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
-            self.inner.read_raw(encoding)
-        }
-        fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
-            if encoding == self.fail_at {
-                return Err(VmFail::Valid(VmInstructionError::UnsupportedVmcsComponent));
-            }
-            self.inner.write_raw(encoding, value)
-        }
-    }
     let mut inner = SoftVmcs::new();
     for (encoding, value) in [(0x4000, 1), (0x4002, 2), (0x400C, 3), (0x2044, 4), (0x4012, 5)] {
         inner.write_raw(encoding, value).unwrap();
