@@ -646,7 +646,7 @@ mod tests {
         (msr::IA32_VMX_EXIT_CTLS2, 0),
     ];
 
-    fn minimal() -> ControlRequest {
+    pub(super) fn minimal() -> ControlRequest {
         ControlRequest {
             exit: ExitControls::HOST_ADDRESS_SPACE_SIZE,
             entry: EntryControls::IA32E_MODE_GUEST,

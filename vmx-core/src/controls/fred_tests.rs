@@ -1,7 +1,7 @@
 //! The FRED-state controls: capability report, adjustment and the write of field 0x2044,
 //! on the capability MSRs recorded from Bochs (upstream FRED build and Debian 3.1).
 
-use super::tests::{SKYLAKE_X, WILDCAT_LAKE};
+use super::tests::{SKYLAKE_X, WILDCAT_LAKE, minimal};
 use super::*;
 use crate::caps::{FredControlSupport, RecordedMsrs, VmxCapabilities, msr};
 use crate::error::VmInstructionError;
@@ -45,14 +45,6 @@ fn wildcat_offering(exit_ctls2: u64) -> VmxCapabilities {
 
 fn caps(msrs: &[(u32, u64)]) -> VmxCapabilities {
     VmxCapabilities::read(&RecordedMsrs(msrs)).unwrap()
-}
-
-fn minimal() -> ControlRequest {
-    ControlRequest {
-        exit: ExitControls::HOST_ADDRESS_SPACE_SIZE,
-        entry: EntryControls::IA32E_MODE_GUEST,
-        ..ControlRequest::default()
-    }
 }
 
 #[test]
