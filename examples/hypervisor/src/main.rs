@@ -10,7 +10,10 @@ mod cpu;
 mod entry_diff;
 mod guest;
 mod host;
+mod hostside;
+mod percpu;
 mod port;
+mod smp;
 mod vmx;
 
 use core::sync::atomic::Ordering;
@@ -84,7 +87,13 @@ fn report(line: Line) {
         line.extra.events,
         if pass { "PASS" } else { "FAIL" }
     );
-    // SAFETY: single CPU.
+    tally(pass, lost, duplicated);
+}
+
+/// Counts one reported scenario in the summary.
+#[allow(static_mut_refs, reason = "only the bootstrap processor reports")]
+fn tally(pass: bool, lost: u64, duplicated: u64) {
+    // SAFETY: only the bootstrap processor reports scenarios.
     let summary = unsafe { &mut SUMMARY };
     summary.scenarios += 1;
     summary.lost += lost;
@@ -107,9 +116,17 @@ fn skip(name: &str, reason: &str) {
     summary.skipped += 1;
 }
 
-#[allow(static_mut_refs, reason = "single CPU")]
+/// The VMX scenarios are done: the host-side scenarios again in x2APIC mode, then the summary.
 fn finish() -> ! {
-    // SAFETY: single CPU.
+    // The guest sends itself NMIs through the xAPIC page: x2APIC only after the VMX scenarios.
+    hostside::run_x2apic();
+    finish_with(status::PASS)
+}
+
+/// Prints the summary and leaves with `pass_status` when everything passed, else FAIL.
+#[allow(static_mut_refs, reason = "only the bootstrap processor reports")]
+fn finish_with(pass_status: u32) -> ! {
+    // SAFETY: only the bootstrap processor reports scenarios.
     let s = unsafe { &SUMMARY };
     let pass = s.failed == 0 && s.lost == 0 && s.duplicated == 0 && s.passed > 0;
     println!(
@@ -122,7 +139,7 @@ fn finish() -> ! {
         s.duplicated,
         if pass { "PASS" } else { "FAIL" }
     );
-    port::exit(if pass { status::PASS } else { status::FAIL })
+    port::exit(if pass { pass_status } else { status::FAIL })
 }
 
 #[unsafe(no_mangle)]
@@ -131,12 +148,9 @@ extern "C" fn kernel_main() -> ! {
     // Mask the 8259 PICs: only the local APIC delivers interrupts here.
     port::outb(0x21, 0xFF);
     port::outb(0xA1, 0xFF);
+    let bsp = percpu::install(0);
     println!("HVKIT boot magic={:#x}", boot::magic());
     host::init();
-    if let Err(reason) = vmx::detect() {
-        println!("HVKIT NOVMX reason=\"{reason}\"");
-        port::exit(status::NO_VMX)
-    }
     let apic_id = match apic::init() {
         Ok(id) => id,
         Err(error) => {
@@ -144,7 +158,18 @@ extern "C" fn kernel_main() -> ! {
             port::exit(status::PANIC)
         }
     };
+    bsp.online.store(true, Ordering::SeqCst);
     println!("HVKIT apic id={apic_id} mode=xAPIC base={:#x}", apic::base_address());
+    let cpus = smp::start_application_processors();
+    println!("HVKIT smp cpus={cpus}");
+    smp::report_cpus();
+    hostside::run();
+    if let Err(reason) = vmx::detect() {
+        hostside::run_x2apic();
+        println!("HVKIT NOVMX reason=\"{reason}\"");
+        println!("HVKIT VMX-NOT-RUN scenarios=\"{}\" reason=\"{reason}\"", VMX_SCENARIOS);
+        finish_with(status::NO_VMX)
+    }
     let (vmx, mut root) = match vmx::enable() {
         Ok(enabled) => enabled,
         Err(reason) => {
@@ -193,6 +218,9 @@ impl Vcpu {
         Ok(Self { vmcs, registers })
     }
 }
+
+/// The scenarios that need VMX (named in the report when they cannot run).
+const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi";
 
 /// Why the EPT-violation scenarios SKIP on a CPU with VMX but no usable EPT.
 const NO_EPT: &str = "no EPT (IA32_VMX_PROCBASED_CTLS2 does not allow enable EPT, or no 4-level WB EPT with 2 MiB pages): the scenario needs an EPT violation";
