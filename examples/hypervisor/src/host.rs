@@ -19,6 +19,8 @@ pub const TIMER_VECTOR: u8 = 0x30;
 /// The host vector of the fixed IPIs the SMP scenarios send: priority class 5 (vector bits
 /// 7:4, SDM Vol. 3A 12.8.3 "Interrupt, Task, and Processor Priority"), above the timer's class 3.
 pub const TEST_IPI_VECTOR: u8 = 0x50;
+/// The host vector that wakes an idle (halted) CPU for a command.
+pub const WAKE_VECTOR: u8 = 0x51;
 /// The host spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
 
@@ -110,6 +112,36 @@ host_ipi_entry:
     iretq
 
     .balign 16
+    .global host_wake_entry
+host_wake_entry:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rax, rsp
+    and rsp, -16
+    push rax
+    push rax
+    call {wake}
+    pop rax
+    mov rsp, rax
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
     .global host_spurious_entry
 host_spurious_entry:
     iretq
@@ -127,6 +159,7 @@ host_exception_common:
     nmi_count = sym HOST_NMI_HANDLED,
     nmi_per_cpu = const crate::percpu::offset::NMI_HANDLED,
     ipi = sym host_ipi,
+    wake = sym host_wake,
     timer_tsc = sym HOST_TIMER_TSC,
     timer = sym host_timer,
     exception = sym host_exception,
@@ -158,6 +191,7 @@ unsafe extern "C" {
     fn host_timer_entry();
     fn host_spurious_entry();
     fn host_ipi_entry();
+    fn host_wake_entry();
 }
 
 /// The host NMI entry: non-IST, safe for direct calls on the current stack.
@@ -182,6 +216,12 @@ extern "C" fn host_timer() {
     crate::apic::eoi();
     HOST_TIMER_EOIS.fetch_add(1, Ordering::SeqCst);
     cpu.timer_eois.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The wake-up IPI handler: an idle application processor halts with interrupts enabled and
+/// this IPI ends the HLT; the handler only sends the EOI.
+extern "C" fn host_wake() {
+    crate::apic::eoi();
 }
 
 /// The test-IPI handler: counts the run on this CPU, checks that its vector is in service
@@ -296,6 +336,7 @@ pub fn init() {
     set_gate(2, nmi_entry());
     set_gate(TIMER_VECTOR, timer_entry());
     set_gate(TEST_IPI_VECTOR, ipi_entry());
+    set_gate(WAKE_VECTOR, host_wake_entry as *const () as u64);
     set_gate(SPURIOUS_VECTOR, host_spurious_entry as *const () as u64);
     load_idt();
 }

@@ -237,6 +237,13 @@ pub fn run_on(index: usize, command: u32) -> bool {
     let Some(cpu) = percpu::cpu(index) else { return false };
     let done = cpu.command_done.load(Ordering::SeqCst);
     cpu.command.store(command, Ordering::SeqCst);
+    let destination = hvkit_apic::Destination::Physical(cpu.apic_id.load(Ordering::SeqCst));
+    let Ok(wake) = Ipi::fixed(host::WAKE_VECTOR, hvkit_apic::FixedTarget::To(destination)) else {
+        return false;
+    };
+    if apic::send(&wake).is_err() {
+        return false;
+    }
     for _ in 0..200_000_000u32 {
         if cpu.command_done.load(Ordering::SeqCst) != done {
             return true;
@@ -256,18 +263,19 @@ extern "C" fn ap_main(index: u32) -> ! {
     }
     cpu.online.store(true, Ordering::SeqCst);
     loop {
-        // Idle with interrupts enabled (emulators such as QEMU's TCG take interrupts only
-        // between translated blocks: a one-instruction STI window is not enough there).
-        // SAFETY: the IDT and this CPU's handlers are set up.
-        unsafe { core::arch::asm!("sti", options(nomem, nostack)) };
-        while cpu.command.load(Ordering::SeqCst) == 0 {
-            core::hint::spin_loop();
+        let command = cpu.command.load(Ordering::SeqCst);
+        if command != 0 {
+            execute(command);
+            cpu.command.store(0, Ordering::SeqCst);
+            cpu.command_done.fetch_add(1, Ordering::SeqCst);
+            continue;
         }
-        // SAFETY: commands run with interrupts disabled.
-        unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
-        execute(cpu.command.load(Ordering::SeqCst));
-        cpu.command.store(0, Ordering::SeqCst);
-        cpu.command_done.fetch_add(1, Ordering::SeqCst);
+        // Idle: halt with interrupts enabled. An interrupt that arrived since the check above
+        // is taken right after STI's one-instruction shadow, which ends the HLT; `run_on`
+        // sends a wake-up IPI after each command.
+        // SAFETY: the IDT and this CPU's handlers are set up; interrupts are off again after
+        // the HLT.
+        unsafe { core::arch::asm!("sti", "hlt", "cli", options(nomem, nostack)) };
     }
 }
 
