@@ -43,9 +43,21 @@ host_nmi_entry:
     mov [rip + {nmi_tsc}], rax
     lock inc qword ptr [rip + {nmi_count}]
     lock inc qword ptr gs:[{nmi_per_cpu}]
+    cmp qword ptr gs:[{nmi_hold}], 0
+    jne 2f
+1:
     pop rdx
     pop rax
     iretq
+2:
+    /* Held (the pending-nmi scenario): say so, wait until released, NMIs stay blocked. */
+    mov qword ptr gs:[{nmi_held}], 1
+3:
+    pause
+    cmp qword ptr gs:[{nmi_hold}], 0
+    jne 3b
+    mov qword ptr gs:[{nmi_held}], 0
+    jmp 1b
 
     .balign 16
     .global host_timer_entry
@@ -158,6 +170,8 @@ host_exception_common:
     nmi_tsc = sym HOST_NMI_TSC,
     nmi_count = sym HOST_NMI_HANDLED,
     nmi_per_cpu = const crate::percpu::offset::NMI_HANDLED,
+    nmi_hold = const crate::percpu::offset::NMI_HOLD,
+    nmi_held = const crate::percpu::offset::NMI_HELD,
     ipi = sym host_ipi,
     wake = sym host_wake,
     timer_tsc = sym HOST_TIMER_TSC,

@@ -14,6 +14,7 @@ mod hostside;
 mod percpu;
 mod port;
 mod smp;
+mod smpvmx;
 mod vmx;
 
 use core::sync::atomic::Ordering;
@@ -118,6 +119,8 @@ fn skip(name: &str, reason: &str) {
 
 /// The VMX scenarios are done: the host-side scenarios again in x2APIC mode, then the summary.
 fn finish() -> ! {
+    // Every AP in VMX operation with its own guest; CPU 0 sends to them from its host.
+    smpvmx::run();
     // The guest sends itself NMIs through the xAPIC page: x2APIC only after the VMX scenarios.
     hostside::run_x2apic();
     finish_with(status::PASS)
@@ -179,6 +182,8 @@ extern "C" fn kernel_main() -> ! {
     };
     guest::init();
     let eptp = vmx::build_ept(guest::area());
+    // SAFETY: `vmx` lives until the end of the run: this function never returns.
+    unsafe { smpvmx::set_context(&vmx, eptp) };
     entry_diff::run(&mut root, &vmx, guest::stack_top(), guest::idt(), eptp);
     let registers = GuestRegisters {
         rdi: apic::base_address(),

@@ -46,6 +46,10 @@ pub struct PerCpu {
     pub ipi_eois: AtomicU64,
     /// Test-IPI handler runs that found their vector not in service (must stay 0).
     pub ipi_not_in_service: AtomicU64,
+    /// While non-zero, the host NMI handler waits (NMIs blocked) until it is cleared.
+    pub nmi_hold: AtomicU64,
+    /// 1 while the host NMI handler waits for `nmi_hold` to clear.
+    pub nmi_held: AtomicU64,
     /// Index (0 = bootstrap processor).
     pub index: AtomicU32,
     /// Local APIC ID.
@@ -70,6 +74,10 @@ pub struct PerCpu {
 pub mod offset {
     /// `nmi_handled`.
     pub const NMI_HANDLED: usize = core::mem::offset_of!(super::PerCpu, nmi_handled);
+    /// `nmi_hold`.
+    pub const NMI_HOLD: usize = core::mem::offset_of!(super::PerCpu, nmi_hold);
+    /// `nmi_held`.
+    pub const NMI_HELD: usize = core::mem::offset_of!(super::PerCpu, nmi_held);
 }
 
 // SAFETY: the atomics are shared; `tss` is written only by its CPU before LTR and afterwards
@@ -86,6 +94,8 @@ impl PerCpu {
             ipi_handled: AtomicU64::new(0),
             ipi_eois: AtomicU64::new(0),
             ipi_not_in_service: AtomicU64::new(0),
+            nmi_hold: AtomicU64::new(0),
+            nmi_held: AtomicU64::new(0),
             index: AtomicU32::new(0),
             apic_id: AtomicU32::new(0),
             online: AtomicBool::new(false),

@@ -146,6 +146,13 @@ pub mod command {
     pub const PING: u32 = 2;
     /// `last_result` = 1 when the test-IPI vector is neither in service nor requested.
     pub const CHECK_CLEAN: u32 = 3;
+    /// Enter VMX operation with this CPU's own VMXON region and VMCS (`last_result` = 1 on
+    /// success).
+    pub const VMX_ON: u32 = 4;
+    /// Run this CPU's guest until told to stop, re-delivering host events by direct call.
+    pub const GUEST_DIRECT_CALL: u32 = 5;
+    /// The same with the self-NMI strategy.
+    pub const GUEST_SELF_NMI: u32 = 6;
 }
 
 /// Waits at least `microseconds` with PIT channel 2 in mode 0 (interrupt on terminal count,
@@ -234,17 +241,29 @@ pub fn start_application_processors() -> usize {
 
 /// Gives CPU `index` `command` and waits (bounded) until it has done it.
 pub fn run_on(index: usize, command: u32) -> bool {
-    let Some(cpu) = percpu::cpu(index) else { return false };
+    match start_on(index, command) {
+        Some(done) => wait_done(index, done, 200_000_000),
+        None => false,
+    }
+}
+
+/// Gives CPU `index` `command` and wakes it, without waiting. Returns the CPU's finished-command
+/// count from before, for [`wait_done`].
+pub fn start_on(index: usize, command: u32) -> Option<u32> {
+    let cpu = percpu::cpu(index)?;
     let done = cpu.command_done.load(Ordering::SeqCst);
     cpu.command.store(command, Ordering::SeqCst);
     let destination = hvkit_apic::Destination::Physical(cpu.apic_id.load(Ordering::SeqCst));
-    let Ok(wake) = Ipi::fixed(host::WAKE_VECTOR, hvkit_apic::FixedTarget::To(destination)) else {
-        return false;
-    };
-    if apic::send(&wake).is_err() {
-        return false;
-    }
-    for _ in 0..200_000_000u32 {
+    let wake = Ipi::fixed(host::WAKE_VECTOR, hvkit_apic::FixedTarget::To(destination)).ok()?;
+    apic::send(&wake).ok()?;
+    Some(done)
+}
+
+/// Waits (at most `polls` polls) until CPU `index` has finished the command started when its
+/// finished-command count was `done`.
+pub fn wait_done(index: usize, done: u32, polls: u32) -> bool {
+    let Some(cpu) = percpu::cpu(index) else { return false };
+    for _ in 0..polls {
         if cpu.command_done.load(Ordering::SeqCst) != done {
             return true;
         }
@@ -290,6 +309,12 @@ fn execute(command: u32) {
             }
         }
         command::PING => {}
+        command::VMX_ON => {
+            let ok = crate::smpvmx::enable_on_this_cpu();
+            percpu::current().last_result.store(u32::from(ok), Ordering::SeqCst);
+        }
+        command::GUEST_DIRECT_CALL => crate::smpvmx::run_guest(crate::smpvmx::Strategy::DirectCall),
+        command::GUEST_SELF_NMI => crate::smpvmx::run_guest(crate::smpvmx::Strategy::SelfNmi),
         command::CHECK_CLEAN => {
             let vector = host::TEST_IPI_VECTOR;
             let clean = !apic::is_in_service(vector) && !apic::is_requested(vector);
