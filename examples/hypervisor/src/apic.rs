@@ -25,7 +25,7 @@ pub fn get() -> &'static mut XApic<MmioRegisters> {
 
 /// Finds the APIC, checks xAPIC mode, software-enables it.
 pub fn init() -> Result<u32, hvkit_apic::ModeError> {
-    let base = ApicBase(crate::cpu::rdmsr(0x1B));
+    let base = apic_base();
     let Some(page) = NonNull::new(base.base_address() as *mut u32) else {
         return Err(hvkit_apic::ModeError::NotInMode {
             expected: hvkit_apic::Mode::XApic,
@@ -45,7 +45,14 @@ pub fn init() -> Result<u32, hvkit_apic::ModeError> {
 
 /// Physical base of the APIC page.
 pub fn base_address() -> u64 {
-    ApicBase(crate::cpu::rdmsr(0x1B)).base_address()
+    apic_base().base_address()
+}
+
+/// IA32_APIC_BASE.
+fn apic_base() -> ApicBase {
+    // SAFETY: CPL 0; IA32_APIC_BASE exists on every CPU with a local APIC (the boot checked
+    // CPUID.1:EDX[9]); reading it has no side effects.
+    ApicBase(unsafe { x86::msr::rdmsr(x86::msr::IA32_APIC_BASE) })
 }
 
 /// EOI.

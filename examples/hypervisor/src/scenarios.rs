@@ -473,12 +473,17 @@ fn reflect_exception(info: &ExitInfo<'_>) -> Result<Option<GuestEvent>, Fatal> {
             if let Some(debug) = exception.debug {
                 // SAFETY: CPL 0; DR6 is not part of the VMCS, so the guest's DR6 is the
                 // processor's own while the host does not use debug registers.
-                unsafe { cpu::write_dr6(debug.apply_to_dr6(cpu::read_dr6())) };
+                unsafe {
+                    let dr6 = x86::debugregs::dr6().bits() as u64;
+                    x86::debugregs::dr6_write(x86::debugregs::Dr6::from_bits_unchecked(
+                        debug.apply_to_dr6(dr6) as usize,
+                    ));
+                }
             }
             if let Some(address) = exception.page_fault_address {
                 // SAFETY: the guest's CR2 is the processor's own (not in the VMCS); the host
                 // handles no page faults between here and the entry.
-                unsafe { cpu::write_cr2(address) };
+                unsafe { x86::controlregs::cr2_write(address) };
             }
             Ok(Some(exception.event))
         }
