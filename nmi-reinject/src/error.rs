@@ -19,7 +19,7 @@ pub enum EventState {
 /// Why a re-delivery did not complete.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum ReinjectError {
+pub enum RedeliveryError {
     /// This strategy cannot deliver the event (state: [`EventState::NotDelivered`]).
     Unsupported(Unsupported),
     /// The local APIC refused or did not accept the IPI.
@@ -59,7 +59,7 @@ pub enum Unsupported {
     },
 }
 
-impl ReinjectError {
+impl RedeliveryError {
     /// Where the event stands.
     pub const fn state(&self) -> EventState {
         match self {
@@ -70,7 +70,7 @@ impl ReinjectError {
     }
 }
 
-impl fmt::Display for ReinjectError {
+impl fmt::Display for RedeliveryError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Self::Unsupported(Unsupported::NoHandler { vector }) => {
@@ -95,12 +95,12 @@ impl fmt::Display for ReinjectError {
     }
 }
 
-impl core::error::Error for ReinjectError {}
+impl core::error::Error for RedeliveryError {}
 
-pub(crate) fn apic_error(error: hvkit_apic::IpiError) -> ReinjectError {
+pub(crate) fn apic_error(error: hvkit_apic::IpiError) -> RedeliveryError {
     let state = match error {
         hvkit_apic::IpiError::Timeout { sent: true, .. } => EventState::InFlight,
         _ => EventState::NotDelivered,
     };
-    ReinjectError::Apic { error, state }
+    RedeliveryError::Apic { error, state }
 }

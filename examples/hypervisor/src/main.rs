@@ -15,8 +15,8 @@ mod vmx;
 
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
-    ApicSender, FredDirectCall, FredEretsToSelf, GuestEvent, GuestEventQueue, IdtDirectCall,
-    IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiQueued, ReflectError, SelfNmi,
+    FredDirectCall, FredEretsToSelf, GuestEvent, GuestEventQueue, IdtDirectCall, IdtEntry,
+    InjectionContext, IretToSelf, IrqDelivery, NmiQueued, PollingApic, ReflectError, SelfNmi,
     handle_host_event, inject, reflected_exception, reinject_idt_vectoring,
 };
 use hvkit_vmx_core::VmFail;
@@ -275,7 +275,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
     // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let mut direct =
         unsafe { IdtDirectCall::new(nmi_entry, timer_handler as fn(u8) -> Option<IdtEntry>) };
-    let sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
+    let sender = PollingApic { apic: apic::second_handle(), max_polls: 1000 };
     // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
     let unblocker = unsafe { IretToSelf::new() };
     let mut self_nmi =
@@ -284,7 +284,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
     // SAFETY: used only after the host switched to FRED (CR4.FRED = 1, CPL 0), with the red
     // zone configured in IA32_FRED_CONFIG; the dispatcher leaves RIP/RSP/CS/SS alone.
     let mut fred_direct = unsafe { FredDirectCall::new(host::fred_dispatcher(), red_zone) };
-    let fred_sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
+    let fred_sender = PollingApic { apic: apic::second_handle(), max_polls: 1000 };
     // SAFETY: as above.
     let fred_unblocker = unsafe { FredEretsToSelf::new(red_zone) };
     let mut fred_self_nmi = SelfNmi::new(
