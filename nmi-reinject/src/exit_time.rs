@@ -38,6 +38,7 @@ pub enum HostEvent {
 /// An exit whose information does not fit the controls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum HostEventError {
     /// External-interrupt exit with "acknowledge interrupt on exit" set but the exit
     /// interruption information not valid: hardware always reports the vector, so the

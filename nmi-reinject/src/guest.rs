@@ -210,6 +210,7 @@ impl InjectionContext {
 /// the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum InjectError {
     /// The event breaks a VM-entry rule; nothing was written.
     EntryCheck(EntryCheckError),
@@ -751,6 +752,7 @@ pub struct ReflectedException {
 /// Why an exit cannot be reflected as an exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ReflectError {
     /// Not an exception exit (basic reason 0 with valid exit interruption information).
     NotAnExceptionExit,

@@ -75,7 +75,7 @@ pub mod guest;
 mod idt;
 pub mod strategy;
 
-pub use error::{EventState, RedeliveryError, Unsupported};
+pub use error::{EventState, ExitError, RedeliveryError, Unsupported};
 pub use exit_time::{
     HostEvent, HostEventError, classify, handle_host_event, handle_host_event_with_nmi_sources,
 };

@@ -799,3 +799,100 @@ fn host_event_errors_say_what_happened_to_the_event() {
          event not delivered"
     );
 }
+
+/// Each step's error lands in the `ExitError` variant that names the step, unchanged: a
+/// conversion into the wrong variant, or one that rewrites the inner error, fails here.
+#[test]
+fn exit_error_keeps_each_steps_error_in_its_own_variant() {
+    use hvkit_vmx_core::VmFail;
+    use hvkit_vmx_core::event::InterruptionInfoError;
+
+    fn question_mark<E>(error: E) -> Result<(), ExitError>
+    where
+        ExitError: From<E>,
+    {
+        Err(error)?
+    }
+
+    let fail = VmFail::Invalid;
+    assert_eq!(question_mark(fail), Err(ExitError::Vmcs(fail)));
+
+    let host = HostEventError::AcknowledgedWithoutVector { info: 0x31 };
+    assert_eq!(question_mark(host), Err(ExitError::HostEvent(host)));
+
+    let redelivery = RedeliveryError::NmiNotHandled { polls: 3 };
+    assert_eq!(question_mark(redelivery), Err(ExitError::Redelivery(redelivery)));
+
+    // A real injection refusal and a real entry-check failure (the error structs cannot be
+    // built outside their crates).
+    let mut vmcs = guest_vmcs(8, true); // blocking by NMI, virtual NMIs on
+    let inject_error = inject(&mut vmcs, &GuestEvent::nmi(), &context(true)).unwrap_err();
+    assert_eq!(question_mark(inject_error), Err(ExitError::Inject(inject_error)));
+    let InjectError::EntryCheck(check) = inject_error else {
+        panic!("expected an entry-check refusal, got {inject_error:?}");
+    };
+    assert_eq!(question_mark(check), Err(ExitError::EntryCheck(check)));
+
+    let reflect = ReflectError::NotAnExceptionExit;
+    assert_eq!(question_mark(reflect), Err(ExitError::Reflect(reflect)));
+
+    let info = InterruptionInfo::try_new(InterruptionType::Nmi, 3).unwrap_err();
+    assert_eq!(info, InterruptionInfoError::NmiVectorNot2 { vector: 3 });
+    assert_eq!(question_mark(info), Err(ExitError::InterruptionInfo(info)));
+}
+
+#[test]
+fn exit_error_says_where_a_host_event_stands() {
+    let in_flight = RedeliveryError::NmiNotHandled { polls: 3 };
+    let owed = RedeliveryError::Unsupported(Unsupported::NoHandler { vector: 0x40 });
+    assert_eq!(ExitError::from(in_flight).host_event_state(), Some(EventState::InFlight));
+    assert_eq!(ExitError::from(owed).host_event_state(), Some(EventState::NotDelivered));
+    let through_handler = HostEventError::Redelivery { event: HostEvent::Nmi, error: in_flight };
+    assert_eq!(ExitError::from(through_handler).host_event_state(), Some(EventState::InFlight));
+    let owed_irq =
+        HostEventError::Redelivery { event: HostEvent::AcknowledgedIrq(0x40), error: owed };
+    assert_eq!(ExitError::from(owed_irq).host_event_state(), Some(EventState::NotDelivered));
+    // No re-delivery involved: no host-event state.
+    let missing = HostEventError::AcknowledgedWithoutVector { info: 0x31 };
+    assert_eq!(ExitError::from(missing).host_event_state(), None);
+    assert_eq!(ExitError::from(hvkit_vmx_core::VmFail::Invalid).host_event_state(), None);
+    assert_eq!(ExitError::from(ReflectError::NotAnExceptionExit).host_event_state(), None);
+}
+
+#[test]
+fn exit_error_names_the_step_and_keeps_the_source() {
+    use core::error::Error as _;
+    let error = ExitError::from(hvkit_vmx_core::VmFail::Invalid);
+    assert_eq!(
+        std::format!("{error}"),
+        "VMX instruction failed: VMfailInvalid (CF=1, no current VMCS)"
+    );
+    assert_eq!(
+        error.source().map(|source| std::format!("{source}")),
+        Some(std::string::String::from("VMfailInvalid (CF=1, no current VMCS)"))
+    );
+    let cases: [(ExitError, &str); 4] = [
+        (HostEventError::AcknowledgedWithoutVector { info: 0x31 }.into(), "host event: "),
+        (RedeliveryError::NmiNotHandled { polls: 3 }.into(), "host event re-delivery: "),
+        (ReflectError::NotAnExceptionExit.into(), "exception reflection: "),
+        (
+            InterruptionInfo::try_new(InterruptionType::Reserved, 0).unwrap_err().into(),
+            "interruption information: ",
+        ),
+    ];
+    for (error, prefix) in cases {
+        let text = std::format!("{error}");
+        let source = error.source().map(|source| std::format!("{source}")).unwrap_or_default();
+        assert_eq!(text, std::format!("{prefix}{source}"), "{error:?}");
+    }
+    let mut vmcs = guest_vmcs(8, true);
+    let inject_error = inject(&mut vmcs, &GuestEvent::nmi(), &context(true)).unwrap_err();
+    let InjectError::EntryCheck(check) = inject_error else {
+        panic!("expected an entry-check refusal, got {inject_error:?}");
+    };
+    assert_eq!(
+        std::format!("{}", ExitError::from(inject_error)),
+        std::format!("guest event injection: {inject_error}")
+    );
+    assert_eq!(std::format!("{}", ExitError::from(check)), std::format!("VM-entry check: {check}"));
+}

@@ -205,6 +205,7 @@ sdm_rules! {
 /// A violated rule, with the field values that broke it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct EntryCheckError {
     /// The rule.
     pub rule: EntryRule,

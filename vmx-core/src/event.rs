@@ -130,6 +130,7 @@ pub struct InterruptionInfo(u32);
 /// Why [`InterruptionInfo::try_new`] refused a combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum InterruptionInfoError {
     /// Type 1 is reserved.
     ReservedType,
