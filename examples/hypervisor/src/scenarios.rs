@@ -311,7 +311,7 @@ impl<'a> Scenarios<'a> {
             }
             guest::call::NMI_SEND_TIMEOUTS if first != 0 => {
                 println!("HVKIT error: the guest gave up {first} self-NMI sends (ICR busy)");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
             guest::call::NMI_SEND_TIMEOUTS => {}
             guest::call::FRED_BEGIN => match fred_unavailable(self.vmx) {
@@ -323,7 +323,7 @@ impl<'a> Scenarios<'a> {
                     Ok(cr4) => {
                         if let Err(fail) = guest.vmcs.write(field::HOST_CR4, cr4) {
                             println!("HVKIT error: HOST_CR4: {fail}");
-                            return Err(Fatal::Exit("hypercall"));
+                            return Err(Fatal::Vmm("hypercall"));
                         }
                         println!(
                             "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
@@ -334,18 +334,18 @@ impl<'a> Scenarios<'a> {
                     }
                     Err(error) => {
                         println!("HVKIT error: FRED configuration: {error}");
-                        return Err(Fatal::Exit("hypercall"));
+                        return Err(Fatal::Vmm("hypercall"));
                     }
                 },
             },
             guest::call::DONE => finish(),
             0xDEAD => {
                 println!("HVKIT error: unexpected exception in the guest");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
             other => {
                 println!("HVKIT error: unknown hypercall {other}");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
         }
 
@@ -367,7 +367,7 @@ impl<'a> Scenarios<'a> {
                     "HVKIT error: unexpected EPT violation at {address:#x} qualification={:#x}",
                     info.qualification
                 );
-                Err(Fatal::Exit("unexpected EPT violation"))
+                Err(Fatal::Vmm("unexpected EPT violation"))
             }
         }
     }
@@ -447,7 +447,7 @@ impl ExitHandler for Scenarios<'_> {
                     "HVKIT error: unexpected exit {other:?} qualification={:#x}",
                     info.qualification
                 );
-                return Err(Fatal::Exit("unexpected exit"));
+                return Err(Fatal::Vmm("unexpected exit"));
             }
         }
         Ok(resume)
@@ -491,7 +491,7 @@ fn reflect_exception(info: &ExitInfo<'_>) -> Result<Option<GuestEvent>, Fatal> {
         Err(ReflectError::DuringEventDelivery { .. }) => Ok(None),
         Err(error) => {
             println!("HVKIT error: exception exit: {error}");
-            Err(Fatal::Exit("exception exit"))
+            Err(Fatal::Vmm("exception exit"))
         }
     }
 }

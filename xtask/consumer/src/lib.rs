@@ -1,44 +1,15 @@
 //! A per-vCPU exit handler as a user writes it from the packaged crates' documentation: the
-//! `Vcpu` owns its VMCS; `unsafe` appears only where the hardware is entered.
+//! `Vcpu` owns its VMCS; every step's error goes through `ExitError` with `?`; `unsafe` appears
+//! only where the hardware is entered.
 #![no_std]
 #![forbid(clippy::undocumented_unsafe_blocks)]
 
 use hvkit_nmi_reinject::{
-    EntryDecision, GuestEventQueue, GuestFixups, HostEvent, HostEventError, InjectError,
-    InjectionContext, IrqDelivery, NmiReinjector, handle_host_event, reinject_idt_vectoring,
+    EntryDecision, ExitError, GuestEventQueue, GuestFixups, HostEvent, InjectionContext,
+    IrqDelivery, Redeliver, handle_host_event, reinject_idt_vectoring,
 };
-use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::exit::{ExitHead, ExitInfoOptions, VmExit};
 use hvkit_vmx_core::vmcs::{GuestRegisters, Vmcs, VmcsAccess, VmxRoot};
-
-/// Everything that can stop the exit sequence, one type for `?`.
-#[derive(Debug)]
-pub enum ExitError {
-    /// A VMX instruction failed.
-    Vmx(VmFail),
-    /// The host event could not be re-delivered.
-    HostEvent(HostEventError),
-    /// Re-injection or injection was refused.
-    Inject(InjectError),
-}
-
-impl From<VmFail> for ExitError {
-    fn from(fail: VmFail) -> Self {
-        Self::Vmx(fail)
-    }
-}
-
-impl From<HostEventError> for ExitError {
-    fn from(error: HostEventError) -> Self {
-        Self::HostEvent(error)
-    }
-}
-
-impl From<InjectError> for ExitError {
-    fn from(error: InjectError) -> Self {
-        Self::Inject(error)
-    }
-}
 
 /// What one exit did.
 #[derive(Debug)]
@@ -57,7 +28,7 @@ pub struct Handled {
 pub fn exit_sequence(
     vmcs: &mut impl VmcsAccess,
     exit: &VmExit,
-    strategy: &mut impl NmiReinjector,
+    strategy: &mut impl Redeliver,
     queue: &mut GuestEventQueue,
     context: &InjectionContext,
     acknowledge_on_exit: bool,
@@ -96,7 +67,7 @@ impl Vcpu {
     pub unsafe fn run_once(
         &mut self,
         root: &mut VmxRoot,
-        strategy: &mut impl NmiReinjector,
+        strategy: &mut impl Redeliver,
     ) -> Result<Handled, ExitError> {
         let mut active = root.activate(&mut self.vmcs)?;
         // SAFETY: the caller's contract.

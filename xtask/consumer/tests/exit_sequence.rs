@@ -4,10 +4,10 @@
 //! VM-entry interruption information, 25.9.2 exit interruption information, Appendix C exit
 //! reasons), not from the crates.
 
-use hvkit_consumer_check::{ExitError, Handled, exit_sequence};
+use hvkit_consumer_check::{Handled, exit_sequence};
 use hvkit_nmi_reinject::{
-    EntryDecision, GuestEventQueue, HostEvent, InjectionContext, IrqDelivery, NmiReinjector,
-    ReinjectError,
+    EntryDecision, ExitError, GuestEventQueue, HostEvent, InjectionContext, IrqDelivery, Redeliver,
+    RedeliveryError,
 };
 use hvkit_vmx_core::caps::{RecordedMsrs, VmxCapabilities, msr};
 use hvkit_vmx_core::controls::{
@@ -41,13 +41,13 @@ struct Recording {
     irqs: Vec<u8>,
 }
 
-impl NmiReinjector for Recording {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for Recording {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         self.nmis += 1;
         Ok(())
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         self.irqs.push(vector);
         Ok(IrqDelivery::Handled)
     }
