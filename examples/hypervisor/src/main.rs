@@ -8,6 +8,7 @@ mod apic;
 mod boot;
 mod cpu;
 mod entry_diff;
+mod fred_host;
 mod guest;
 mod host;
 mod port;
@@ -280,10 +281,10 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
     let unblocker = unsafe { IretToSelf::new() };
     let mut self_nmi =
         SelfNmi::new(sender, unblocker, core::hint::spin_loop, &host::HOST_NMI_HANDLED, 1_000_000);
-    let red_zone = u64::from(host::FRED_RED_ZONE_UNITS) * 64;
+    let red_zone = u64::from(fred_host::FRED_RED_ZONE_UNITS) * 64;
     // SAFETY: used only after the host switched to FRED (CR4.FRED = 1, CPL 0), with the red
     // zone configured in IA32_FRED_CONFIG; the dispatcher leaves RIP/RSP/CS/SS alone.
-    let mut fred_direct = unsafe { FredDirectCall::new(host::fred_dispatcher(), red_zone) };
+    let mut fred_direct = unsafe { FredDirectCall::new(fred_host::fred_dispatcher(), red_zone) };
     let fred_sender = ApicSender { apic: apic::second_handle(), max_polls: 1000 };
     // SAFETY: as above.
     let fred_unblocker = unsafe { FredEretsToSelf::new(red_zone) };
@@ -648,7 +649,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                             skip("fred", reason);
                             registers.rax = 0;
                         }
-                        None => match host::enable_fred() {
+                        None => match fred_host::enable_fred() {
                             Ok(cr4) => {
                                 if let Err(fail) = vmcs.write(field::HOST_CR4, cr4) {
                                     println!("HVKIT error: HOST_CR4: {fail}");
@@ -656,7 +657,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                                 }
                                 println!(
                                     "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
-                                    host::HostFredEntry::address()
+                                    fred_host::HostFredEntry::address()
                                 );
                                 fred_mode = true;
                                 registers.rax = 1;
