@@ -296,6 +296,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
         1_000_000,
     );
     let mut fred_mode = false;
+    let mut guest_fred_msrs = fred_host::GuestFredMsrs::default();
     // The guest does not use FRED, so no event data travels with its events.
     let context = InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false);
     let mut queue = GuestEventQueue::new();
@@ -409,6 +410,14 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                         port::exit(status::FAIL)
                     }
                 }
+            }
+            BasicExitReason::Rdmsr | BasicExitReason::Wrmsr => {
+                let write = reason == BasicExitReason::Wrmsr;
+                if !guest_fred_msrs.handle_exit(write, registers, vmcs, vmx) {
+                    println!("HVKIT error: guest MSR access ecx={:#x}", registers.rcx as u32);
+                    port::exit(status::FAIL)
+                }
+                advance = true;
             }
             BasicExitReason::Vmcall => {
                 advance = true;
@@ -651,7 +660,10 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                         }
                         None => match fred_host::enable_fred() {
                             Ok(cr4) => {
-                                if let Err(fail) = vmcs.write(field::HOST_CR4, cr4) {
+                                if let Err(fail) = vmcs
+                                    .write(field::HOST_CR4, cr4)
+                                    .and_then(|()| vmx::refresh_host_fred(vmcs, vmx))
+                                {
                                     println!("HVKIT error: HOST_CR4: {fail}");
                                     port::exit(status::FAIL)
                                 }
@@ -659,6 +671,7 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                                     "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
                                     fred_host::HostFredEntry::address()
                                 );
+                                vmx::check_fred_state(vmcs, "fred-host");
                                 fred_mode = true;
                                 registers.rax = 1;
                             }
@@ -667,6 +680,37 @@ fn run(root: &mut VmxRoot, mut vcpu: Vcpu, vmx: &vmx::Vmx) -> ! {
                                 port::exit(status::FAIL)
                             }
                         },
+                    },
+                    guest::call::FRED_MSR_CHECK => {
+                        let isolation = fred_host::msr_isolation(first, vmx);
+                        report(Line {
+                            name: "fred-msr-isolation",
+                            strategy: isolation.strategy,
+                            sent: 1,
+                            exits: guest_fred_msrs.exits,
+                            handled: 1,
+                            eois: 0,
+                            insns_per_event: 0,
+                            pass: isolation.pass,
+                            extra: Extra::default(),
+                        });
+                    }
+                    guest::call::NMI_SOURCE => match fred_host::nmi_source_check(fred_mode) {
+                        fred_host::NmiSourceOutcome::Skip(reason) => skip("nmi-source", reason),
+                        fred_host::NmiSourceOutcome::Ran { sent, handled, expected, seen } => {
+                            println!("HVKIT nmi-source expected={expected:#06x} seen={seen:#06x}");
+                            report(Line {
+                                name: "nmi-source",
+                                strategy: "fred-event-data",
+                                sent,
+                                exits: 0,
+                                handled,
+                                eois: 0,
+                                insns_per_event: 0,
+                                pass: seen == expected,
+                                extra: Extra::default(),
+                            });
+                        }
                     },
                     guest::call::DONE => finish(),
                     0xDEAD => {
