@@ -160,25 +160,41 @@ impl GuestFredMsrs {
     }
 }
 
-/// The result of the guest's FRED MSR probe (the guest wrote [`GUEST_PROBE_CONFIG`] to
-/// IA32_FRED_CONFIG and read back `read_back`).
-pub struct MsrIsolation {
-    /// How the host's FRED MSRs are kept: "vmcs-controls" or "msr-exit-shadow".
-    pub strategy: &'static str,
-    /// The guest read back what it wrote, and the host's IA32_FRED_CONFIG is the value
-    /// [`enable_fred`] wrote.
-    pub pass: bool,
-}
-
-/// Checks the processor's IA32_FRED_CONFIG after the guest's probe and prints what it found.
-pub fn msr_isolation(read_back: u64, vmx: &crate::vmx::Vmx) -> MsrIsolation {
-    let host = crate::cpu::rdmsr(hvkit_fred::config::msr::IA32_FRED_CONFIG);
+/// Hypercall `FRED_MSR_CHECK`: the guest wrote [`GUEST_PROBE_CONFIG`] to IA32_FRED_CONFIG and
+/// read back `read_back`. Reports `fred-msr-isolation`: PASS when the guest read its own value,
+/// the processor's IA32_FRED_CONFIG is still the one [`enable_fred`] wrote, and (with the VMCS
+/// FRED-state controls) the exit saved the guest's value in its guest field.
+pub fn report_msr_isolation(
+    read_back: u64,
+    vmcs: &ActiveVmcs<'_>,
+    vmx: &crate::vmx::Vmx,
+    msrs: &GuestFredMsrs,
+) {
+    // SAFETY: CPL 0; the host switched to FRED, so the CPU has the FRED MSRs. RDMSR has no
+    // side effects.
+    let host = unsafe { x86::msr::rdmsr(hvkit_fred::config::msr::IA32_FRED_CONFIG) };
     let expected = HOST_FRED_CONFIG.load(Ordering::SeqCst);
-    let strategy = if vmx.controls.fred_state() { "vmcs-controls" } else { "msr-exit-shadow" };
+    let (strategy, saved) = if vmx.controls.fred_state() {
+        ("vmcs-controls", vmcs.read(hvkit_vmx_core::field::GUEST_IA32_FRED_CONFIG).ok())
+    } else {
+        ("msr-exit-shadow", None)
+    };
     println!(
-        "HVKIT fred msr-isolation strategy={strategy} guest_wrote={GUEST_PROBE_CONFIG:#x} guest_read={read_back:#x} host_config={host:#x} host_expected={expected:#x}"
+        "HVKIT fred msr-isolation strategy={strategy} guest_wrote={GUEST_PROBE_CONFIG:#x} guest_read={read_back:#x} guest_field={saved:#x?} host_config={host:#x} host_expected={expected:#x}"
     );
-    MsrIsolation { strategy, pass: read_back == GUEST_PROBE_CONFIG && host == expected }
+    crate::report::report(crate::report::Line {
+        name: "fred-msr-isolation",
+        strategy,
+        sent: 1,
+        exits: msrs.exits,
+        handled: 1,
+        eois: 0,
+        insns_per_event: 0,
+        pass: read_back == GUEST_PROBE_CONFIG
+            && host == expected
+            && saved.is_none_or(|value| value == GUEST_PROBE_CONFIG),
+        extra: crate::report::Extra::default(),
+    });
 }
 
 /// What the NMI-source check did.
@@ -200,6 +216,28 @@ pub enum NmiSourceOutcome {
 
 /// The sources the check sends, one NMI each.
 const NMI_SOURCES: [u8; 3] = [3, 5, 9];
+
+/// Hypercall `NMI_SOURCE`: runs [`nmi_source_check`] and reports `nmi-source` (SKIP with the
+/// reason where it cannot run).
+pub fn report_nmi_source(fred_mode: bool) {
+    match nmi_source_check(fred_mode) {
+        NmiSourceOutcome::Skip(reason) => crate::report::skip("nmi-source", reason),
+        NmiSourceOutcome::Ran { sent, handled, expected, seen } => {
+            println!("HVKIT nmi-source expected={expected:#06x} seen={seen:#06x}");
+            crate::report::report(crate::report::Line {
+                name: "nmi-source",
+                strategy: "fred-event-data",
+                sent,
+                exits: 0,
+                handled,
+                eois: 0,
+                insns_per_event: 0,
+                pass: seen == expected,
+                extra: crate::report::Extra::default(),
+            });
+        }
+    }
+}
 
 /// On a FRED host whose CPU reports NMI sources (CPUID.(7,1):EAX\[20\]), sends this CPU one
 /// NMI per source in [`NMI_SOURCES`] (the source in the ICR vector field of an NMI) and

@@ -49,23 +49,14 @@ pub fn detect() -> Result<(), &'static str> {
     Ok(())
 }
 
-fn read_cr(number: u8) -> u64 {
-    let value: u64;
-    // SAFETY: reading control registers at CPL 0 has no side effects.
+/// CR0, CR3 and CR4 as raw values.
+fn control_registers() -> (u64, u64, u64) {
+    // SAFETY: CPL 0 (this kernel runs only there); reading control registers has no side
+    // effects.
     unsafe {
-        match number {
-            0 => {
-                core::arch::asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-            3 => {
-                core::arch::asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-            _ => {
-                core::arch::asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-        }
+        use x86::controlregs::{cr0, cr3, cr4};
+        (cr0().bits() as u64, cr3(), cr4().bits() as u64)
     }
-    value
 }
 
 /// Capabilities read once.
@@ -105,11 +96,14 @@ fn fred_vmcs_controls(
 /// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
 /// capabilities and this CPU's VMX root token.
 pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
-    let feature = FeatureControl(crate::cpu::rdmsr(msr::IA32_FEATURE_CONTROL));
+    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (`detect` checked).
+    let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
     match feature.vmxon_readiness() {
         VmxonReadiness::Ready => {}
         VmxonReadiness::NeedsEnabling => {
-            crate::cpu::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value())
+            // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
+            // it only enables VMX outside SMX and locks the MSR.
+            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
         }
         VmxonReadiness::DisabledByFirmware => {
             return Err(
@@ -132,8 +126,9 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         caps.misc.0,
         caps.secondary_controls().is_some()
     );
-    let cr4 = caps.cr4.adjust(read_cr(4) | (1 << 13));
-    caps.cr0.check(read_cr(0)).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
+    let (cr0, _, cr4) = control_registers();
+    let cr4 = caps.cr4.adjust(cr4 | (1 << 13));
+    caps.cr0.check(cr0).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
     // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE).
     unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
 
@@ -279,7 +274,7 @@ pub fn setup_vmcs(
         vmcs.write(field::EPT_POINTER, eptp)?;
     }
 
-    let (cr0, cr3, cr4) = (read_cr(0), read_cr(3), read_cr(4));
+    let (cr0, cr3, cr4) = control_registers();
     let gdtr = host::gdtr();
     let idtr = host::idtr();
     let tss = host::tss_base();

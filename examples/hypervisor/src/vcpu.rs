@@ -1,0 +1,178 @@
+//! The exit handler to copy: one virtual CPU (its VMCS, guest registers and guest event queue)
+//! and the exit sequence in the order the hvkit crates expect. Everything else in this example
+//! (scenarios, counters, reports) is the [`ExitHandler`] in `scenarios.rs`.
+//!
+//! Per exit:
+//! 1. `ActiveVmcs::run` enters the guest and returns the exit token;
+//! 2. `ExitHead::read`: only what host re-delivery needs (exit reason, interruption information);
+//! 3. `handle_host_event`: the host NMI or interrupt the exit consumed runs its host handler,
+//!    first, before anything else can unblock NMIs or enable interrupts;
+//! 4. `ExitHead::complete`: the rest of the exit information;
+//! 5. the VMM handles the exit ([`ExitHandler::handle`]);
+//! 6. `reinject_idt_vectoring`: a guest event whose delivery the exit interrupted is retried;
+//! 7. an exception the VMM reflects is injected (`inject`), then `GuestEventQueue::prepare_entry`
+//!    injects what the guest is owed or opens the window it waits for;
+//! 8. back to 1 with the exit token (VMRESUME).
+
+use hvkit_nmi_reinject::{
+    EventState, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError, InjectError,
+    InjectionContext, IrqDelivery, NmiReinjector, handle_host_event, inject,
+    reinject_idt_vectoring,
+};
+use hvkit_vmx_core::exit::{ExitHead, ExitInfo, ExitInfoOptions, VmExit};
+use hvkit_vmx_core::vmcs::VmcsAccess as _;
+use hvkit_vmx_core::vmcs::{ActiveVmcs, GuestRegisters, Vmcs, VmxRoot};
+use hvkit_vmx_core::{VmFail, field};
+
+/// One virtual CPU. Owned by the logical processor that runs it (a `Vmcs` is `!Send`).
+pub struct Vcpu {
+    /// The VMCS, with its launch state (VMLAUNCH before the first entry, VMRESUME after).
+    pub vmcs: Vmcs,
+    /// The guest's general-purpose registers while it is not running.
+    pub registers: GuestRegisters,
+    /// Events owed to the guest (virtual NMIs, interrupts).
+    pub queue: GuestEventQueue,
+    /// What the VMCS controls allow injecting, derived once from the capabilities and controls.
+    pub context: InjectionContext,
+    /// The "acknowledge interrupt on exit" VM-exit control, as written to the VMCS.
+    pub acknowledge_on_exit: bool,
+}
+
+/// What the VMM decided about one exit.
+#[derive(Default)]
+pub struct Resume {
+    /// Skip the exiting instruction (CPUID, VMCALL, ...): GUEST_RIP += instruction length.
+    pub advance_rip: bool,
+    /// A guest exception to reflect, injected after any IDT-vectoring re-injection.
+    pub reflect: Option<GuestEvent>,
+}
+
+/// The VMM's part of exit handling.
+pub trait ExitHandler {
+    /// How host events are re-delivered.
+    type Strategy: NmiReinjector;
+    /// Step 3: the strategy for this exit.
+    fn strategy(&mut self) -> &mut Self::Strategy;
+    /// A host NMI was left in flight (self-NMI): keep waiting; `false` when it gave up.
+    fn settle(&mut self) -> bool;
+    /// Step 3 done: the host event's outcome (`exit_tsc` is the TSC right after the exit).
+    fn host_event(
+        &mut self,
+        outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>,
+        exit_tsc: u64,
+    );
+    /// Step 5: handles the exit. `Err` stops the vCPU.
+    fn handle(
+        &mut self,
+        vcpu: Guest<'_, '_>,
+        info: &ExitInfo<'_>,
+        exit: &VmExit,
+    ) -> Result<Resume, Fatal>;
+    /// Step 6 done: what re-injection did.
+    fn fixups(&mut self, fixups: GuestFixups);
+    /// Just before the next entry.
+    fn entering(&mut self, exit_tsc: u64);
+}
+
+/// What the VMM may touch while it handles an exit.
+pub struct Guest<'a, 'root> {
+    /// The current VMCS.
+    pub vmcs: &'a mut ActiveVmcs<'root>,
+    /// The guest's registers.
+    pub registers: &'a mut GuestRegisters,
+    /// Events owed to the guest.
+    pub queue: &'a mut GuestEventQueue,
+}
+
+/// Why a vCPU stopped.
+#[derive(Debug)]
+pub enum Fatal {
+    /// A VMX instruction failed (VM entry, VMREAD, VMWRITE, VMPTRLD).
+    Vmx(VmFail),
+    /// Re-injection or injection was refused.
+    Inject(InjectError),
+    /// A host NMI stayed in flight: entering the guest would take NMI exits in a loop.
+    NmiInFlight(HostEventError),
+    /// The VMM gave up on an exit.
+    Exit(&'static str),
+}
+
+impl From<VmFail> for Fatal {
+    fn from(fail: VmFail) -> Self {
+        Self::Vmx(fail)
+    }
+}
+
+impl From<InjectError> for Fatal {
+    fn from(error: InjectError) -> Self {
+        Self::Inject(error)
+    }
+}
+
+impl Vcpu {
+    /// Runs the guest until the handler or a VMX instruction stops it.
+    pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
+        let mut vmcs = match root.activate(&mut self.vmcs) {
+            Ok(active) => active,
+            Err(fail) => return fail.into(),
+        };
+        let mut previous: Option<VmExit> = None;
+        loop {
+            // SAFETY: the VMCS holds a complete host and guest state (vmx::setup_vmcs);
+            // interrupts are disabled; EPT confines the guest.
+            let step = unsafe { vmcs.run(&mut self.registers, previous.take()) }
+                .map_err(Fatal::from)
+                .and_then(|exit| {
+                    let exit_tsc = crate::cpu::rdtsc();
+                    let head = ExitHead::read(&vmcs, &exit)?;
+                    let outcome =
+                        handle_host_event(handler.strategy(), head, self.acknowledge_on_exit);
+                    if let Err(error) = outcome
+                        && in_flight(&error)
+                        && !handler.settle()
+                    {
+                        return Err(Fatal::NmiInFlight(error));
+                    }
+                    handler.host_event(outcome, exit_tsc);
+                    let info = head.complete(&vmcs, ExitInfoOptions::default())?;
+                    let guest = Guest {
+                        vmcs: &mut vmcs,
+                        registers: &mut self.registers,
+                        queue: &mut self.queue,
+                    };
+                    let resume = handler.handle(guest, &info, &exit)?;
+                    if resume.advance_rip {
+                        let rip = vmcs.read(field::GUEST_RIP)?;
+                        vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length))?;
+                    }
+                    handler.fixups(reinject_idt_vectoring(&mut vmcs, &info, &self.context)?);
+                    if let Some(event) = resume.reflect {
+                        inject(&mut vmcs, &event, &self.context)?;
+                    }
+                    self.queue.prepare_entry(&mut vmcs, &self.context)?;
+                    handler.entering(exit_tsc);
+                    Ok(exit)
+                });
+            match step {
+                Ok(exit) => previous = Some(exit),
+                Err(fatal) => return fatal,
+            }
+        }
+    }
+}
+
+/// A host NMI was handed to the hardware but its handler has not been seen to run.
+fn in_flight(error: &HostEventError) -> bool {
+    matches!(error, HostEventError::Reinject { error, .. } if error.state() == EventState::InFlight)
+}
+
+impl core::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Vmx(fail) => write!(f, "VMX instruction failed: {fail}"),
+            Self::Inject(error) => write!(f, "injection refused: {error}"),
+            Self::NmiInFlight(error) => write!(f, "host NMI still in flight: {error}"),
+            Self::Exit(what) => write!(f, "{what}"),
+        }
+    }
+}
