@@ -179,8 +179,9 @@ pub fn report_msr_isolation(
     } else {
         ("msr-exit-shadow", None)
     };
+    let (has_field, field_value) = (saved.is_some(), saved.unwrap_or(0));
     println!(
-        "HVKIT fred msr-isolation strategy={strategy} guest_wrote={GUEST_PROBE_CONFIG:#x} guest_read={read_back:#x} guest_field={saved:#x?} host_config={host:#x} host_expected={expected:#x}"
+        "HVKIT fred msr-isolation strategy={strategy} guest_wrote={GUEST_PROBE_CONFIG:#x} guest_read={read_back:#x} guest_field_saved={has_field} guest_field={field_value:#x} host_config={host:#x} host_expected={expected:#x}"
     );
     crate::report::report(crate::report::Line {
         name: "fred-msr-isolation",
