@@ -8,6 +8,7 @@ mod apic;
 mod boot;
 mod cpu;
 mod entry_diff;
+mod fred_host;
 mod guest;
 mod host;
 mod port;

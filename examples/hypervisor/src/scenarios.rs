@@ -4,7 +4,7 @@
 use crate::report::{Extra, Line, finish, report, skip};
 use crate::strategies::{Strategies, Strategy};
 use crate::vcpu::{ExitHandler, Fatal, Guest, Resume};
-use crate::{apic, cpu, guest, host, println, vmx};
+use crate::{apic, cpu, fred_host, guest, host, println, vmx};
 use core::sync::atomic::Ordering;
 use hvkit_nmi_reinject::{
     GuestEvent, GuestFixups, HostEvent, HostEventError, IrqDelivery, NmiQueued, ReflectError,
@@ -72,11 +72,19 @@ pub struct Scenarios<'a> {
     phase: Counters,
     /// The guest page made inaccessible in EPT, whose violation the scenario expects.
     armed_page: Option<u64>,
+    /// The guest's FRED MSRs (its RDMSR/WRMSR of them exit).
+    fred_msrs: fred_host::GuestFredMsrs,
 }
 
 impl<'a> Scenarios<'a> {
     pub fn new(vmx: &'a vmx::Vmx) -> Self {
-        Self { vmx, strategies: Strategies::new(), phase: snapshot(), armed_page: None }
+        Self {
+            vmx,
+            strategies: Strategies::new(),
+            phase: snapshot(),
+            armed_page: None,
+            fred_msrs: fred_host::GuestFredMsrs::default(),
+        }
     }
 
     /// The guest's VMCALL: RAX is the command, RBX and RCX its arguments.
@@ -319,16 +327,21 @@ impl<'a> Scenarios<'a> {
                     skip("fred", reason);
                     guest.registers.rax = 0;
                 }
-                None => match host::enable_fred() {
+                None => match fred_host::enable_fred() {
                     Ok(cr4) => {
-                        if let Err(fail) = guest.vmcs.write(field::HOST_CR4, cr4) {
+                        if let Err(fail) = guest
+                            .vmcs
+                            .write(field::HOST_CR4, cr4)
+                            .and_then(|()| vmx::refresh_host_fred(guest.vmcs, self.vmx))
+                        {
                             println!("HVKIT error: HOST_CR4: {fail}");
                             return Err(Fatal::Vmm("hypercall"));
                         }
                         println!(
                             "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
-                            host::HostFredEntry::address()
+                            fred_host::HostFredEntry::address()
                         );
+                        vmx::check_fred_state(guest.vmcs, "fred-host");
                         self.strategies.use_fred();
                         guest.registers.rax = 1;
                     }
@@ -338,6 +351,10 @@ impl<'a> Scenarios<'a> {
                     }
                 },
             },
+            guest::call::FRED_MSR_CHECK => {
+                fred_host::report_msr_isolation(first, guest.vmcs, self.vmx, &self.fred_msrs)
+            }
+            guest::call::NMI_SOURCE => fred_host::report_nmi_source(self.strategies.fred()),
             guest::call::DONE => finish(),
             0xDEAD => {
                 println!("HVKIT error: unexpected exception in the guest");
@@ -438,6 +455,14 @@ impl ExitHandler for Scenarios<'_> {
                 resume.advance_rip = true;
             }
             BasicExitReason::EptViolation => self.ept_violation(info)?,
+            reason @ (BasicExitReason::Rdmsr | BasicExitReason::Wrmsr) => {
+                let write = reason == BasicExitReason::Wrmsr;
+                if !self.fred_msrs.handle_exit(write, guest.registers, guest.vmcs, self.vmx) {
+                    println!("HVKIT error: guest MSR access ecx={:#x}", guest.registers.rcx as u32);
+                    return Err(Fatal::Exit("guest MSR access"));
+                }
+                resume.advance_rip = true;
+            }
             BasicExitReason::Vmcall => {
                 self.hypercall(guest, exit)?;
                 resume.advance_rip = true;

@@ -63,10 +63,11 @@ impl Strategies {
         let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
         // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
         let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_handler as HandlerTable) };
-        let red_zone = u64::from(host::FRED_RED_ZONE_UNITS) * 64;
+        let red_zone = u64::from(crate::fred_host::FRED_RED_ZONE_UNITS) * 64;
         // SAFETY: used only after `use_fred` (CR4.FRED = 1, CPL 0, the red zone configured in
         // IA32_FRED_CONFIG); the dispatcher leaves RIP/RSP/CS/SS alone.
-        let fred_direct = unsafe { FredDirectCall::new(host::fred_dispatcher(), red_zone) };
+        let fred_direct =
+            unsafe { FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone) };
         // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
         let unblocker = Unblocker::Iret(unsafe { IretToSelf::new() });
         Self {
@@ -80,7 +81,7 @@ impl Strategies {
 
     /// The host switched to FRED: the FRED strategies from now on.
     pub fn use_fred(&mut self) {
-        let red_zone = u64::from(host::FRED_RED_ZONE_UNITS) * 64;
+        let red_zone = u64::from(crate::fred_host::FRED_RED_ZONE_UNITS) * 64;
         // SAFETY: the host is now in FRED mode (CR4.FRED = 1, CPL 0) with this red zone.
         self.self_nmi = self_nmi(Unblocker::Erets(unsafe { FredEretsToSelf::new(red_zone) }));
         self.fred = true;

@@ -10,6 +10,7 @@ use hvkit_vmx_core::controls::{
 };
 use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
+use hvkit_vmx_core::fred_state::{FredMsrState, HardwareFredMsrs};
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, ClearVmcs, VmcsAccess, VmxRoot};
 
@@ -66,6 +67,30 @@ pub struct Vmx {
     pub controls: AdjustedControls,
     /// Whether EPT is in use.
     pub ept: bool,
+    /// The CPU enumerates FRED (CPUID.(7,1):EAX\[17\]), so the FRED MSRs exist.
+    pub fred_cpu: bool,
+}
+
+/// Whether the VMCS FRED-state controls are requested: `Ok` with why they are, `Err` with why
+/// not. They are requested only when the CPU has FRED and offers all of them: VM-entry control
+/// 23 "load FRED", primary VM-exit control 31 with IA32_VMX_EXIT_CTLS2 (0x493) bits 0 "save
+/// FRED" and 1 "load FRED" (SDM Vol. 3D A.4.2, A.5).
+fn fred_vmcs_controls(
+    caps: &VmxCapabilities,
+    fred_cpu: bool,
+) -> Result<&'static str, &'static str> {
+    let offered = caps.fred_controls();
+    if !fred_cpu {
+        Err("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
+    } else if !offered.load_guest_on_entry {
+        Err("IA32_VMX_ENTRY_CTLS does not allow VM-entry control 23 (load FRED)")
+    } else if !offered.secondary_exit_controls {
+        Err("no secondary VM-exit controls (exit control 31 not allowed or no IA32_VMX_EXIT_CTLS2)")
+    } else if !(offered.save_guest_on_exit && offered.load_host_on_exit) {
+        Err("IA32_VMX_EXIT_CTLS2 does not allow bits 0 (save FRED) and 1 (load FRED)")
+    } else {
+        Ok("entry control 23 and secondary exit controls 0-1 offered")
+    }
 }
 
 /// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
@@ -138,8 +163,18 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         entry: EntryControls::IA32E_MODE_GUEST,
         ..ControlRequest::default()
     };
+    let fred_cpu = hvkit_fred::config::fred_supported(hvkit_fred::config::cpuid_7_1_eax());
+    let fred_choice = fred_vmcs_controls(&caps, fred_cpu);
+    let request = if fred_choice.is_ok() { request.with_fred_state() } else { request };
     let controls = controls::adjust(&caps, &request)
         .map_err(|_| "a required VM-execution control is not supported")?;
+    match fred_choice {
+        Ok(reason) => println!("HVKIT fred vmcs-controls=on reason=\"{reason}\""),
+        Err(reason) if fred_cpu => println!(
+            "HVKIT fred vmcs-controls=off reason=\"{reason}\" guard=\"every RDMSR/WRMSR exits (no MSR bitmap); the FRED MSRs 0x1CC-0x1D4 are emulated from a per-guest shadow; guest CR4.FRED is owned by the host (CR4 guest/host mask)\""
+        ),
+        Err(reason) => println!("HVKIT fred vmcs-controls=off reason=\"{reason}\""),
+    }
     println!(
         "HVKIT controls pin={:#x} primary={:#x} secondary={:#x} exit={:#x} entry={:#x} ept={}",
         controls.pin.bits(),
@@ -150,7 +185,7 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         ept_possible
     );
     EPT_IN_USE.store(ept_possible, core::sync::atomic::Ordering::SeqCst);
-    Ok((Vmx { caps, controls, ept: ept_possible }, root))
+    Ok((Vmx { caps, controls, ept: ept_possible, fred_cpu }, root))
 }
 
 /// The guest's VMCS region, handed out once (a second call ends the run).
@@ -224,14 +259,9 @@ pub fn setup_vmcs(
     guest_idt: u64,
     eptp: u64,
 ) -> Result<(), VmFail> {
-    let c = &vmx.controls;
-    vmcs.write(field::PIN_BASED_VM_EXECUTION_CONTROLS, c.pin.bits())?;
-    vmcs.write(field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.primary.bits())?;
-    if c.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS) {
-        vmcs.write(field::SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.secondary.bits())?;
-    }
-    vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
-    vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
+    // Pin, primary, secondary (when activated), exit, secondary exit (0x2044, when exit
+    // control 31 is set: the FRED controls) and entry controls.
+    vmx.controls.write(vmcs)?;
     // #DB and #AC always exit (a guest could otherwise hang the host with them).
     vmcs.write(field::EXCEPTION_BITMAP, ExceptionBitmap::new().raw())?;
     vmcs.write(field::CR3_TARGET_COUNT, 0)?;
@@ -342,7 +372,69 @@ pub fn setup_vmcs(
     vmcs.write(field::GUEST_INTERRUPTIBILITY_STATE, 0)?;
     vmcs.write(field::GUEST_ACTIVITY_STATE, 0)?;
     vmcs.write(field::GUEST_PENDING_DEBUG_EXCEPTIONS, 0)?;
+    setup_fred(vmcs, vmx)?;
+    check_fred_state(vmcs, "setup");
     Ok(())
+}
+
+/// The FRED part of the VMCS. With the FRED-state controls: the guest FRED fields hold the
+/// guest's MSRs (their reset value 0 at first) and the host fields this CPU's current MSRs
+/// ([`refresh_host_fred`] again after the host switches to FRED). Without them, on a CPU with
+/// FRED: the host owns guest CR4.FRED (bit 32 in the CR4 guest/host mask, SDM Vol. 3C 25.6.6),
+/// so a guest cannot turn on FRED delivery through the host's FRED MSRs; the MSRs themselves
+/// stay out of reach because every RDMSR/WRMSR exits without an MSR bitmap (SDM Vol. 3C
+/// 26.1.3), and [`crate::fred_host::GuestFredMsrs`] answers them.
+fn setup_fred(vmcs: &mut ActiveVmcs<'_>, vmx: &Vmx) -> Result<(), VmFail> {
+    if vmx.controls.fred_state() {
+        FredMsrState::default().write_guest(vmcs)?;
+        refresh_host_fred(vmcs, vmx)?;
+        vmcs.write(field::CR4_GUEST_HOST_MASK, 0)
+    } else if vmx.fred_cpu {
+        vmcs.write(field::CR4_GUEST_HOST_MASK, hvkit_vmx_core::fred_check::CR4_FRED)
+    } else {
+        vmcs.write(field::CR4_GUEST_HOST_MASK, 0)
+    }
+}
+
+/// Writes this CPU's FRED MSRs into the host FRED fields, which VM exits load with the "load
+/// FRED" secondary exit control. Does nothing without the FRED-state controls.
+pub fn refresh_host_fred(vmcs: &mut ActiveVmcs<'_>, vmx: &Vmx) -> Result<(), VmFail> {
+    if !vmx.controls.fred_state() {
+        return Ok(());
+    }
+    // SAFETY: CPL 0, and the controls were requested only on a CPU that enumerates FRED.
+    let msrs = unsafe { HardwareFredMsrs::new() };
+    FredMsrState::read(&msrs).write_host(vmcs)
+}
+
+/// Runs the FRED VM-entry checks (hvkit-vmx-core `fred_check`) on the current host and guest
+/// state and prints the result; a violation ends the run (the entry would fail).
+pub fn check_fred_state(vmcs: &ActiveVmcs<'_>, stage: &str) {
+    use hvkit_vmx_core::fred_check::{
+        GuestFredState, HostFredState, LinearAddressWidth, check_guest, check_host,
+    };
+    let width = LinearAddressWidth::default();
+    let result = HostFredState::read(vmcs)
+        .map_err(|_| "VMREAD of the host state failed")
+        .map(|host| check_host(&host, width))
+        .and_then(|host| {
+            GuestFredState::read(vmcs)
+                .map_err(|_| "VMREAD of the guest state failed")
+                .map(|guest| (host, check_guest(&guest, width)))
+        });
+    match result {
+        Ok((Ok(()), Ok(()))) => println!("HVKIT fred vmcs-check stage={stage} host=ok guest=ok"),
+        Ok((host, guest)) => {
+            for error in [host.err(), guest.err()].into_iter().flatten() {
+                println!("HVKIT error: FRED VM-entry check ({stage}): {error}");
+            }
+            crate::port::exit(crate::port::status::FAIL)
+        }
+        Err(reason) => {
+            println!("HVKIT error: FRED VM-entry check ({stage}): {reason}");
+            crate::port::exit(crate::port::status::FAIL)
+        }
+    }
 }
 
 /// Stores the TSC in `slot` from one asm block (RDTSC, SHL, OR, MOV), so the compiler cannot
