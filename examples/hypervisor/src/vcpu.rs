@@ -117,52 +117,66 @@ impl core::fmt::Display for Fatal {
 impl Vcpu {
     /// Runs the guest until the handler or a VMX instruction stops it.
     pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
-        let mut vmcs = match root.activate(&mut self.vmcs) {
+        let Self { vmcs, registers, queue, context, acknowledge_on_exit } = self;
+        let mut vmcs = match root.activate(vmcs) {
             Ok(active) => active,
             Err(fail) => return fail.into(),
         };
         let mut previous: Option<VmExit> = None;
         loop {
-            // SAFETY: the VMCS holds a complete host and guest state (vmx::setup_vmcs);
+            // 1. SAFETY: the VMCS holds a complete host and guest state (vmx::setup_vmcs);
             // interrupts are disabled; EPT confines the guest.
-            let step = unsafe { vmcs.run(&mut self.registers, previous.take()) }
-                .map_err(Fatal::from)
-                .and_then(|exit| {
-                    let exit_tsc = crate::cpu::rdtsc();
-                    let head = ExitHead::read(&vmcs, &exit)?;
-                    let outcome =
-                        handle_host_event(handler.strategy(), head, self.acknowledge_on_exit);
-                    if let Err(error) = outcome
-                        && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
-                        && !handler.settle()
-                    {
-                        // Entering the guest now would take NMI exits in a loop.
-                        return Err(error.into());
-                    }
-                    handler.host_event(outcome, exit_tsc);
-                    let info = head.complete(&vmcs, ExitInfoOptions::default())?;
-                    let guest = Guest {
-                        vmcs: &mut vmcs,
-                        registers: &mut self.registers,
-                        queue: &mut self.queue,
-                    };
-                    let resume = handler.handle(guest, &info, &exit)?;
-                    if resume.advance_rip {
-                        let rip = vmcs.read(field::GUEST_RIP)?;
-                        vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length))?;
-                    }
-                    handler.fixups(reinject_idt_vectoring(&mut vmcs, &info, &self.context)?);
-                    if let Some(event) = resume.reflect {
-                        inject(&mut vmcs, &event, &self.context)?;
-                    }
-                    self.queue.prepare_entry(&mut vmcs, &self.context)?;
-                    handler.entering(exit_tsc);
-                    Ok(exit)
-                });
-            match step {
-                Ok(exit) => previous = Some(exit),
-                Err(fatal) => return fatal,
+            let exit = match unsafe { vmcs.run(registers, previous.take()) } {
+                Ok(exit) => exit,
+                Err(fail) => return fail.into(),
+            };
+            let exit_tsc = crate::cpu::rdtsc();
+            // 2-3. The hot path: only what re-delivery needs, then the host event, first.
+            let head = match ExitHead::read(&vmcs, &exit) {
+                Ok(head) => head,
+                Err(fail) => return fail.into(),
+            };
+            let outcome = handle_host_event(handler.strategy(), head, *acknowledge_on_exit);
+            if let Err(error) = outcome
+                && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
+                && !handler.settle()
+            {
+                // Entering the guest now would take NMI exits in a loop.
+                return error.into();
             }
+            handler.host_event(outcome, exit_tsc);
+            // 4-7. Out of line, so the hot path above keeps its registers.
+            let guest = Guest { vmcs: &mut vmcs, registers, queue };
+            if let Err(fatal) = finish_exit(guest, context, &exit, head, exit_tsc, handler) {
+                return fatal;
+            }
+            previous = Some(exit);
         }
     }
+}
+
+/// Steps 4-7 of one exit.
+#[inline(never)]
+fn finish_exit(
+    guest: Guest<'_, '_>,
+    context: &InjectionContext,
+    exit: &VmExit,
+    head: ExitHead<'_>,
+    exit_tsc: u64,
+    handler: &mut impl ExitHandler,
+) -> Result<(), Fatal> {
+    let info = head.complete(guest.vmcs, ExitInfoOptions::default())?;
+    let Guest { vmcs, registers, queue } = guest;
+    let resume = handler.handle(Guest { vmcs, registers, queue }, &info, exit)?;
+    if resume.advance_rip {
+        let rip = vmcs.read(field::GUEST_RIP)?;
+        vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length))?;
+    }
+    handler.fixups(reinject_idt_vectoring(vmcs, &info, context)?);
+    if let Some(event) = resume.reflect {
+        inject(vmcs, &event, context)?;
+    }
+    queue.prepare_entry(vmcs, context)?;
+    handler.entering(exit_tsc);
+    Ok(())
 }
