@@ -319,7 +319,7 @@ impl<'a> Scenarios<'a> {
             }
             guest::call::NMI_SEND_TIMEOUTS if first != 0 => {
                 println!("HVKIT error: the guest gave up {first} self-NMI sends (ICR busy)");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
             guest::call::NMI_SEND_TIMEOUTS => {}
             guest::call::FRED_BEGIN => match fred_unavailable(self.vmx) {
@@ -335,7 +335,7 @@ impl<'a> Scenarios<'a> {
                             .and_then(|()| vmx::refresh_host_fred(guest.vmcs, self.vmx))
                         {
                             println!("HVKIT error: HOST_CR4: {fail}");
-                            return Err(Fatal::Exit("hypercall"));
+                            return Err(Fatal::Vmm("hypercall"));
                         }
                         println!(
                             "HVKIT fred host mode on: cr4={cr4:#x} entry={:#x}",
@@ -348,7 +348,7 @@ impl<'a> Scenarios<'a> {
                     }
                     Err(error) => {
                         println!("HVKIT error: FRED configuration: {error}");
-                        return Err(Fatal::Exit("hypercall"));
+                        return Err(Fatal::Vmm("hypercall"));
                     }
                 },
             },
@@ -359,11 +359,11 @@ impl<'a> Scenarios<'a> {
             guest::call::DONE => finish(),
             0xDEAD => {
                 println!("HVKIT error: unexpected exception in the guest");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
             other => {
                 println!("HVKIT error: unknown hypercall {other}");
-                return Err(Fatal::Exit("hypercall"));
+                return Err(Fatal::Vmm("hypercall"));
             }
         }
 
@@ -385,7 +385,7 @@ impl<'a> Scenarios<'a> {
                     "HVKIT error: unexpected EPT violation at {address:#x} qualification={:#x}",
                     info.qualification
                 );
-                Err(Fatal::Exit("unexpected EPT violation"))
+                Err(Fatal::Vmm("unexpected EPT violation"))
             }
         }
     }
@@ -473,7 +473,7 @@ impl ExitHandler for Scenarios<'_> {
                     "HVKIT error: unexpected exit {other:?} qualification={:#x}",
                     info.qualification
                 );
-                return Err(Fatal::Exit("unexpected exit"));
+                return Err(Fatal::Vmm("unexpected exit"));
             }
         }
         Ok(resume)
@@ -517,7 +517,7 @@ fn reflect_exception(info: &ExitInfo<'_>) -> Result<Option<GuestEvent>, Fatal> {
         Err(ReflectError::DuringEventDelivery { .. }) => Ok(None),
         Err(error) => {
             println!("HVKIT error: exception exit: {error}");
-            Err(Fatal::Exit("exception exit"))
+            Err(Fatal::Vmm("exception exit"))
         }
     }
 }

@@ -1,10 +1,10 @@
-//! The host re-delivery strategies the scenarios switch between, as one [`NmiReinjector`]: the
+//! The host re-delivery strategies the scenarios switch between, as one [`Redeliver`]: the
 //! direct call (IDT or FRED frame) and the self-NMI (unblocked with IRET or ERETS).
 
 use crate::{apic, host};
 use hvkit_nmi_reinject::{
-    ApicSender, FredDirectCall, FredEretsToSelf, IdtDirectCall, IdtEntry, IretToSelf, IrqDelivery,
-    NmiReinjector, NmiUnblocker, ReinjectError, SelfNmi,
+    FredDirectCall, FredEretsToSelf, IdtDirectCall, IdtEntry, IretToSelf, IrqDelivery,
+    NmiUnblocker, PollingApic, Redeliver, RedeliveryError, SelfNmi,
 };
 
 /// Which strategy re-delivers host events.
@@ -46,11 +46,11 @@ fn timer_handler(vector: u8) -> Option<IdtEntry> {
     (vector == host::TIMER_VECTOR).then(|| unsafe { IdtEntry::from_address(host::timer_entry()) })
 }
 
-type HostSelfNmi = SelfNmi<'static, ApicSender<apic::ThisApic>, Unblocker, fn()>;
+type HostSelfNmi = SelfNmi<'static, PollingApic<apic::ThisApic>, Unblocker, fn()>;
 
 /// The self-NMI strategy through this CPU's APIC, counting on the host NMI handler's counter.
 fn self_nmi(unblocker: Unblocker) -> HostSelfNmi {
-    let sender = ApicSender { apic: apic::ThisApic, max_polls: 1000 };
+    let sender = PollingApic { apic: apic::ThisApic, max_polls: 1000 };
     let spin: fn() = core::hint::spin_loop;
     SelfNmi::new(sender, unblocker, spin, &host::HOST_NMI_HANDLED, 1_000_000)
 }
@@ -113,20 +113,20 @@ impl Strategies {
     }
 }
 
-impl NmiReinjector for Strategies {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for Strategies {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         match (self.current, self.fred) {
-            (Strategy::DirectCall, false) => self.direct.reinject_nmi(),
-            (Strategy::DirectCall, true) => self.fred_direct.reinject_nmi(),
-            (Strategy::SelfNmi, _) => self.self_nmi.reinject_nmi(),
+            (Strategy::DirectCall, false) => self.direct.redeliver_nmi(),
+            (Strategy::DirectCall, true) => self.fred_direct.redeliver_nmi(),
+            (Strategy::SelfNmi, _) => self.self_nmi.redeliver_nmi(),
         }
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         match (self.current, self.fred) {
-            (Strategy::DirectCall, false) => self.direct.reinject_irq(vector),
-            (Strategy::DirectCall, true) => self.fred_direct.reinject_irq(vector),
-            (Strategy::SelfNmi, _) => self.self_nmi.reinject_irq(vector),
+            (Strategy::DirectCall, false) => self.direct.redeliver_irq(vector),
+            (Strategy::DirectCall, true) => self.fred_direct.redeliver_irq(vector),
+            (Strategy::SelfNmi, _) => self.self_nmi.redeliver_irq(vector),
         }
     }
 }

@@ -15,8 +15,8 @@
 //! 8. back to 1 with the exit token (VMRESUME).
 
 use hvkit_nmi_reinject::{
-    EventState, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError, InjectError,
-    InjectionContext, IrqDelivery, NmiReinjector, handle_host_event, inject,
+    EventState, ExitError, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
+    InjectError, InjectionContext, IrqDelivery, Redeliver, handle_host_event, inject,
     reinject_idt_vectoring,
 };
 use hvkit_vmx_core::exit::{ExitHead, ExitInfo, ExitInfoOptions, VmExit};
@@ -50,7 +50,7 @@ pub struct Resume {
 /// The VMM's part of exit handling.
 pub trait ExitHandler {
     /// How host events are re-delivered.
-    type Strategy: NmiReinjector;
+    type Strategy: Redeliver;
     /// Step 3: the strategy for this exit.
     fn strategy(&mut self) -> &mut Self::Strategy;
     /// A host NMI was left in flight (self-NMI): keep waiting; `false` when it gave up.
@@ -84,28 +84,33 @@ pub struct Guest<'a, 'root> {
     pub queue: &'a mut GuestEventQueue,
 }
 
-/// Why a vCPU stopped.
+/// Why a vCPU stopped: an exit step failed, or the VMM gave up.
 #[derive(Debug)]
 pub enum Fatal {
-    /// A VMX instruction failed (VM entry, VMREAD, VMWRITE, VMPTRLD).
-    Vmx(VmFail),
-    /// Re-injection or injection was refused.
-    Inject(InjectError),
-    /// A host NMI stayed in flight: entering the guest would take NMI exits in a loop.
-    NmiInFlight(HostEventError),
+    /// A library step failed (VM entry, VMREAD/VMWRITE, re-delivery, injection, ...).
+    Step(ExitError),
     /// The VMM gave up on an exit.
-    Exit(&'static str),
+    Vmm(&'static str),
 }
 
-impl From<VmFail> for Fatal {
-    fn from(fail: VmFail) -> Self {
-        Self::Vmx(fail)
-    }
+/// Each step's error converts into the one `ExitError`, so the sequence uses `?`.
+macro_rules! through_exit_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Fatal {
+            fn from(error: $error) -> Self {
+                Self::Step(ExitError::from(error))
+            }
+        }
+    )*};
 }
+through_exit_error!(VmFail, HostEventError, InjectError);
 
-impl From<InjectError> for Fatal {
-    fn from(error: InjectError) -> Self {
-        Self::Inject(error)
+impl core::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Step(error) => write!(f, "{error}"),
+            Self::Vmm(what) => write!(f, "{what}"),
+        }
     }
 }
 
@@ -128,10 +133,11 @@ impl Vcpu {
                     let outcome =
                         handle_host_event(handler.strategy(), head, self.acknowledge_on_exit);
                     if let Err(error) = outcome
-                        && in_flight(&error)
+                        && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
                         && !handler.settle()
                     {
-                        return Err(Fatal::NmiInFlight(error));
+                        // Entering the guest now would take NMI exits in a loop.
+                        return Err(error.into());
                     }
                     handler.host_event(outcome, exit_tsc);
                     let info = head.complete(&vmcs, ExitInfoOptions::default())?;
@@ -157,22 +163,6 @@ impl Vcpu {
                 Ok(exit) => previous = Some(exit),
                 Err(fatal) => return fatal,
             }
-        }
-    }
-}
-
-/// A host NMI was handed to the hardware but its handler has not been seen to run.
-fn in_flight(error: &HostEventError) -> bool {
-    matches!(error, HostEventError::Reinject { error, .. } if error.state() == EventState::InFlight)
-}
-
-impl core::fmt::Display for Fatal {
-    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
-        match self {
-            Self::Vmx(fail) => write!(f, "VMX instruction failed: {fail}"),
-            Self::Inject(error) => write!(f, "injection refused: {error}"),
-            Self::NmiInFlight(error) => write!(f, "host NMI still in flight: {error}"),
-            Self::Exit(what) => write!(f, "{what}"),
         }
     }
 }

@@ -503,11 +503,11 @@ fn measure_exit_head(
 
 #[inline(never)]
 fn measure_direct_call(
-    direct: &mut impl hvkit_nmi_reinject::NmiReinjector,
+    direct: &mut impl hvkit_nmi_reinject::Redeliver,
     window: &mut Window,
 ) -> bool {
     stamp(&mut window.start);
-    let delivered = direct.reinject_nmi();
+    let delivered = direct.redeliver_nmi();
     // The end is the handler's own TSC read (a bare RDTSC after two pushes).
     window.end = host::HOST_NMI_TSC.load(core::sync::atomic::Ordering::SeqCst);
     delivered.is_ok()
@@ -520,7 +520,7 @@ fn measure_direct_call(
 pub fn micro_benchmarks(
     vmcs: &mut ActiveVmcs<'_>,
     exit: &hvkit_vmx_core::exit::VmExit,
-    direct: &mut impl hvkit_nmi_reinject::NmiReinjector,
+    direct: &mut impl hvkit_nmi_reinject::Redeliver,
 ) {
     let overhead = stamp_overhead();
     // Typed GUEST_RIP += 2 through ActiveVmcs (VMREAD, add, VMWRITE, both statuses checked).
