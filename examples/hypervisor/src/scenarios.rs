@@ -460,7 +460,7 @@ impl ExitHandler for Scenarios<'_> {
                 let write = reason == BasicExitReason::Wrmsr;
                 if !self.fred_msrs.handle_exit(write, guest.registers, guest.vmcs, self.vmx) {
                     println!("HVKIT error: guest MSR access ecx={:#x}", guest.registers.rcx as u32);
-                    return Err(Fatal::Exit("guest MSR access"));
+                    return Err(Fatal::Vmm("guest MSR access"));
                 }
                 resume.advance_rip = true;
             }
