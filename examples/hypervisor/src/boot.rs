@@ -5,7 +5,8 @@
 //! ([`NO_LONG_MODE_STATUS`]) and the same ways out of the emulator as `port::exit`.
 //!
 //! Memory map: identity-mapped 0-4 GiB with 2 MiB pages (covers the local APIC at 0xFEE00000).
-//! GDT: 0x08 64-bit code, 0x10 data, 0x18 TSS (filled in from Rust).
+//! GDT: 0x08 64-bit code, 0x10 data, 0x18 TSS (filled in from Rust), 0x28 user data and 0x30
+//! user 64-bit code (DPL 3, for the FRED ERETU step: IA32_STAR\[63:48\] = 0x20).
 
 core::arch::global_asm!(
     r#"
@@ -186,6 +187,8 @@ boot_gdt:
     .quad 0x00CF92000000FFFF
     .quad 0
     .quad 0
+    .quad 0x00CFF2000000FFFF
+    .quad 0x00AFFA000000FFFF
 boot_gdt_end:
     .global boot_gdt_pointer
 boot_gdt_pointer:

@@ -20,6 +20,9 @@ extern "C" fn fred_dispatch(
     frame: &mut hvkit_fred::Frame,
     _registers: &mut hvkit_fred::SavedRegisters,
 ) {
+    if ERETU_ARMED.load(Ordering::SeqCst) {
+        eretu_step_event(frame);
+    }
     let tsc = crate::cpu::rdtsc();
     match (frame.ss.event_type(), frame.ss.vector()) {
         (hvkit_fred::EventType::Nmi, _) => {
@@ -281,4 +284,201 @@ pub fn nmi_source_check(fred_mode: bool) -> NmiSourceOutcome {
         expected,
         seen: HOST_NMI_SOURCES_SEEN.load(Ordering::SeqCst) as u16,
     }
+}
+
+// --- The ERETU step: one trip to ring 3 and back through FRED event delivery. ---
+
+/// IA32_STAR (0xC0000081): bits 47:32 give the CS (and CS + 8 the SS) that FRED event delivery
+/// from ring 3 loads; bits 63:48 + 16 and + 8 are the flat user CS and SS ERETU accepts
+/// (Intel FRED specification, "FRED Event Delivery" and "ERETU").
+const IA32_STAR: u32 = 0xC000_0081;
+/// Kernel CS 0x08 (SS 0x10) in bits 47:32; user base 0x20 in bits 63:48, so user SS = 0x28 and
+/// user 64-bit CS = 0x30, the DPL-3 descriptors of the boot GDT.
+const STAR_VALUE: u64 = (0x20 << 48) | (0x08 << 32);
+/// User CS and SS selectors (RPL 3).
+const USER_CS: u16 = 0x30 | 3;
+const USER_SS: u16 = 0x28 | 3;
+
+/// The only user-accessible memory: its own 2 MiB page (the boot page tables map 2 MiB pages;
+/// [`eretu_step`] sets the U bit on the page-directory entry of this area only, and on the
+/// PML4 and PDPT entries above it). Page 0 holds the user code, page 1 the user stack.
+#[repr(C, align(2097152))]
+struct UserArea([u8; 2 * 1024 * 1024]);
+
+static mut USER_AREA: UserArea = UserArea([0; 2 * 1024 * 1024]);
+
+/// The user code: INT3 (a software exception, type 6 vector 3, delivered through FRED to ring
+/// 0 on stack level 0, i.e. IA32_FRED_RSP0), then UD2 in case it ever returned.
+const USER_CODE: [u8; 3] = [0xCC, 0x0F, 0x0B];
+
+/// Set while the ring-3 step runs: the dispatcher hands every event to [`eretu_step_event`].
+static ERETU_ARMED: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
+/// The kernel RSP saved by `hvkit_example_eretu_enter`, restored by the resume label.
+static ERETU_KERNEL_RSP: AtomicU64 = AtomicU64::new(0);
+
+/// What the dispatcher saw of the event that ended the ring-3 step.
+struct EretuSeen {
+    event_type: u64,
+    vector: u8,
+    cs: u16,
+    rip: u64,
+    rsp: u64,
+    frame: u64,
+}
+
+static ERETU_SEEN: [AtomicU64; 6] = [const { AtomicU64::new(0) }; 6];
+
+core::arch::global_asm!(
+    ".pushsection .text.hvkit_example_eretu,\"ax\",@progbits",
+    ".balign 16",
+    // sysv64: rdi = user RIP, rsi = user RSP, rdx = CS slot, rcx = SS slot. Saves the
+    // callee-saved registers and RSP, builds the FRED return frame (error code, RIP, CS slot,
+    // RFLAGS, RSP, SS slot) and executes ERETU. Never returns here: the dispatcher jumps to
+    // the resume label, which restores RSP and the registers and returns to the caller.
+    "hvkit_example_eretu_enter:",
+    "push rbx",
+    "push rbp",
+    "push r12",
+    "push r13",
+    "push r14",
+    "push r15",
+    "mov [rip + {saved}], rsp",
+    "push rcx",
+    "push rsi",
+    "push 2",
+    "push rdx",
+    "push rdi",
+    "push 0",
+    // ERETU (F3 0F 01 CA).
+    ".byte 0xf3, 0x0f, 0x01, 0xca",
+    "hvkit_example_eretu_resume:",
+    "mov rsp, [rip + {saved}]",
+    "pop r15",
+    "pop r14",
+    "pop r13",
+    "pop r12",
+    "pop rbp",
+    "pop rbx",
+    "ret",
+    ".popsection",
+    saved = sym ERETU_KERNEL_RSP,
+);
+
+unsafe extern "sysv64" {
+    fn hvkit_example_eretu_enter(rip: u64, rsp: u64, cs_slot: u64, ss_slot: u64);
+}
+
+/// The dispatcher's part while the ring-3 step is armed: records the event and resumes the
+/// kernel continuation (the frame and the FRED stack are abandoned; FRED keeps no state that
+/// ERETS/ERETU would have to clear for a non-NMI event).
+fn eretu_step_event(frame: &hvkit_fred::Frame) -> ! {
+    ERETU_ARMED.store(false, Ordering::SeqCst);
+    let values = [
+        frame.ss.event_type().bits(),
+        u64::from(frame.ss.vector()),
+        u64::from(frame.cs.selector()),
+        frame.rip,
+        frame.rsp,
+        frame as *const hvkit_fred::Frame as u64,
+    ];
+    for (slot, value) in ERETU_SEEN.iter().zip(values) {
+        slot.store(value, Ordering::SeqCst);
+    }
+    // SAFETY: `hvkit_example_eretu_enter` saved the kernel RSP (armed implies it ran on this
+    // CPU and has not resumed yet); the resume label restores it with the callee-saved
+    // registers and returns to its caller.
+    unsafe { core::arch::asm!("jmp hvkit_example_eretu_resume", options(noreturn)) }
+}
+
+/// Sets the U bit (bit 2) on the PML4, PDPT and 2 MiB page-directory entries that map
+/// `address` in the current (identity-mapped) page tables; `false` when it is not a 2 MiB page.
+fn make_user_accessible(address: u64) -> bool {
+    const PRESENT: u64 = 1;
+    const USER: u64 = 1 << 2;
+    const LARGE: u64 = 1 << 7;
+    const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
+    let cr3: u64;
+    // SAFETY: reading CR3 at CPL 0 has no side effects.
+    unsafe {
+        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags))
+    };
+    let mut table = cr3 & ADDRESS;
+    for (level, shift) in [39u32, 30, 21].into_iter().enumerate() {
+        let entry = (table + ((address >> shift) & 511) * 8) as *mut u64;
+        // SAFETY: the boot page tables are identity-mapped, writable statics; single CPU with
+        // interrupts disabled; only the U bit changes.
+        let value = unsafe { entry.read_volatile() };
+        if value & PRESENT == 0 || (level == 2) != (value & LARGE != 0) {
+            return false;
+        }
+        // SAFETY: as above.
+        unsafe { entry.write_volatile(value | USER) };
+        table = value & ADDRESS;
+    }
+    // SAFETY: INVLPG at CPL 0 drops the stale translation of the area.
+    unsafe { core::arch::asm!("invlpg [{}]", in(reg) address, options(nostack, preserves_flags)) };
+    true
+}
+
+/// The FRED host's ring-3 step: executes ERETU once (to user code at CPL 3 on a user stack),
+/// the user code's INT3 comes back through FRED event delivery from ring 3 (CS/SS from
+/// IA32_STAR, stack IA32_FRED_RSP0), and the dispatcher resumes here. Reports
+/// `fred-eretu`: PASS when the event was the INT3 (software exception 6, vector 3) right after
+/// the user code's first byte, from the user CS, with the user RSP, on the FRED stack.
+pub fn report_eretu_step() {
+    let area = core::ptr::addr_of_mut!(USER_AREA) as u64;
+    let code = area;
+    let stack_top = area + 2 * 4096;
+    let user = make_user_accessible(area);
+    if user {
+        // SAFETY: the area is a static of this module, identity-mapped and writable.
+        unsafe {
+            core::ptr::copy_nonoverlapping(USER_CODE.as_ptr(), code as *mut u8, USER_CODE.len())
+        };
+        // SAFETY: WRMSR of IA32_STAR at CPL 0 (exists in 64-bit mode); nothing else on this
+        // host uses SYSCALL/SYSRET.
+        unsafe { x86::msr::wrmsr(IA32_STAR, STAR_VALUE) };
+        ERETU_ARMED.store(true, Ordering::SeqCst);
+        let cs_slot = hvkit_fred::CsSlot::new(USER_CS, 0).raw();
+        let ss_slot = u64::from(USER_SS);
+        // SAFETY: 1. CR4.FRED = 1 at CPL 0 (the host switched to FRED) with FRED_RSP0 set;
+        // 2. the frame returns to user code in a user-accessible page with a user stack, with
+        // IF = 0 and flat DPL-3 selectors matching IA32_STAR; 3. the user code's INT3 brings
+        // the dispatcher, which resumes at the label in `hvkit_example_eretu_enter` with the
+        // saved RSP and callee-saved registers, as a normal return of the call.
+        unsafe { hvkit_example_eretu_enter(code, stack_top, cs_slot, ss_slot) };
+    }
+    let v: [u64; 6] = core::array::from_fn(|index| ERETU_SEEN[index].load(Ordering::SeqCst));
+    let seen = EretuSeen {
+        event_type: v[0],
+        vector: v[1] as u8,
+        cs: v[2] as u16,
+        rip: v[3],
+        rsp: v[4],
+        frame: v[5],
+    };
+    let fred_stack = core::ptr::addr_of!(FRED_STACK) as u64;
+    let on_fred_stack = (fred_stack..fred_stack + FRED_STACK_SIZE as u64).contains(&seen.frame);
+    println!(
+        "HVKIT fred eretu user_area={area:#x} user_cs={USER_CS:#x} user_ss={USER_SS:#x} event_type={} vector={} frame_cs={:#x} frame_rip={:#x} frame_rsp={:#x} frame_on_rsp0_stack={on_fred_stack}",
+        seen.event_type, seen.vector, seen.cs, seen.rip, seen.rsp
+    );
+    let pass = user
+        && seen.event_type == hvkit_fred::EventType::SoftwareException.bits()
+        && seen.vector == 3
+        && seen.cs == USER_CS
+        && seen.rip == code + 1
+        && seen.rsp == stack_top
+        && on_fred_stack;
+    crate::report::report(crate::report::Line {
+        name: "fred-eretu",
+        strategy: "ring3-int3",
+        sent: 1,
+        exits: 0,
+        handled: u64::from(seen.vector == 3),
+        eois: 0,
+        insns_per_event: 0,
+        pass,
+        extra: crate::report::Extra::default(),
+    });
 }

@@ -342,6 +342,7 @@ impl<'a> Scenarios<'a> {
                             fred_host::HostFredEntry::address()
                         );
                         vmx::check_fred_state(guest.vmcs, "fred-host");
+                        fred_host::report_eretu_step();
                         self.strategies.use_fred();
                         guest.registers.rax = 1;
                     }
