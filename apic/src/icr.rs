@@ -99,6 +99,7 @@ pub enum Mode {
 /// Why an IPI could not be built or sent.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum IpiError {
     /// Vectors 0-15 are reserved for fixed and lowest-priority delivery (the receiving APIC
     /// reports an illegal vector).

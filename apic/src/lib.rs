@@ -64,6 +64,7 @@ use core::fmt;
 /// A handle could not be made for the requested mode.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ModeError {
     /// IA32_APIC_BASE does not say the expected mode is on.
     NotInMode {

@@ -65,6 +65,7 @@ fn leaf_7_1_eax(max_basic_leaf: u32, read: impl FnOnce() -> u32) -> u32 {
 /// An invalid FRED configuration value.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ConfigError {
     /// The entry page must be 4 KiB aligned (IA32_FRED_CONFIG bits 11:0 hold other fields).
     EntryPageMisaligned {

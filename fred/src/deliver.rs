@@ -30,6 +30,7 @@ pub enum SoftwareEvent {
 /// An event software delivery does not support.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum DeliveryError {
     /// Only NMIs and external interrupts come out of VM exits for re-delivery.
     UnsupportedEventType(EventType),

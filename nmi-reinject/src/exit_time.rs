@@ -13,10 +13,10 @@
 //! [`ExitInfo`](hvkit_vmx_core::exit::ExitInfo) is accepted too.
 #![forbid(unsafe_code)]
 
-use crate::error::ReinjectError;
-use crate::strategy::{IrqDelivery, NmiReinjector};
+use crate::error::RedeliveryError;
+use crate::strategy::{IrqDelivery, Redeliver};
 use core::fmt;
-use hvkit_vmx_core::event::EventType;
+use hvkit_vmx_core::event::InterruptionType;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitHead};
 use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
 
@@ -38,6 +38,7 @@ pub enum HostEvent {
 /// An exit whose information does not fit the controls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum HostEventError {
     /// External-interrupt exit with "acknowledge interrupt on exit" set but the exit
     /// interruption information not valid: hardware always reports the vector, so the
@@ -47,12 +48,12 @@ pub enum HostEventError {
         /// The raw interruption information.
         info: u32,
     },
-    /// Re-delivery failed; see [`ReinjectError::state`].
-    Reinject {
+    /// Re-delivery failed; see [`RedeliveryError::state`].
+    Redelivery {
         /// What was being re-delivered.
         event: HostEvent,
         /// The failure.
-        error: ReinjectError,
+        error: RedeliveryError,
     },
 }
 
@@ -63,7 +64,7 @@ impl fmt::Display for HostEventError {
                 f,
                 "external-interrupt exit with acknowledge-on-exit but invalid interruption info {info:#x}; the interrupt is still pending in the APIC"
             ),
-            Self::Reinject { event, error } => write!(f, "re-delivering {event:?}: {error}"),
+            Self::Redelivery { event, error } => write!(f, "re-delivering {event:?}: {error}"),
         }
     }
 }
@@ -88,7 +89,7 @@ pub fn classify<'exit>(
     const EXTERNAL_INTERRUPT: u16 = BasicExitReason::ExternalInterrupt.number();
     match info.reason.basic_number() {
         EXCEPTION_OR_NMI
-            if interruption.is_valid() && interruption.event_type() == EventType::Nmi =>
+            if interruption.is_valid() && interruption.event_type() == InterruptionType::Nmi =>
         {
             Ok(HostEvent::Nmi)
         }
@@ -107,21 +108,23 @@ pub fn classify<'exit>(
 /// NMI or by an interrupt). Call it first in the exit handler. `info` is an [`ExitHead`] (the
 /// first phase of the exit read, enough for this) or a `&ExitInfo`.
 #[inline]
-pub fn handle_host_event<'exit, R: NmiReinjector>(
-    reinjector: &mut R,
+pub fn handle_host_event<'exit, R: Redeliver>(
+    strategy: &mut R,
     info: impl Into<ExitHead<'exit>>,
     acknowledge_on_exit: bool,
 ) -> Result<(HostEvent, Option<IrqDelivery>), HostEventError> {
     let event = classify(info, acknowledge_on_exit)?;
     match event {
         HostEvent::Nmi => {
-            reinjector.reinject_nmi().map_err(|error| HostEventError::Reinject { event, error })?;
+            strategy
+                .redeliver_nmi()
+                .map_err(|error| HostEventError::Redelivery { event, error })?;
             Ok((event, None))
         }
         HostEvent::AcknowledgedIrq(vector) => {
-            let delivery = reinjector
-                .reinject_irq(vector)
-                .map_err(|error| HostEventError::Reinject { event, error })?;
+            let delivery = strategy
+                .redeliver_irq(vector)
+                .map_err(|error| HostEventError::Redelivery { event, error })?;
             Ok((event, Some(delivery)))
         }
         HostEvent::None | HostEvent::PendingIrq => Ok((event, None)),
@@ -131,31 +134,31 @@ pub fn handle_host_event<'exit, R: NmiReinjector>(
 /// As [`handle_host_event`], and an NMI is re-delivered with `sources`, its NMI-source bitmap
 /// (CPUID.(7,1):EAX\[20\]: read it from the exit qualification of the NMI exit with
 /// `NmiSourceBitmap::from_exit_qualification`; see
-/// [`NmiReinjector::reinject_nmi_with_sources`] for what each strategy does with it).
+/// [`Redeliver::redeliver_nmi_with_sources`] for what each strategy does with it).
 #[inline]
-pub fn handle_host_event_with_nmi_sources<'exit, R: NmiReinjector>(
-    reinjector: &mut R,
+pub fn handle_host_event_with_nmi_sources<'exit, R: Redeliver>(
+    strategy: &mut R,
     info: impl Into<ExitHead<'exit>>,
     acknowledge_on_exit: bool,
     sources: NmiSourceBitmap,
 ) -> Result<(HostEvent, Option<IrqDelivery>), HostEventError> {
-    handle_host_event(&mut WithSources { reinjector, sources }, info, acknowledge_on_exit)
+    handle_host_event(&mut WithSources { strategy, sources }, info, acknowledge_on_exit)
 }
 
 /// A strategy whose NMIs carry `sources`.
 struct WithSources<'a, R> {
-    reinjector: &'a mut R,
+    strategy: &'a mut R,
     sources: NmiSourceBitmap,
 }
 
-impl<R: NmiReinjector> NmiReinjector for WithSources<'_, R> {
+impl<R: Redeliver> Redeliver for WithSources<'_, R> {
     #[inline(always)]
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
-        self.reinjector.reinject_nmi_with_sources(self.sources)
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+        self.strategy.redeliver_nmi_with_sources(self.sources)
     }
 
     #[inline(always)]
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
-        self.reinjector.reinject_irq(vector)
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+        self.strategy.redeliver_irq(vector)
     }
 }

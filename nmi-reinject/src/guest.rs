@@ -18,7 +18,9 @@ use hvkit_vmx_core::controls::{
 use hvkit_vmx_core::entry_check::{
     self, EntryCapabilities, EntryCheckError, EntryEvent, GuestEventState,
 };
-use hvkit_vmx_core::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo};
+use hvkit_vmx_core::event::{
+    ActivityState, GuestInterruptibility, InterruptionInfo, InterruptionType,
+};
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::VmcsAccess;
@@ -77,7 +79,7 @@ pub fn idt_vectoring_event(
         | (event_type.bits() << 8)
         | u32::from(vectoring.vector())
         | (vectoring.raw() & InterruptionInfo::ERROR_CODE);
-    if nested_exception_supported && event_type == EventType::HardwareException {
+    if nested_exception_supported && event_type == InterruptionType::HardwareException {
         raw |= vectoring.raw() & InterruptionInfo::NESTED_EXCEPTION;
     }
     let info_out = InterruptionInfo::from_raw(raw);
@@ -208,6 +210,7 @@ impl InjectionContext {
 /// the call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum InjectError {
     /// The event breaks a VM-entry rule; nothing was written.
     EntryCheck(EntryCheckError),
@@ -421,7 +424,7 @@ pub fn reinject_idt_vectoring(
     let mut guest = guest_event_state(vmcs, context)?;
     let before = guest.interruptibility;
     if restore {
-        if pending.is_valid() && pending.event_type() == EventType::Nmi {
+        if pending.is_valid() && pending.event_type() == InterruptionType::Nmi {
             return Err(InjectError::NmiBlockingWithNmiPending { pending });
         }
         guest.interruptibility |= GuestInterruptibility::NMI;
@@ -430,7 +433,7 @@ pub fn reinject_idt_vectoring(
         if pending.is_valid() {
             return Err(InjectError::AlreadyPending { pending });
         }
-        if event.info.event_type() == EventType::Nmi {
+        if event.info.event_type() == InterruptionType::Nmi {
             guest.interruptibility -= GuestInterruptibility::NMI;
         }
         check_event(event, &guest, context)?;
@@ -599,7 +602,7 @@ impl GuestEventQueue {
         let blocking = guest.interruptibility;
         let mut next = *self;
         let nmi_in_service = blocking.contains(GuestInterruptibility::NMI)
-            || (pending.is_valid() && pending.event_type() == EventType::Nmi);
+            || (pending.is_valid() && pending.event_type() == InterruptionType::Nmi);
         if nmi_in_service && next.pending_nmis > 1 {
             next.merged_nmis = next.merged_nmis.saturating_add(u64::from(next.pending_nmis - 1));
             next.pending_nmis = 1;
@@ -625,7 +628,7 @@ impl GuestEventQueue {
         }
         if let Some(event) = &injected {
             check_event(event, &guest, context)?;
-            if event.info.event_type() == EventType::Nmi {
+            if event.info.event_type() == InterruptionType::Nmi {
                 next.pending_nmis -= 1;
             } else {
                 next.take_irq(event.info.vector());
@@ -749,6 +752,7 @@ pub struct ReflectedException {
 /// Why an exit cannot be reflected as an exception.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ReflectError {
     /// Not an exception exit (basic reason 0 with valid exit interruption information).
     NotAnExceptionExit,
@@ -809,9 +813,9 @@ pub fn reflected_exception(info: &ExitInfo<'_>) -> Result<ReflectedException, Re
     let event_type = exit_info.event_type();
     if !matches!(
         event_type,
-        EventType::HardwareException
-            | EventType::PrivilegedSoftwareException
-            | EventType::SoftwareException
+        InterruptionType::HardwareException
+            | InterruptionType::PrivilegedSoftwareException
+            | InterruptionType::SoftwareException
     ) {
         return Err(ReflectError::NotAnException { info: exit_info });
     }
@@ -824,7 +828,7 @@ pub fn reflected_exception(info: &ExitInfo<'_>) -> Result<ReflectedException, Re
         | (event_type.bits() << 8)
         | u32::from(vector)
         | if error_code_valid { InterruptionInfo::ERROR_CODE } else { 0 };
-    let hardware = event_type == EventType::HardwareException;
+    let hardware = event_type == InterruptionType::HardwareException;
     let debug = (hardware && vector == hvkit_vmx_core::event::vector::DEBUG)
         .then(|| DebugConditions::from_qualification(info.qualification));
     let page_fault_address = (hardware && vector == hvkit_vmx_core::event::vector::PAGE_FAULT)

@@ -24,9 +24,9 @@
 //!   or be handled out of order, and interrupts are re-queued as self-IPIs (edge-triggered only:
 //!   level-triggered ones are refused), which loses their original priority order.
 //!
-//! Both implement [`NmiReinjector`], whose contract is: `Ok` only after the handler ran exactly
+//! Both implement [`Redeliver`], whose contract is: `Ok` only after the handler ran exactly
 //! once (or, for a re-queued interrupt, is guaranteed to run once when interrupts are enabled);
-//! `Err` says whether the event is still owed or in flight ([`ReinjectError::state`]).
+//! `Err` says whether the event is still owed or in flight ([`RedeliveryError::state`]).
 //!
 //! # At every exit
 //!
@@ -75,7 +75,7 @@ pub mod guest;
 mod idt;
 pub mod strategy;
 
-pub use error::{EventState, ReinjectError, Unsupported};
+pub use error::{EventState, ExitError, RedeliveryError, Unsupported};
 pub use exit_time::{
     HostEvent, HostEventError, classify, handle_host_event, handle_host_event_with_nmi_sources,
 };
@@ -86,8 +86,8 @@ pub use guest::{
 };
 pub use idt::{IdtEntry, InterruptFrame};
 pub use strategy::{
-    AfterIrqHook, ApicSender, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall,
-    IretToSelf, IrqDelivery, NmiReinjector, NmiSourceSlot, NmiUnblocker, SelfIpiSender, SelfNmi,
+    AfterIrqHook, FredDirectCall, FredEretsToSelf, HandlerTable, IdtDirectCall, IretToSelf,
+    IrqDelivery, LocalApicPort, NmiSourceSlot, NmiUnblocker, PollingApic, Redeliver, SelfNmi,
 };
 
 #[cfg(test)]

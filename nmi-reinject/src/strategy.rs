@@ -1,6 +1,7 @@
-//! The [`NmiReinjector`] trait and its implementations.
+//! The [`Redeliver`] trait (host-side re-delivery of the NMI or interrupt a VM exit consumed)
+//! and its implementations.
 
-use crate::error::{ReinjectError, Unsupported, apic_error};
+use crate::error::{RedeliveryError, Unsupported, apic_error};
 use crate::idt::IdtEntry;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{Delay, LocalApic};
@@ -19,17 +20,17 @@ pub enum IrqDelivery {
 /// Re-delivers host events that a VM exit consumed.
 ///
 /// Contract:
-/// - `reinject_nmi` returns `Ok(())` only after the host NMI handler has run exactly once for
+/// - `redeliver_nmi` returns `Ok(())` only after the host NMI handler has run exactly once for
 ///   this NMI and NMIs are unblocked again.
-/// - `reinject_irq` returns `Ok(Handled)` after the host handler for `vector` ran once, or
+/// - `redeliver_irq` returns `Ok(Handled)` after the host handler for `vector` ran once, or
 ///   `Ok(Requeued)` when the vector is guaranteed to be dispatched once when interrupts are
 ///   enabled.
-/// - On `Err`, [`ReinjectError::state`] says whether anything happened: `NotDelivered` (the
+/// - On `Err`, [`RedeliveryError::state`] says whether anything happened: `NotDelivered` (the
 ///   event is still owed, nothing was half-done) or `InFlight` (handed to the hardware; must not
 ///   be sent again).
-pub trait NmiReinjector {
+pub trait Redeliver {
     /// Re-delivers the NMI that caused the VM exit.
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError>;
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError>;
     /// Re-delivers the NMI that caused the VM exit together with its NMI sources (CPUID.(7,1):
     /// EAX\[20\] NMI-source reporting: the bitmap the exit qualification of the NMI exit holds).
     ///
@@ -42,15 +43,15 @@ pub trait NmiReinjector {
     ///   only source is the one its IPI names (none: the host handler sees "unknown source",
     ///   bit 0), and [`IdtDirectCall`] alone has nowhere to put them.
     #[inline(always)]
-    fn reinject_nmi_with_sources(
+    fn redeliver_nmi_with_sources(
         &mut self,
         sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
-    ) -> Result<(), ReinjectError> {
+    ) -> Result<(), RedeliveryError> {
         let _lost = sources;
-        self.reinject_nmi()
+        self.redeliver_nmi()
     }
     /// Re-delivers the external interrupt `vector` acknowledged on exit.
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError>;
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError>;
 }
 
 /// Any strategy with a hook that runs after each successful interrupt re-delivery, for hosts
@@ -63,36 +64,36 @@ pub trait NmiReinjector {
 /// not called when re-delivery fails, and NMIs pass straight through. Costs nothing for
 /// strategies that are not wrapped.
 #[derive(Debug, Clone, Copy)]
-pub struct AfterIrqHook<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> {
+pub struct AfterIrqHook<R: Redeliver, F: FnMut(u8, IrqDelivery)> {
     /// The wrapped strategy.
     pub strategy: R,
     hook: F,
 }
 
-impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> AfterIrqHook<R, F> {
+impl<R: Redeliver, F: FnMut(u8, IrqDelivery)> AfterIrqHook<R, F> {
     /// `strategy`, with `hook` run after each interrupt it re-delivers.
     pub const fn new(strategy: R, hook: F) -> Self {
         Self { strategy, hook }
     }
 }
 
-impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook<R, F> {
+impl<R: Redeliver, F: FnMut(u8, IrqDelivery)> Redeliver for AfterIrqHook<R, F> {
     #[inline(always)]
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
-        self.strategy.reinject_nmi()
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+        self.strategy.redeliver_nmi()
     }
 
     #[inline(always)]
-    fn reinject_nmi_with_sources(
+    fn redeliver_nmi_with_sources(
         &mut self,
         sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
-    ) -> Result<(), ReinjectError> {
-        self.strategy.reinject_nmi_with_sources(sources)
+    ) -> Result<(), RedeliveryError> {
+        self.strategy.redeliver_nmi_with_sources(sources)
     }
 
     #[inline]
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
-        let delivery = self.strategy.reinject_irq(vector)?;
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+        let delivery = self.strategy.redeliver_irq(vector)?;
         (self.hook)(vector, delivery);
         Ok(delivery)
     }
@@ -105,13 +106,13 @@ impl<R: NmiReinjector, F: FnMut(u8, IrqDelivery)> NmiReinjector for AfterIrqHook
 /// The slot is per CPU (one `NmiSourceSlot` per logical processor, reached from that
 /// processor's NMI entry); it is atomic because an NMI handler may read it at any time.
 #[derive(Debug)]
-pub struct NmiSourceSlot<R: NmiReinjector> {
+pub struct NmiSourceSlot<R: Redeliver> {
     /// The wrapped strategy (usually [`IdtDirectCall`]).
     pub strategy: R,
     slot: &'static core::sync::atomic::AtomicU16,
 }
 
-impl<R: NmiReinjector> NmiSourceSlot<R> {
+impl<R: Redeliver> NmiSourceSlot<R> {
     /// `strategy`, storing NMI sources in `slot` (this CPU's).
     pub const fn new(strategy: R, slot: &'static core::sync::atomic::AtomicU16) -> Self {
         Self { strategy, slot }
@@ -126,19 +127,19 @@ impl<R: NmiReinjector> NmiSourceSlot<R> {
     }
 }
 
-impl<R: NmiReinjector> NmiReinjector for NmiSourceSlot<R> {
+impl<R: Redeliver> Redeliver for NmiSourceSlot<R> {
     #[inline(always)]
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
-        self.strategy.reinject_nmi()
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+        self.strategy.redeliver_nmi()
     }
 
     #[inline]
-    fn reinject_nmi_with_sources(
+    fn redeliver_nmi_with_sources(
         &mut self,
         sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
-    ) -> Result<(), ReinjectError> {
+    ) -> Result<(), RedeliveryError> {
         self.slot.store(sources.raw(), Ordering::Release);
-        let result = self.strategy.reinject_nmi();
+        let result = self.strategy.redeliver_nmi();
         if result.is_err() {
             // Not delivered (or left in flight): the handler that runs later must not see
             // sources that belong to no NMI it handles now.
@@ -148,8 +149,8 @@ impl<R: NmiReinjector> NmiReinjector for NmiSourceSlot<R> {
     }
 
     #[inline(always)]
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
-        self.strategy.reinject_irq(vector)
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+        self.strategy.redeliver_irq(vector)
     }
 }
 
@@ -207,22 +208,22 @@ impl<T: HandlerTable> IdtDirectCall<T> {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl<T: HandlerTable> NmiReinjector for IdtDirectCall<T> {
+impl<T: HandlerTable> Redeliver for IdtDirectCall<T> {
     #[inline]
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         // SAFETY: the constructor's contract covers the entry.
         unsafe { crate::idt::call_with_iret_frame(self.nmi_entry.address(), self.cs, self.ss) };
         Ok(())
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         if vector < 32 {
-            return Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }));
+            return Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector }));
         }
         let handler = self
             .handlers
             .handler(vector)
-            .ok_or(ReinjectError::Unsupported(Unsupported::NoHandler { vector }))?;
+            .ok_or(RedeliveryError::Unsupported(Unsupported::NoHandler { vector }))?;
         // SAFETY: the constructor's contract covers the handlers.
         unsafe { crate::idt::call_with_iret_frame(handler.address(), self.cs, self.ss) };
         Ok(IrqDelivery::Handled)
@@ -251,16 +252,16 @@ impl FredDirectCall {
 }
 
 #[cfg(target_arch = "x86_64")]
-impl NmiReinjector for FredDirectCall {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for FredDirectCall {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         // No sources known: event data 0, as `deliver` gives.
-        self.reinject_nmi_with_sources(hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(0))
+        self.redeliver_nmi_with_sources(hvkit_vmx_core::nmi_source::NmiSourceBitmap::from_raw(0))
     }
 
-    fn reinject_nmi_with_sources(
+    fn redeliver_nmi_with_sources(
         &mut self,
         sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
-    ) -> Result<(), ReinjectError> {
+    ) -> Result<(), RedeliveryError> {
         // SAFETY: the constructor's contract; the event data slot takes any value.
         unsafe {
             hvkit_fred::deliver::deliver_with_event_data(
@@ -273,12 +274,12 @@ impl NmiReinjector for FredDirectCall {
         Ok(())
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         let event = hvkit_fred::deliver::SoftwareEvent::try_new(
             hvkit_fred::EventType::ExternalInterrupt,
             vector,
         )
-        .map_err(|_| ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }))?;
+        .map_err(|_| RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector }))?;
         // SAFETY: the constructor's contract.
         unsafe { hvkit_fred::deliver::deliver(event, self.red_zone_bytes, self.dispatcher) };
         Ok(IrqDelivery::Handled)
@@ -350,8 +351,9 @@ impl NmiUnblocker for FredEretsToSelf {
     }
 }
 
-/// What the self-NMI strategy needs from the local APIC.
-pub trait SelfIpiSender {
+/// The local APIC operations the self-NMI strategy uses: self-NMI, fixed self-IPI, the TMR
+/// bit of a vector, and EOI.
+pub trait LocalApicPort {
     /// Sends an NMI to this processor (physical destination = own APIC ID).
     fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError>;
     /// Sends a fixed, edge-triggered self-IPI with `vector`.
@@ -362,16 +364,18 @@ pub trait SelfIpiSender {
     fn eoi(&mut self);
 }
 
-/// A [`LocalApic`] as a [`SelfIpiSender`], with the delivery-status bound to use (xAPIC).
+/// A [`LocalApic`] as a [`LocalApicPort`] that polls the ICR delivery status at most
+/// `max_polls` times per send (xAPIC only: the x2APIC ICR has no delivery-status bit, SDM Vol.
+/// 3A "ICR Operation in x2APIC Mode").
 #[derive(Debug)]
-pub struct ApicSender<A: LocalApic> {
+pub struct PollingApic<A: LocalApic> {
     /// The APIC.
     pub apic: A,
     /// Delivery-status polls per send (xAPIC only).
     pub max_polls: u32,
 }
 
-impl<A: LocalApic> SelfIpiSender for ApicSender<A> {
+impl<A: LocalApic> LocalApicPort for PollingApic<A> {
     fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
         self.apic.send_self_nmi(self.max_polls, &mut || core::hint::spin_loop())
     }
@@ -403,14 +407,14 @@ impl<A: LocalApic> SelfIpiSender for ApicSender<A> {
 /// the host takes it when it enables interrupts, after any higher-priority pending ones (the
 /// original order is not kept). Level-triggered interrupts are refused: EOI would drop the level.
 ///
-/// After a timeout ([`ReinjectError::NmiNotHandled`], state `InFlight`) the NMI was sent and
+/// After a timeout ([`RedeliveryError::NmiNotHandled`], state `InFlight`) the NMI was sent and
 /// NMIs unblocked, so it must not be sent again: keep waiting with
 /// [`poll_in_flight`](Self::poll_in_flight) (as often as the host's policy allows, Xen
 /// waited 1000 ms in all) before entering the guest. [`in_flight`](Self::in_flight) shows the
 /// handled-counter value the wait is for the counter to move from.
 #[derive(Debug)]
-pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
-    sender: S,
+pub struct SelfNmi<'counter, S: LocalApicPort, U: NmiUnblocker, D: Delay> {
+    apic: S,
     unblocker: U,
     delay: D,
     handled: &'counter AtomicU64,
@@ -419,21 +423,21 @@ pub struct SelfNmi<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> {
     in_flight: Option<u64>,
 }
 
-impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S, U, D> {
+impl<'counter, S: LocalApicPort, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S, U, D> {
     /// A strategy: `handled` is the counter the host NMI handler increments once per NMI;
     /// at most `max_polls` reads of it are made, with `delay` between them.
     pub const fn new(
-        sender: S,
+        apic: S,
         unblocker: U,
         delay: D,
         handled: &'counter AtomicU64,
         max_polls: u32,
     ) -> Self {
-        Self { sender, unblocker, delay, handled, max_polls, in_flight: None }
+        Self { apic, unblocker, delay, handled, max_polls, in_flight: None }
     }
 
     /// The handled-counter value from before the send of the NMI still in flight (the last
-    /// [`reinject_nmi`](NmiReinjector::reinject_nmi) timed out and no
+    /// [`redeliver_nmi`](Redeliver::redeliver_nmi) timed out and no
     /// [`poll_in_flight`](Self::poll_in_flight) has seen the counter move since), or `None`.
     /// The NMI has been handled once the counter differs from it.
     pub const fn in_flight(&self) -> Option<u64> {
@@ -443,7 +447,7 @@ impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S,
     /// Keeps waiting for the NMI in flight: up to the strategy's bound of polls, with its delay
     /// between them, without sending anything or unblocking NMIs again. `Ok` when the handler
     /// has run (or nothing was in flight); on another timeout the NMI stays in flight.
-    pub fn poll_in_flight(&mut self) -> Result<(), ReinjectError> {
+    pub fn poll_in_flight(&mut self) -> Result<(), RedeliveryError> {
         let Some(baseline) = self.in_flight else {
             return Ok(());
         };
@@ -452,7 +456,7 @@ impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S,
 
     /// Polls until `handled` moves away from `baseline`; records `baseline` as in flight on a
     /// timeout and clears it on success.
-    fn wait_for_handler(&mut self, baseline: u64) -> Result<(), ReinjectError> {
+    fn wait_for_handler(&mut self, baseline: u64) -> Result<(), RedeliveryError> {
         for _ in 0..self.max_polls {
             if self.handled.load(Ordering::SeqCst) != baseline {
                 self.in_flight = None;
@@ -461,34 +465,34 @@ impl<'counter, S: SelfIpiSender, U: NmiUnblocker, D: Delay> SelfNmi<'counter, S,
             self.delay.delay();
         }
         self.in_flight = Some(baseline);
-        Err(ReinjectError::NmiNotHandled { polls: self.max_polls })
+        Err(RedeliveryError::NmiNotHandled { polls: self.max_polls })
     }
 
-    /// The sender (e.g. to reach the APIC).
-    pub fn sender_mut(&mut self) -> &mut S {
-        &mut self.sender
+    /// The local APIC port (e.g. to reach the APIC).
+    pub fn apic_mut(&mut self) -> &mut S {
+        &mut self.apic
     }
 }
 
-impl<S: SelfIpiSender, U: NmiUnblocker, D: Delay> NmiReinjector for SelfNmi<'_, S, U, D> {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl<S: LocalApicPort, U: NmiUnblocker, D: Delay> Redeliver for SelfNmi<'_, S, U, D> {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         let before = self.handled.load(Ordering::SeqCst);
-        self.sender.send_self_nmi().map_err(apic_error)?;
+        self.apic.send_self_nmi().map_err(apic_error)?;
         self.unblocker.unblock_nmis();
         self.wait_for_handler(before)
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         if vector < 32 {
-            return Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector }));
+            return Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector }));
         }
-        if self.sender.is_level_triggered(vector) {
-            return Err(ReinjectError::Unsupported(Unsupported::LevelTriggered { vector }));
+        if self.apic.is_level_triggered(vector) {
+            return Err(RedeliveryError::Unsupported(Unsupported::LevelTriggered { vector }));
         }
         // Re-queue first: the new request waits in the IRR behind the in-service copy, so a
         // failed send leaves the interrupt exactly as it was (in service, no EOI sent).
-        self.sender.send_self_ipi(vector).map_err(apic_error)?;
-        self.sender.eoi();
+        self.apic.send_self_ipi(vector).map_err(apic_error)?;
+        self.apic.eoi();
         Ok(IrqDelivery::Requeued)
     }
 }

@@ -4,7 +4,9 @@ use super::*;
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{ApicBase, XApic, fake::FakeXApicRegisters, register};
 use hvkit_vmx_core::entry_check::{self, EntryCapabilities, EntryEvent};
-use hvkit_vmx_core::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo};
+use hvkit_vmx_core::event::{
+    ActivityState, GuestInterruptibility, InterruptionInfo, InterruptionType,
+};
 use hvkit_vmx_core::exit::{ExitInfo, ExitInfoParts};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
@@ -16,12 +18,12 @@ struct Counting {
     irqs: std::vec::Vec<u8>,
 }
 
-impl NmiReinjector for Counting {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for Counting {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         self.nmis += 1;
         Ok(())
     }
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         self.irqs.push(vector);
         Ok(IrqDelivery::Handled)
     }
@@ -378,7 +380,7 @@ fn injection_refusals_write_nothing() {
         Err(InjectError::AlreadyPending { .. })
     ));
     assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO), Ok(0x8000_0030));
-    let _ = (EventType::Nmi, GuestInterruptibility::NMI);
+    let _ = (InterruptionType::Nmi, GuestInterruptibility::NMI);
 }
 
 /// A fake APIC side for self-NMI: the "NMI" reaches the handler (bumps the counter) only after
@@ -398,7 +400,7 @@ impl<'a> FakeSender<'a> {
     }
 }
 
-impl SelfIpiSender for FakeSender<'_> {
+impl LocalApicPort for FakeSender<'_> {
     fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
         if self.fail_send {
             return Err(hvkit_apic::IpiError::Timeout { polls: 1, sent: false });
@@ -443,7 +445,7 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
             }
         };
         let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), delay, &handled, bound);
-        let result = strategy.reinject_nmi();
+        let result = strategy.redeliver_nmi();
         assert_eq!(unblocks.get(), 1, "NMIs unblocked once");
         if latency < bound {
             assert_eq!(result, Ok(()), "latency {latency}");
@@ -452,7 +454,7 @@ fn self_nmi_waits_for_the_handler_within_the_bound() {
         } else {
             assert_eq!(
                 result,
-                Err(ReinjectError::NmiNotHandled { polls: bound }),
+                Err(RedeliveryError::NmiNotHandled { polls: bound }),
                 "latency {latency}"
             );
             assert_eq!(result.unwrap_err().state(), EventState::InFlight);
@@ -472,10 +474,10 @@ fn self_nmi_in_flight_is_waited_for_without_a_second_send() {
     assert_eq!(strategy.in_flight(), None);
     assert_eq!(strategy.poll_in_flight(), Ok(()), "nothing in flight: nothing to wait for");
     assert_eq!(polls.get(), 0);
-    assert_eq!(strategy.reinject_nmi(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(strategy.redeliver_nmi(), Err(RedeliveryError::NmiNotHandled { polls: 3 }));
     assert_eq!(strategy.in_flight(), Some(7), "the counter value before the send");
     // Still not handled: another bounded wait, nothing sent or unblocked again.
-    assert_eq!(strategy.poll_in_flight(), Err(ReinjectError::NmiNotHandled { polls: 3 }));
+    assert_eq!(strategy.poll_in_flight(), Err(RedeliveryError::NmiNotHandled { polls: 3 }));
     assert_eq!(polls.get(), 6);
     assert_eq!(strategy.in_flight(), Some(7));
     // The handler runs: the next poll succeeds at once and nothing is in flight any more.
@@ -483,11 +485,11 @@ fn self_nmi_in_flight_is_waited_for_without_a_second_send() {
     assert_eq!(strategy.poll_in_flight(), Ok(()));
     assert_eq!(polls.get(), 6, "no delay once the counter moved");
     assert_eq!(strategy.in_flight(), None);
-    assert_eq!(strategy.sender_mut().log, ["nmi"], "one send in all");
+    assert_eq!(strategy.apic_mut().log, ["nmi"], "one send in all");
     assert_eq!(unblocks.get(), 1, "one unblock in all");
     // A later NMI that is handled in time leaves nothing in flight either.
-    strategy.sender_mut().latency = Some(0);
-    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    strategy.apic_mut().latency = Some(0);
+    assert_eq!(strategy.redeliver_nmi(), Ok(()));
     assert_eq!(strategy.in_flight(), None);
 }
 
@@ -500,14 +502,14 @@ fn after_irq_hook_runs_once_per_redelivered_interrupt_only() {
     let inner = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 3);
     let mut strategy =
         AfterIrqHook::new(inner, |vector, delivery| seen.borrow_mut().push((vector, delivery)));
-    assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.redeliver_irq(0xEC), Ok(IrqDelivery::Requeued));
     assert_eq!(*seen.borrow(), [(0xEC, IrqDelivery::Requeued)]);
-    assert_eq!(strategy.strategy.sender_mut().log, ["ipi", "eoi"], "hook after the EOI");
+    assert_eq!(strategy.strategy.apic_mut().log, ["ipi", "eoi"], "hook after the EOI");
     // A refused vector: no hook.
-    assert!(strategy.reinject_irq(8).is_err());
+    assert!(strategy.redeliver_irq(8).is_err());
     assert_eq!(seen.borrow().len(), 1);
     // NMIs pass through without the hook.
-    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.redeliver_nmi(), Ok(()));
     assert_eq!(handled.load(Ordering::SeqCst), 1);
     assert_eq!(seen.borrow().len(), 1);
 }
@@ -518,7 +520,7 @@ fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
     let unblocks = std::cell::Cell::new(0);
     let sender = FakeSender { fail_send: true, ..FakeSender::new(&handled) };
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
-    let error = strategy.reinject_nmi().unwrap_err();
+    let error = strategy.redeliver_nmi().unwrap_err();
     assert_eq!(error.state(), EventState::NotDelivered);
     assert_eq!(unblocks.get(), 0);
 }
@@ -529,24 +531,24 @@ fn self_nmi_irqs_requeue_edge_and_refuse_level() {
     let unblocks = std::cell::Cell::new(0);
     let sender = FakeSender::new(&handled);
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
-    assert_eq!(strategy.reinject_irq(0xEC), Ok(IrqDelivery::Requeued));
-    assert_eq!(strategy.sender_mut().log, ["ipi", "eoi"], "re-queue before EOI");
+    assert_eq!(strategy.redeliver_irq(0xEC), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.apic_mut().log, ["ipi", "eoi"], "re-queue before EOI");
     assert_eq!(
-        strategy.reinject_irq(8),
-        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 8 }))
+        strategy.redeliver_irq(8),
+        Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector: 8 }))
     );
-    strategy.sender_mut().level = true;
-    strategy.sender_mut().log.clear();
-    let error = strategy.reinject_irq(0x40).unwrap_err();
-    assert_eq!(error, ReinjectError::Unsupported(Unsupported::LevelTriggered { vector: 0x40 }));
+    strategy.apic_mut().level = true;
+    strategy.apic_mut().log.clear();
+    let error = strategy.redeliver_irq(0x40).unwrap_err();
+    assert_eq!(error, RedeliveryError::Unsupported(Unsupported::LevelTriggered { vector: 0x40 }));
     assert_eq!(error.state(), EventState::NotDelivered);
-    assert!(strategy.sender_mut().log.is_empty(), "no EOI for a refused level-triggered vector");
+    assert!(strategy.apic_mut().log.is_empty(), "no EOI for a refused level-triggered vector");
 }
 
 #[test]
 fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
     let apic = XApic::new(FakeXApicRegisters::with_id(5), ApicBase(0xFEE0_0900)).unwrap();
-    let mut sender = ApicSender { apic, max_polls: 10 };
+    let mut sender = PollingApic { apic, max_polls: 10 };
     sender.send_self_nmi().unwrap();
     assert_eq!(
         sender.apic.registers().writes(),
@@ -556,10 +558,10 @@ fn apic_sender_uses_physical_self_nmi_and_orders_ipi_before_eoi() {
     let unblocks = std::cell::Cell::new(0);
     let apic = XApic::new(FakeXApicRegisters::with_id(5), ApicBase(0xFEE0_0900)).unwrap();
     let mut strategy =
-        SelfNmi::new(ApicSender { apic, max_polls: 10 }, Unblock(&unblocks), || {}, &handled, 3);
-    strategy.reinject_irq(0x31).unwrap();
+        SelfNmi::new(PollingApic { apic, max_polls: 10 }, Unblock(&unblocks), || {}, &handled, 3);
+    strategy.redeliver_irq(0x31).unwrap();
     assert_eq!(
-        strategy.sender_mut().apic.registers().writes(),
+        strategy.apic_mut().apic.registers().writes(),
         &[(register::ICR_HIGH, 0), (register::ICR_LOW, 0x0004_4031), (register::EOI, 0)]
     );
 }
@@ -571,16 +573,16 @@ fn idt_direct_call_refuses_what_it_cannot_deliver() {
     // SAFETY: no entry is ever called: every vector is refused before any call.
     let mut strategy = unsafe { IdtDirectCall::new(IdtEntry::from_address(0), table) };
     assert_eq!(
-        strategy.reinject_irq(0x40),
-        Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))
+        strategy.redeliver_irq(0x40),
+        Err(RedeliveryError::Unsupported(Unsupported::NoHandler { vector: 0x40 }))
     );
     assert_eq!(
-        strategy.reinject_irq(14),
-        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 14 }))
+        strategy.redeliver_irq(14),
+        Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector: 14 }))
     );
 }
 
-/// Records the sources each NMI came with (`None`: the source-less `reinject_nmi`).
+/// Records the sources each NMI came with (`None`: the source-less `redeliver_nmi`).
 #[derive(Default)]
 struct SourceRecording {
     nmis: std::vec::Vec<Option<u16>>,
@@ -588,19 +590,19 @@ struct SourceRecording {
     fail: bool,
 }
 
-impl NmiReinjector for SourceRecording {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for SourceRecording {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         self.nmis.push(None);
-        if self.fail { Err(ReinjectError::NmiNotHandled { polls: 1 }) } else { Ok(()) }
+        if self.fail { Err(RedeliveryError::NmiNotHandled { polls: 1 }) } else { Ok(()) }
     }
-    fn reinject_nmi_with_sources(
+    fn redeliver_nmi_with_sources(
         &mut self,
         sources: hvkit_vmx_core::nmi_source::NmiSourceBitmap,
-    ) -> Result<(), ReinjectError> {
+    ) -> Result<(), RedeliveryError> {
         self.nmis.push(Some(sources.raw()));
         Ok(())
     }
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         self.irqs.push(vector);
         Ok(IrqDelivery::Handled)
     }
@@ -636,7 +638,7 @@ fn nmi_sources_travel_with_the_re_delivered_nmi() {
     assert_eq!((strategy.nmis.len(), strategy.irqs.as_slice()), (0, &[0x31][..]));
     // Through the after-interrupt hook wrapper the sources still reach the strategy.
     let mut hooked = crate::AfterIrqHook::new(SourceRecording::default(), |_, _| {});
-    hooked.reinject_nmi_with_sources(sources).unwrap();
+    hooked.redeliver_nmi_with_sources(sources).unwrap();
     assert_eq!(hooked.strategy.nmis, [Some(0x24)]);
     // A strategy that does not override the method (Counting) still re-delivers the NMI once.
     let mut counting = Counting::default();
@@ -651,18 +653,18 @@ fn nmi_source_slot_holds_the_sources_for_the_idt_nmi_entry() {
     use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
     static SLOT: AtomicU16 = AtomicU16::new(0);
     let mut strategy = NmiSourceSlot::new(SourceRecording::default(), &SLOT);
-    strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x8006)).unwrap();
+    strategy.redeliver_nmi_with_sources(NmiSourceBitmap::from_raw(0x8006)).unwrap();
     assert_eq!(strategy.strategy.nmis, [None], "the IDT strategy re-delivers it plainly");
     assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0x8006);
     assert_eq!(NmiSourceSlot::<Counting>::take(&SLOT).raw(), 0, "taken once");
     // A failed re-delivery leaves no sources behind for a later, unrelated NMI.
     strategy.strategy.fail = true;
-    assert!(strategy.reinject_nmi_with_sources(NmiSourceBitmap::from_raw(0x10)).is_err());
+    assert!(strategy.redeliver_nmi_with_sources(NmiSourceBitmap::from_raw(0x10)).is_err());
     assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
     // Plain re-delivery and interrupts pass straight through.
     strategy.strategy.fail = false;
-    strategy.reinject_nmi().unwrap();
-    assert_eq!(strategy.reinject_irq(0x40), Ok(IrqDelivery::Handled));
+    strategy.redeliver_nmi().unwrap();
+    assert_eq!(strategy.redeliver_irq(0x40), Ok(IrqDelivery::Handled));
     assert_eq!(strategy.strategy.irqs, [0x40]);
     assert_eq!(SLOT.load(core::sync::atomic::Ordering::SeqCst), 0);
 }
@@ -705,26 +707,26 @@ fn idt_direct_call_runs_the_entry_once_per_event_from_vector_32_up() {
     assert_eq!(table.handler(0xED), None);
     // SAFETY: both entries are idt_entry_stub! stubs (direct-call contract), same privilege.
     let mut strategy = unsafe { IdtDirectCall::new(direct_nmi_entry(), table) };
-    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.redeliver_nmi(), Ok(()));
     assert_eq!(DIRECT_CALLS[0].load(Ordering::SeqCst), 1, "the NMI entry ran once");
     assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 0);
     // Vector 32 is the first interrupt vector (0-31 are exceptions, SDM Vol. 3A 6.2).
-    assert_eq!(strategy.reinject_irq(32), Ok(IrqDelivery::Handled));
+    assert_eq!(strategy.redeliver_irq(32), Ok(IrqDelivery::Handled));
     assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 1, "the vector-32 entry ran once");
     assert_eq!(
-        strategy.reinject_irq(31),
-        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
+        strategy.redeliver_irq(31),
+        Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
     );
     // A closure table: its answer is what the strategy calls.
     let lookup = |vector: u8| (vector == 0x50).then(direct_irq_entry);
     assert_eq!(lookup.handler(0x50), Some(direct_irq_entry()));
     // SAFETY: as above.
     let mut strategy = unsafe { IdtDirectCall::new(direct_nmi_entry(), lookup) };
-    assert_eq!(strategy.reinject_irq(0x50), Ok(IrqDelivery::Handled));
+    assert_eq!(strategy.redeliver_irq(0x50), Ok(IrqDelivery::Handled));
     assert_eq!(DIRECT_CALLS[1].load(Ordering::SeqCst), 2, "the closure's entry ran once");
     assert_eq!(
-        strategy.reinject_irq(0x51),
-        Err(ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x51 }))
+        strategy.redeliver_irq(0x51),
+        Err(RedeliveryError::Unsupported(Unsupported::NoHandler { vector: 0x51 }))
     );
     assert_eq!(DIRECT_CALLS[0].load(Ordering::SeqCst), 1);
 }
@@ -735,14 +737,14 @@ fn self_nmi_requeues_from_vector_32_up() {
     let unblocks = std::cell::Cell::new(0);
     let mut strategy =
         SelfNmi::new(FakeSender::new(&handled), Unblock(&unblocks), || {}, &handled, 1);
-    assert_eq!(strategy.reinject_irq(32), Ok(IrqDelivery::Requeued));
-    assert_eq!(strategy.sender_mut().log, ["ipi", "eoi"]);
-    strategy.sender_mut().log.clear();
+    assert_eq!(strategy.redeliver_irq(32), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.apic_mut().log, ["ipi", "eoi"]);
+    strategy.apic_mut().log.clear();
     assert_eq!(
-        strategy.reinject_irq(31),
-        Err(ReinjectError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
+        strategy.redeliver_irq(31),
+        Err(RedeliveryError::Unsupported(Unsupported::ExceptionVector { vector: 31 }))
     );
-    assert!(strategy.sender_mut().log.is_empty(), "nothing sent for an exception vector");
+    assert!(strategy.apic_mut().log.is_empty(), "nothing sent for an exception vector");
 }
 
 #[test]
@@ -751,7 +753,7 @@ fn apic_sender_reads_the_trigger_mode_from_the_tmr() {
     // TMR word 2 (vectors 0x40..0x5F), bit 1: vector 0x41 was accepted level-triggered.
     registers.set(register::TMR_BASE + 0x20, 1 << 1);
     let apic = XApic::new(registers, ApicBase(0xFEE0_0900)).unwrap();
-    let sender = ApicSender { apic, max_polls: 10 };
+    let sender = PollingApic { apic, max_polls: 10 };
     assert!(sender.is_level_triggered(0x41));
     assert!(!sender.is_level_triggered(0x40));
     // Through the self-NMI strategy: the level-triggered vector is refused, the edge one is not.
@@ -759,10 +761,10 @@ fn apic_sender_reads_the_trigger_mode_from_the_tmr() {
     let unblocks = std::cell::Cell::new(0);
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 1);
     assert_eq!(
-        strategy.reinject_irq(0x41),
-        Err(ReinjectError::Unsupported(Unsupported::LevelTriggered { vector: 0x41 }))
+        strategy.redeliver_irq(0x41),
+        Err(RedeliveryError::Unsupported(Unsupported::LevelTriggered { vector: 0x41 }))
     );
-    assert_eq!(strategy.reinject_irq(0x40), Ok(IrqDelivery::Requeued));
+    assert_eq!(strategy.redeliver_irq(0x40), Ok(IrqDelivery::Requeued));
 }
 
 #[test]
@@ -771,10 +773,10 @@ fn nmi_source_slot_passes_plain_nmis_and_their_errors_through() {
     use core::sync::atomic::AtomicU16;
     static SLOT: AtomicU16 = AtomicU16::new(0);
     let mut strategy = NmiSourceSlot::new(SourceRecording::default(), &SLOT);
-    assert_eq!(strategy.reinject_nmi(), Ok(()));
+    assert_eq!(strategy.redeliver_nmi(), Ok(()));
     assert_eq!(strategy.strategy.nmis, [None], "the wrapped strategy re-delivered it once");
     strategy.strategy.fail = true;
-    assert_eq!(strategy.reinject_nmi(), Err(ReinjectError::NmiNotHandled { polls: 1 }));
+    assert_eq!(strategy.redeliver_nmi(), Err(RedeliveryError::NmiNotHandled { polls: 1 }));
     assert_eq!(strategy.strategy.nmis, [None, None]);
     assert_eq!(SLOT.load(Ordering::SeqCst), 0, "no sources stored for a plain NMI");
 }
@@ -787,13 +789,110 @@ fn host_event_errors_say_what_happened_to_the_event() {
         "external-interrupt exit with acknowledge-on-exit but invalid interruption info 0x31; \
          the interrupt is still pending in the APIC"
     );
-    let failed = HostEventError::Reinject {
+    let failed = HostEventError::Redelivery {
         event: HostEvent::AcknowledgedIrq(0x40),
-        error: ReinjectError::Unsupported(Unsupported::NoHandler { vector: 0x40 }),
+        error: RedeliveryError::Unsupported(Unsupported::NoHandler { vector: 0x40 }),
     };
     assert_eq!(
         std::format!("{failed}"),
         "re-delivering AcknowledgedIrq(64): no host handler registered for vector 64; \
          event not delivered"
     );
+}
+
+/// Each step's error lands in the `ExitError` variant that names the step, unchanged: a
+/// conversion into the wrong variant, or one that rewrites the inner error, fails here.
+#[test]
+fn exit_error_keeps_each_steps_error_in_its_own_variant() {
+    use hvkit_vmx_core::VmFail;
+    use hvkit_vmx_core::event::InterruptionInfoError;
+
+    fn question_mark<E>(error: E) -> Result<(), ExitError>
+    where
+        ExitError: From<E>,
+    {
+        Err(error)?
+    }
+
+    let fail = VmFail::Invalid;
+    assert_eq!(question_mark(fail), Err(ExitError::Vmcs(fail)));
+
+    let host = HostEventError::AcknowledgedWithoutVector { info: 0x31 };
+    assert_eq!(question_mark(host), Err(ExitError::HostEvent(host)));
+
+    let redelivery = RedeliveryError::NmiNotHandled { polls: 3 };
+    assert_eq!(question_mark(redelivery), Err(ExitError::Redelivery(redelivery)));
+
+    // A real injection refusal and a real entry-check failure (the error structs cannot be
+    // built outside their crates).
+    let mut vmcs = guest_vmcs(8, true); // blocking by NMI, virtual NMIs on
+    let inject_error = inject(&mut vmcs, &GuestEvent::nmi(), &context(true)).unwrap_err();
+    assert_eq!(question_mark(inject_error), Err(ExitError::Inject(inject_error)));
+    let InjectError::EntryCheck(check) = inject_error else {
+        panic!("expected an entry-check refusal, got {inject_error:?}");
+    };
+    assert_eq!(question_mark(check), Err(ExitError::EntryCheck(check)));
+
+    let reflect = ReflectError::NotAnExceptionExit;
+    assert_eq!(question_mark(reflect), Err(ExitError::Reflect(reflect)));
+
+    let info = InterruptionInfo::try_new(InterruptionType::Nmi, 3).unwrap_err();
+    assert_eq!(info, InterruptionInfoError::NmiVectorNot2 { vector: 3 });
+    assert_eq!(question_mark(info), Err(ExitError::InterruptionInfo(info)));
+}
+
+#[test]
+fn exit_error_says_where_a_host_event_stands() {
+    let in_flight = RedeliveryError::NmiNotHandled { polls: 3 };
+    let owed = RedeliveryError::Unsupported(Unsupported::NoHandler { vector: 0x40 });
+    assert_eq!(ExitError::from(in_flight).host_event_state(), Some(EventState::InFlight));
+    assert_eq!(ExitError::from(owed).host_event_state(), Some(EventState::NotDelivered));
+    let through_handler = HostEventError::Redelivery { event: HostEvent::Nmi, error: in_flight };
+    assert_eq!(ExitError::from(through_handler).host_event_state(), Some(EventState::InFlight));
+    let owed_irq =
+        HostEventError::Redelivery { event: HostEvent::AcknowledgedIrq(0x40), error: owed };
+    assert_eq!(ExitError::from(owed_irq).host_event_state(), Some(EventState::NotDelivered));
+    // No re-delivery involved: no host-event state.
+    let missing = HostEventError::AcknowledgedWithoutVector { info: 0x31 };
+    assert_eq!(ExitError::from(missing).host_event_state(), None);
+    assert_eq!(ExitError::from(hvkit_vmx_core::VmFail::Invalid).host_event_state(), None);
+    assert_eq!(ExitError::from(ReflectError::NotAnExceptionExit).host_event_state(), None);
+}
+
+#[test]
+fn exit_error_names_the_step_and_keeps_the_source() {
+    use core::error::Error as _;
+    let error = ExitError::from(hvkit_vmx_core::VmFail::Invalid);
+    assert_eq!(
+        std::format!("{error}"),
+        "VMX instruction failed: VMfailInvalid (CF=1, no current VMCS)"
+    );
+    assert_eq!(
+        error.source().map(|source| std::format!("{source}")),
+        Some(std::string::String::from("VMfailInvalid (CF=1, no current VMCS)"))
+    );
+    let cases: [(ExitError, &str); 4] = [
+        (HostEventError::AcknowledgedWithoutVector { info: 0x31 }.into(), "host event: "),
+        (RedeliveryError::NmiNotHandled { polls: 3 }.into(), "host event re-delivery: "),
+        (ReflectError::NotAnExceptionExit.into(), "exception reflection: "),
+        (
+            InterruptionInfo::try_new(InterruptionType::Reserved, 0).unwrap_err().into(),
+            "interruption information: ",
+        ),
+    ];
+    for (error, prefix) in cases {
+        let text = std::format!("{error}");
+        let source = error.source().map(|source| std::format!("{source}")).unwrap_or_default();
+        assert_eq!(text, std::format!("{prefix}{source}"), "{error:?}");
+    }
+    let mut vmcs = guest_vmcs(8, true);
+    let inject_error = inject(&mut vmcs, &GuestEvent::nmi(), &context(true)).unwrap_err();
+    let InjectError::EntryCheck(check) = inject_error else {
+        panic!("expected an entry-check refusal, got {inject_error:?}");
+    };
+    assert_eq!(
+        std::format!("{}", ExitError::from(inject_error)),
+        std::format!("guest event injection: {inject_error}")
+    );
+    assert_eq!(std::format!("{}", ExitError::from(check)), std::format!("VM-entry check: {check}"));
 }

@@ -116,6 +116,7 @@ pub const fn is_vmx_capability_msr(msr: u32) -> bool {
 /// A required capability MSR could not be read.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct MissingMsr(pub u32);
 
 impl fmt::Display for MissingMsr {
@@ -344,6 +345,7 @@ pub enum ControlRegister {
 /// A CR0/CR4 value that violates the VMX fixed bits (SDM A.7, A.8).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct FixedBitError {
     /// The register.
     pub register: ControlRegister,

@@ -319,6 +319,7 @@ impl ControlSet {
 /// A control that the processor will not let software have as requested.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ControlError {
     /// A needed control is 0 in the allowed-1 settings (or the set does not exist on this
     /// processor: its capability MSR is absent).

@@ -8,7 +8,9 @@
 //! [`EntryCapabilities`].
 #![forbid(unsafe_code)]
 
-use crate::event::{ActivityState, EventType, GuestInterruptibility, InterruptionInfo, vector};
+use crate::event::{
+    ActivityState, GuestInterruptibility, InterruptionInfo, InterruptionType, vector,
+};
 use core::fmt;
 
 /// Type 7 (other event) vector 0: monitor trap flag.
@@ -203,6 +205,7 @@ sdm_rules! {
 /// A violated rule, with the field values that broke it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct EntryCheckError {
     /// The rule.
     pub rule: EntryRule,
@@ -273,8 +276,8 @@ pub fn check(
     let event_type = info.event_type();
     let vector = info.vector();
     match event_type {
-        EventType::Reserved => return fail(EntryRule::ReservedType),
-        EventType::Other => match vector {
+        InterruptionType::Reserved => return fail(EntryRule::ReservedType),
+        InterruptionType::Other => match vector {
             OTHER_EVENT_MTF if !caps.monitor_trap_flag => {
                 return fail(EntryRule::OtherEventUnsupported);
             }
@@ -282,12 +285,14 @@ pub fn check(
             OTHER_EVENT_SYSCALL | OTHER_EVENT_SYSENTER if caps.fred_guest => {}
             _ => return fail(EntryRule::OtherEventVector),
         },
-        EventType::Nmi if vector != vector::NMI => return fail(EntryRule::NmiVector),
-        EventType::HardwareException if vector > 31 => return fail(EntryRule::ExceptionVector),
+        InterruptionType::Nmi if vector != vector::NMI => return fail(EntryRule::NmiVector),
+        InterruptionType::HardwareException if vector > 31 => {
+            return fail(EntryRule::ExceptionVector);
+        }
         _ => {}
     }
     let protected_mode = guest.cr0_pe || !guest.unrestricted_guest;
-    let exception = event_type == EventType::HardwareException;
+    let exception = event_type == InterruptionType::HardwareException;
     if info.error_code_valid() && (!exception || !protected_mode) {
         return fail(EntryRule::DeliverErrorCodeNotAllowed);
     }
@@ -310,7 +315,7 @@ pub fn check(
     // SYSCALL and SYSENTER injected into a FRED guest carry their instruction length as the
     // software events do (FRED spec, VMX interactions; KVM checks only the upper bound, the
     // stricter rule here also passes there).
-    let fred_instruction = event_type == EventType::Other && vector != OTHER_EVENT_MTF;
+    let fred_instruction = event_type == InterruptionType::Other && vector != OTHER_EVENT_MTF;
     if event_type.uses_instruction_length() || fred_instruction {
         let length = event.instruction_length;
         let shortest = if caps.zero_length_injection { 0 } else { 1 };
@@ -321,7 +326,7 @@ pub fn check(
 
     // Guest-state rules tied to the injected event (26.3.1.5).
     match event_type {
-        EventType::ExternalInterrupt => {
+        InterruptionType::ExternalInterrupt => {
             if !guest.rflags_if {
                 return fail(EntryRule::ExternalInterruptIfClear);
             }
@@ -329,7 +334,7 @@ pub fn check(
                 return fail(EntryRule::ExternalInterruptBlocked);
             }
         }
-        EventType::Nmi => {
+        InterruptionType::Nmi => {
             let mut forbidden = GuestInterruptibility::MOV_SS;
             if caps.nmi_requires_no_sti_blocking {
                 forbidden |= GuestInterruptibility::STI;
@@ -345,19 +350,20 @@ pub fn check(
     }
     let debug_or_machine_check =
         exception && matches!(vector, vector::DEBUG | vector::MACHINE_CHECK);
-    let mtf = event_type == EventType::Other && vector == 0;
+    let mtf = event_type == InterruptionType::Other && vector == 0;
     match guest.activity {
         ActivityState::Hlt => {
-            let allowed = matches!(event_type, EventType::ExternalInterrupt | EventType::Nmi)
-                || debug_or_machine_check
-                || mtf;
+            let allowed =
+                matches!(event_type, InterruptionType::ExternalInterrupt | InterruptionType::Nmi)
+                    || debug_or_machine_check
+                    || mtf;
             if !allowed {
                 return fail(EntryRule::ActivityHltEvent);
             }
         }
         ActivityState::Shutdown => {
-            let allowed =
-                event_type == EventType::Nmi || (exception && vector == vector::MACHINE_CHECK);
+            let allowed = event_type == InterruptionType::Nmi
+                || (exception && vector == vector::MACHINE_CHECK);
             if !allowed {
                 return fail(EntryRule::ActivityShutdownEvent);
             }

@@ -9,6 +9,10 @@ use core::fmt;
 /// VMX instructions report `VMfailInvalid` with RFLAGS.CF = 1 (there is no current VMCS to hold an
 /// error number) and `VMfailValid` with RFLAGS.ZF = 1, the number being in the VM-instruction error
 /// field (encoding 0x4400) of the current VMCS.
+///
+/// Exhaustive on purpose: the SDM defines exactly these two failure conventions ("Conventions" in
+/// the VMX instruction reference), so a `match` needs no wildcard arm. New error numbers go into
+/// [`VmInstructionError`], which is `#[non_exhaustive]`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub enum VmFail {

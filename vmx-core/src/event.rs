@@ -9,7 +9,7 @@ use core::fmt;
 /// FRED event types.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
-pub enum EventType {
+pub enum InterruptionType {
     /// 0: external interrupt.
     ExternalInterrupt,
     /// 1: reserved (kept so a decoded value is never lost).
@@ -28,7 +28,7 @@ pub enum EventType {
     Other,
 }
 
-impl EventType {
+impl InterruptionType {
     /// Decodes the 3-bit type (bits above 2 are ignored).
     pub const fn from_bits(bits: u32) -> Self {
         match bits & 7 {
@@ -130,6 +130,7 @@ pub struct InterruptionInfo(u32);
 /// Why [`InterruptionInfo::try_new`] refused a combination.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum InterruptionInfoError {
     /// Type 1 is reserved.
     ReservedType,
@@ -177,13 +178,16 @@ impl InterruptionInfo {
     /// A valid event of `event_type` and `vector`, without error code. Fails for combinations
     /// that no interruption-information field may hold (reserved type, NMI not vector 2,
     /// exception vector above 31).
-    pub const fn try_new(event_type: EventType, vector: u8) -> Result<Self, InterruptionInfoError> {
+    pub const fn try_new(
+        event_type: InterruptionType,
+        vector: u8,
+    ) -> Result<Self, InterruptionInfoError> {
         match event_type {
-            EventType::Reserved => return Err(InterruptionInfoError::ReservedType),
-            EventType::Nmi if vector != 2 => {
+            InterruptionType::Reserved => return Err(InterruptionInfoError::ReservedType),
+            InterruptionType::Nmi if vector != 2 => {
                 return Err(InterruptionInfoError::NmiVectorNot2 { vector });
             }
-            EventType::HardwareException if vector > 31 => {
+            InterruptionType::HardwareException if vector > 31 => {
                 return Err(InterruptionInfoError::ExceptionVectorAbove31 { vector });
             }
             _ => {}
@@ -223,8 +227,8 @@ impl InterruptionInfo {
     }
 
     /// Bits 10:8.
-    pub const fn event_type(self) -> EventType {
-        EventType::from_bits(self.0 >> 8)
+    pub const fn event_type(self) -> InterruptionType {
+        InterruptionType::from_bits(self.0 >> 8)
     }
 
     /// Bit 11.
@@ -254,7 +258,7 @@ impl InterruptionInfo {
 
     /// `true` for a valid NMI (type 2).
     pub const fn is_nmi(self) -> bool {
-        self.is_valid() && matches!(self.event_type(), EventType::Nmi)
+        self.is_valid() && matches!(self.event_type(), InterruptionType::Nmi)
     }
 
     /// With bit 11 set or cleared.
@@ -405,11 +409,11 @@ mod tests {
         for bits in 0..8 {
             let info = InterruptionInfo::from_raw(bits << 8);
             assert_eq!(info.event_type().bits(), bits);
-            assert_eq!(EventType::from_bits(bits).bits(), bits);
+            assert_eq!(InterruptionType::from_bits(bits).bits(), bits);
         }
         let info = InterruptionInfo::from_raw(0xFFFF_FFFF);
         assert_eq!(info.vector(), 0xFF);
-        assert_eq!(info.event_type(), EventType::Other);
+        assert_eq!(info.event_type(), InterruptionType::Other);
         assert!(info.error_code_valid() && info.nmi_unblocking_due_to_iret());
         assert!(info.nested_exception() && info.is_valid());
         assert_eq!(info.reserved_bits(), 0x7FFF_C000);
@@ -418,45 +422,48 @@ mod tests {
 
     #[test]
     fn constructor_ladder_checks_combinations() {
-        assert_eq!(InterruptionInfo::try_new(EventType::Nmi, 2), Ok(InterruptionInfo::nmi()));
         assert_eq!(
-            InterruptionInfo::try_new(EventType::Nmi, 3),
+            InterruptionInfo::try_new(InterruptionType::Nmi, 2),
+            Ok(InterruptionInfo::nmi())
+        );
+        assert_eq!(
+            InterruptionInfo::try_new(InterruptionType::Nmi, 3),
             Err(InterruptionInfoError::NmiVectorNot2 { vector: 3 })
         );
-        assert!(InterruptionInfo::try_new(EventType::HardwareException, 31).is_ok());
+        assert!(InterruptionInfo::try_new(InterruptionType::HardwareException, 31).is_ok());
         assert_eq!(
-            InterruptionInfo::try_new(EventType::HardwareException, 32),
+            InterruptionInfo::try_new(InterruptionType::HardwareException, 32),
             Err(InterruptionInfoError::ExceptionVectorAbove31 { vector: 32 })
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::Reserved, 0),
+            InterruptionInfo::try_new(InterruptionType::Reserved, 0),
             Err(InterruptionInfoError::ReservedType)
         );
         assert_eq!(InterruptionInfo::hardware_exception(33).vector(), 1);
         assert_eq!(
-            InterruptionInfo::try_new(EventType::SoftwareInterrupt, 0x80).map(|i| i.raw()),
+            InterruptionInfo::try_new(InterruptionType::SoftwareInterrupt, 0x80).map(|i| i.raw()),
             Ok(0x8000_0480)
         );
     }
 
-    const ALL_TYPES: [EventType; 8] = [
-        EventType::ExternalInterrupt,
-        EventType::Reserved,
-        EventType::Nmi,
-        EventType::HardwareException,
-        EventType::SoftwareInterrupt,
-        EventType::PrivilegedSoftwareException,
-        EventType::SoftwareException,
-        EventType::Other,
+    const ALL_TYPES: [InterruptionType; 8] = [
+        InterruptionType::ExternalInterrupt,
+        InterruptionType::Reserved,
+        InterruptionType::Nmi,
+        InterruptionType::HardwareException,
+        InterruptionType::SoftwareInterrupt,
+        InterruptionType::PrivilegedSoftwareException,
+        InterruptionType::SoftwareException,
+        InterruptionType::Other,
     ];
 
     #[test]
     fn event_type_numbers_follow_the_sdm_table() {
         for (number, event_type) in (0u32..).zip(ALL_TYPES) {
-            assert_eq!(EventType::from_bits(number), event_type);
+            assert_eq!(InterruptionType::from_bits(number), event_type);
             assert_eq!(event_type.bits(), number);
             // Bits above the 3-bit field are ignored.
-            assert_eq!(EventType::from_bits(number | 0xFFFF_FFF8), event_type);
+            assert_eq!(InterruptionType::from_bits(number | 0xFFFF_FFF8), event_type);
         }
     }
 
@@ -480,37 +487,41 @@ mod tests {
     #[test]
     fn try_new_boundaries_per_type() {
         assert_eq!(
-            InterruptionInfo::try_new(EventType::HardwareException, 0).map(InterruptionInfo::raw),
+            InterruptionInfo::try_new(InterruptionType::HardwareException, 0)
+                .map(InterruptionInfo::raw),
             Ok(0x8000_0300)
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::HardwareException, 31).map(InterruptionInfo::raw),
+            InterruptionInfo::try_new(InterruptionType::HardwareException, 31)
+                .map(InterruptionInfo::raw),
             Ok(0x8000_031F)
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::HardwareException, 255),
+            InterruptionInfo::try_new(InterruptionType::HardwareException, 255),
             Err(InterruptionInfoError::ExceptionVectorAbove31 { vector: 255 })
         );
         // Only hardware exceptions are limited to 0-31; only NMIs to vector 2.
         assert_eq!(
-            InterruptionInfo::try_new(EventType::ExternalInterrupt, 32).map(InterruptionInfo::raw),
+            InterruptionInfo::try_new(InterruptionType::ExternalInterrupt, 32)
+                .map(InterruptionInfo::raw),
             Ok(0x8000_0020)
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::SoftwareException, 3).map(InterruptionInfo::raw),
+            InterruptionInfo::try_new(InterruptionType::SoftwareException, 3)
+                .map(InterruptionInfo::raw),
             Ok(0x8000_0603)
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::Other, 0).map(InterruptionInfo::raw),
+            InterruptionInfo::try_new(InterruptionType::Other, 0).map(InterruptionInfo::raw),
             Ok(0x8000_0700)
         );
         assert_eq!(
-            InterruptionInfo::try_new(EventType::Nmi, 1),
+            InterruptionInfo::try_new(InterruptionType::Nmi, 1),
             Err(InterruptionInfoError::NmiVectorNot2 { vector: 1 })
         );
         for vector in [0, 2, 255] {
             assert_eq!(
-                InterruptionInfo::try_new(EventType::Reserved, vector),
+                InterruptionInfo::try_new(InterruptionType::Reserved, vector),
                 Err(InterruptionInfoError::ReservedType)
             );
         }
@@ -525,10 +536,10 @@ mod tests {
         assert_eq!(InterruptionInfo::hardware_exception(32).raw(), 0x8000_0300);
         assert_eq!(InterruptionInfo::hardware_exception(0).raw(), 0x8000_0300);
         assert_eq!(InterruptionInfo::nmi().vector(), 2);
-        assert_eq!(InterruptionInfo::nmi().event_type(), EventType::Nmi);
+        assert_eq!(InterruptionInfo::nmi().event_type(), InterruptionType::Nmi);
         assert_eq!(
             InterruptionInfo::from_raw(0x8000_0B0E).event_type(),
-            EventType::HardwareException
+            InterruptionType::HardwareException
         );
     }
 

@@ -121,6 +121,7 @@ sdm_rules! {
 /// A violated FRED check.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub struct FredCheckError {
     /// The rule.
     pub rule: FredRule,

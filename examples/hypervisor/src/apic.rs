@@ -47,7 +47,7 @@ pub fn get() -> &'static mut XApic<MmioRegisters> {
 /// Finds this CPU's APIC, checks xAPIC mode, software-enables it, records its ID in the
 /// per-CPU state. Returns the ID.
 pub fn init() -> Result<u32, hvkit_apic::ModeError> {
-    let base = ApicBase(crate::cpu::rdmsr(0x1B));
+    let base = apic_base();
     let Some(page) = NonNull::new(base.base_address() as *mut u32) else {
         return Err(hvkit_apic::ModeError::NotInMode {
             expected: hvkit_apic::Mode::XApic,
@@ -96,7 +96,14 @@ pub fn mode_name() -> &'static str {
 
 /// Physical base of the APIC page.
 pub fn base_address() -> u64 {
-    ApicBase(crate::cpu::rdmsr(0x1B)).base_address()
+    apic_base().base_address()
+}
+
+/// IA32_APIC_BASE.
+fn apic_base() -> ApicBase {
+    // SAFETY: CPL 0; IA32_APIC_BASE exists on every CPU with a local APIC (the boot checked
+    // CPUID.1:EDX[9]); reading it has no side effects.
+    ApicBase(unsafe { x86::msr::rdmsr(x86::msr::IA32_APIC_BASE) })
 }
 
 /// EOI.
@@ -147,15 +154,41 @@ pub fn stop_timer() {
     with_apic!(|apic| apic.stop_timer())
 }
 
-/// A second handle on the same APIC page, for the self-NMI strategy (which owns its sender).
-pub fn second_handle() -> XApic<MmioRegisters> {
-    let base = ApicBase(crate::cpu::rdmsr(0x1B));
-    let page = NonNull::new(base.base_address() as *mut u32).unwrap_or(NonNull::dangling());
-    // SAFETY: the same identity-mapped APIC page as `init`; used only on this CPU with
-    // interrupts disabled, never concurrently with the first handle.
-    let registers = unsafe { MmioRegisters::new(page) };
-    match XApic::new(registers, base) {
-        Ok(apic) => apic,
-        Err(_) => crate::port::exit(crate::port::status::PANIC),
+/// This CPU's local APIC (xAPIC mode) as a [`LocalApic`] value that owns nothing: every access
+/// goes through this CPU's handle (for the self-NMI strategy, which owns its sender).
+#[derive(Debug, Clone, Copy)]
+pub struct ThisApic;
+
+impl LocalApic for ThisApic {
+    const MODE: hvkit_apic::Mode = hvkit_apic::Mode::XApic;
+
+    fn read(&self, offset: u32) -> u32 {
+        get().read(offset)
+    }
+
+    fn write(&mut self, offset: u32, value: u32) {
+        get().write(offset, value);
+    }
+
+    fn id(&self) -> u32 {
+        get().id()
+    }
+
+    fn send_ipi(
+        &mut self,
+        ipi: &hvkit_apic::Ipi,
+        max_polls: u32,
+        delay: &mut impl hvkit_apic::Delay,
+    ) -> Result<(), hvkit_apic::IpiError> {
+        get().send_ipi(ipi, max_polls, delay)
+    }
+
+    fn send_self_ipi(
+        &mut self,
+        vector: u8,
+        max_polls: u32,
+        delay: &mut impl hvkit_apic::Delay,
+    ) -> Result<(), hvkit_apic::IpiError> {
+        get().send_self_ipi(vector, max_polls, delay)
     }
 }

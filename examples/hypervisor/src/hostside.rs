@@ -16,7 +16,7 @@ use crate::percpu::{self, PerCpu};
 use crate::{apic, host, println, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
-use hvkit_nmi_reinject::{IdtDirectCall, IdtEntry, NmiReinjector};
+use hvkit_nmi_reinject::{IdtDirectCall, IdtEntry, Redeliver};
 
 /// Events per scenario (and per target CPU).
 const EVENTS: u64 = 10;
@@ -95,7 +95,7 @@ fn report(line: HostLine) {
             line.name, line.strategy, line.target, line.sent, line.handled, line.eois
         );
     }
-    crate::tally(pass, lost, duplicated);
+    crate::report::tally(pass, lost, duplicated);
 }
 
 /// Waits (bounded) until `counter` exceeds `before`.
@@ -260,8 +260,8 @@ fn direct_call(cpu: &PerCpu) {
     for _ in 0..EVENTS {
         let (nmi_before, timer_before) =
             (cpu.nmi_handled.load(Ordering::SeqCst), cpu.timer_handled.load(Ordering::SeqCst));
-        let nmi = direct.reinject_nmi();
-        let irq = direct.reinject_irq(host::TIMER_VECTOR);
+        let nmi = direct.redeliver_nmi();
+        let irq = direct.redeliver_irq(host::TIMER_VECTOR);
         if nmi.is_err() || irq.is_err() {
             break;
         }
@@ -294,11 +294,11 @@ pub fn run() {
     let others: usize =
         percpu::online().filter(|cpu| cpu.index.load(Ordering::SeqCst) != 0).count();
     if others == 0 {
-        crate::skip(
+        crate::report::skip(
             "cross-ipi",
             "one CPU: cross-CPU IPIs need a second CPU (QEMU -smp 2, Bochs cpu: count=2)",
         );
-        crate::skip(
+        crate::report::skip(
             "cross-nmi",
             "one CPU: cross-CPU NMIs need a second CPU (QEMU -smp 2, Bochs cpu: count=2)",
         );
@@ -316,12 +316,15 @@ pub fn run() {
 /// the reason when CPUID does not offer x2APIC.
 pub fn run_x2apic() {
     if !apic::x2apic_supported() {
-        crate::skip("host-side-x2apic", "CPUID.1:ECX[21] = 0: no x2APIC mode");
+        crate::report::skip("host-side-x2apic", "CPUID.1:ECX[21] = 0: no x2APIC mode");
         return;
     }
     if let Err(error) = apic::switch_to_x2apic() {
         println!("HVKIT error: x2APIC: {error}");
-        crate::skip("host-side-x2apic", "switching the bootstrap processor to x2APIC mode failed");
+        crate::report::skip(
+            "host-side-x2apic",
+            "switching the bootstrap processor to x2APIC mode failed",
+        );
         return;
     }
     for index in 1..percpu::MAX_CPUS {

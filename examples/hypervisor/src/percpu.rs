@@ -119,9 +119,11 @@ impl PerCpu {
     }
 }
 
-/// The GDT selector of CPU `index`'s TSS descriptor (two 8-byte slots from slot 3).
+/// The GDT selector of CPU `index`'s TSS descriptor (two 8-byte slots): slot 3 (0x18) for the
+/// bootstrap processor, slot 7 + 2 * (index - 1) (0x38, 0x48, ...) for the others (slots 5 and
+/// 6 are the user segments).
 pub const fn tr_selector(index: usize) -> u16 {
-    ((3 + 2 * index) * 8) as u16
+    if index == 0 { 0x18 } else { ((7 + 2 * (index - 1)) * 8) as u16 }
 }
 
 static CPUS: [PerCpu; MAX_CPUS] = [const { PerCpu::new() }; MAX_CPUS];

@@ -16,19 +16,21 @@
 //! - self-NMI: the re-sent NMI is a new NMI: if another NMI is already held pending, the two are
 //!   one ("merged" on the report line), so the handler runs once for both.
 
-use crate::percpu::{self, MAX_CPUS};
+use crate::percpu::{self, MAX_CPUS, PerCpu};
+use crate::vcpu::{ExitHandler, Fatal, Guest, Resume, Vcpu};
 use crate::{apic, host, println, smp, vmx};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
 use hvkit_nmi_reinject::{
-    ApicSender, HostEvent, IdtDirectCall, IdtEntry, IretToSelf, IrqDelivery, SelfNmi,
-    handle_host_event,
+    GuestEventQueue, GuestFixups, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
+    InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
-use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfoOptions};
+use hvkit_vmx_core::controls::ExitControls;
+use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
-use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, Vmcs, VmcsAccess, VmxRoot};
+use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, VmcsAccess, VmxRoot};
 
 /// Re-delivery strategies.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -128,10 +130,10 @@ struct GuestStack([u8; 4096]);
 
 static mut GUEST_STACKS: [GuestStack; MAX_CPUS] = [const { GuestStack([0; 4096]) }; MAX_CPUS];
 
-/// An AP's VMX state: its root token and VMCS, used only by that AP.
+/// An AP's VMX state: its root token and vCPU, used only by that AP.
 struct ApVmx {
     root: VmxRoot,
-    vmcs: Vmcs,
+    vcpu: Vcpu,
 }
 
 struct ApSlot(core::cell::UnsafeCell<Option<ApVmx>>);
@@ -178,11 +180,15 @@ fn index() -> usize {
 pub fn enable_on_this_cpu() -> bool {
     let index = index();
     let Some(vmx) = context() else { return false };
-    let feature = FeatureControl(crate::cpu::rdmsr(msr::IA32_FEATURE_CONTROL));
+    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (the bootstrap
+    // processor checked CPUID; the APs are the same model).
+    let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
     match feature.vmxon_readiness() {
         VmxonReadiness::Ready => {}
         VmxonReadiness::NeedsEnabling => {
-            crate::cpu::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value())
+            // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
+            // it only enables VMX outside SMX and locks the MSR.
+            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
         }
         VmxonReadiness::DisabledByFirmware => {
             println!("HVKIT error: cpu {index}: VMX disabled in IA32_FEATURE_CONTROL");
@@ -236,8 +242,18 @@ pub fn enable_on_this_cpu() -> bool {
         println!("HVKIT error: cpu {index}: VMCS setup: {fail}");
         return false;
     }
+    let vcpu = Vcpu {
+        vmcs,
+        registers: GuestRegisters::default(),
+        queue: GuestEventQueue::new(),
+        context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
+        acknowledge_on_exit: vmx
+            .controls
+            .exit
+            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+    };
     // SAFETY: slot `index` is this CPU's.
-    unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vmcs }) };
+    unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vcpu }) };
     true
 }
 
@@ -257,8 +273,118 @@ fn timer_or_ipi_handler(vector: u8) -> Option<IdtEntry> {
     }
 }
 
-/// Runs this AP's guest until its control block says stop; re-delivers every host event with
-/// `strategy` and publishes the exit counts.
+type HandlerTable = fn(u8) -> Option<IdtEntry>;
+
+/// The AP's strategies as one [`Redeliver`].
+struct ApStrategy {
+    current: Strategy,
+    direct: IdtDirectCall<HandlerTable>,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApic>, IretToSelf, fn()>,
+}
+
+impl Redeliver for ApStrategy {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+        match self.current {
+            Strategy::DirectCall => self.direct.redeliver_nmi(),
+            Strategy::SelfNmi => self.self_nmi.redeliver_nmi(),
+        }
+    }
+
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+        match self.current {
+            Strategy::DirectCall => self.direct.redeliver_irq(vector),
+            Strategy::SelfNmi => self.self_nmi.redeliver_irq(vector),
+        }
+    }
+}
+
+/// The AP's part of exit handling (the exit sequence itself is `vcpu.rs`'s).
+struct ApHandler {
+    strategy: ApStrategy,
+    cpu: &'static PerCpu,
+    counts: &'static RunCounts,
+    index: usize,
+    stopped: bool,
+}
+
+impl ExitHandler for ApHandler {
+    type Strategy = ApStrategy;
+
+    fn strategy(&mut self) -> &mut ApStrategy {
+        &mut self.strategy
+    }
+
+    fn settle(&mut self) -> bool {
+        (0..100).any(|_| self.strategy.self_nmi.poll_in_flight().is_ok())
+    }
+
+    fn host_event(
+        &mut self,
+        outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>,
+        _exit_tsc: u64,
+    ) {
+        match outcome {
+            Ok((HostEvent::AcknowledgedIrq(vector), Some(IrqDelivery::Requeued))) => {
+                // The interrupt waits in the IRR again: let the host take it before re-entry.
+                let counter = if vector == host::TEST_IPI_VECTOR {
+                    &self.cpu.ipi_handled
+                } else {
+                    &self.cpu.timer_handled
+                };
+                let before = counter.load(Ordering::SeqCst);
+                let taken = (0..100_000).any(|_| {
+                    // SAFETY: the host IDT is loaded; one-instruction interrupt window.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    counter.load(Ordering::SeqCst) != before
+                });
+                if !taken {
+                    self.counts.requeue_timeouts.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                println!("HVKIT error: cpu {}: host event: {error}", self.index);
+                self.counts.errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        guest: Guest<'_, '_>,
+        info: &ExitInfo<'_>,
+        _exit: &VmExit,
+    ) -> Result<Resume, Fatal> {
+        match info.reason.basic() {
+            BasicExitReason::ExceptionOrNmi if info.interruption_info.is_nmi() => {
+                self.counts.nmi_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::ExternalInterrupt => {
+                self.counts.irq_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::Vmcall if guest.registers.rax as u32 == STOP_CALL => {
+                self.stopped = true;
+                return Err(Fatal::Vmm("the guest stopped"));
+            }
+            other => {
+                println!(
+                    "HVKIT error: cpu {}: unexpected exit {other:?} qualification={:#x}",
+                    self.index, info.qualification
+                );
+                self.counts.other_exits.fetch_add(1, Ordering::SeqCst);
+                return Err(Fatal::Vmm("unexpected exit"));
+            }
+        }
+        Ok(Resume::default())
+    }
+
+    fn fixups(&mut self, _fixups: GuestFixups) {}
+
+    fn entering(&mut self, _exit_tsc: u64) {}
+}
+
+/// Runs this AP's guest (from its first instruction) until its control block says stop;
+/// re-delivers every host event with `strategy` and publishes the exit counts.
 pub fn run_guest(strategy: Strategy) {
     let index = index();
     let cpu = percpu::current();
@@ -277,27 +403,9 @@ pub fn run_guest(strategy: Strategy) {
         counts.errors.fetch_add(1, Ordering::SeqCst);
         return;
     };
-    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
-    // IRETQ: the direct-call contract.
-    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
-    // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
-    let mut direct = unsafe {
-        IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as fn(u8) -> Option<IdtEntry>)
-    };
-    let sender = ApicSender { apic: apic::second_handle(), max_polls: apic::MAX_POLLS };
-    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
-    let unblocker = unsafe { IretToSelf::new() };
-    let mut self_nmi =
-        SelfNmi::new(sender, unblocker, core::hint::spin_loop, &cpu.nmi_handled, 10_000_000);
-    let mut active = match state.root.activate(&mut state.vmcs) {
-        Ok(active) => active,
-        Err(_) => {
-            counts.errors.fetch_add(1, Ordering::SeqCst);
-            return;
-        }
-    };
     let control = &CONTROLS[index];
-    let fresh = active.write(field::GUEST_RIP, smp_guest_main as *const () as u64).and_then(|()| {
+    let fresh = state.root.activate(&mut state.vcpu.vmcs).and_then(|mut active| {
+        active.write(field::GUEST_RIP, smp_guest_main as *const () as u64)?;
         active.write(field::GUEST_RSP, guest_stack_top(index))?;
         active.write(field::GUEST_RFLAGS, 0x202)?;
         active.write(field::GUEST_INTERRUPTIBILITY_STATE, 0)
@@ -306,82 +414,31 @@ pub fn run_guest(strategy: Strategy) {
         counts.errors.fetch_add(1, Ordering::SeqCst);
         return;
     }
-    let mut registers =
+    state.vcpu.registers =
         GuestRegisters { rdi: control as *const GuestControl as u64, ..GuestRegisters::default() };
-    let mut previous = None;
-    loop {
-        // SAFETY: the VMCS holds a complete host and guest state (`enable_on_this_cpu`);
-        // interrupts are disabled; EPT confines the guest.
-        let exit = match unsafe { active.run(&mut registers, previous.take()) } {
-            Ok(exit) => exit,
-            Err(fail) => {
-                println!("HVKIT error: cpu {index}: VM entry failed: {fail}");
-                counts.errors.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        };
-        let Ok(head) = ExitHead::read(&active, &exit) else {
-            counts.errors.fetch_add(1, Ordering::SeqCst);
-            return;
-        };
-        // First act: re-deliver the host event this exit consumed.
-        let delivered = match strategy {
-            Strategy::DirectCall => handle_host_event(&mut direct, head, true),
-            Strategy::SelfNmi => handle_host_event(&mut self_nmi, head, true),
-        };
-        match delivered {
-            Ok((HostEvent::AcknowledgedIrq(vector), Some(IrqDelivery::Requeued))) => {
-                // The interrupt waits in the IRR again: let the host take it before re-entry.
-                let counter = if vector == host::TEST_IPI_VECTOR {
-                    &cpu.ipi_handled
-                } else {
-                    &cpu.timer_handled
-                };
-                let before = counter.load(Ordering::SeqCst);
-                let taken = (0..100_000).any(|_| {
-                    // SAFETY: the host IDT is loaded; one-instruction interrupt window.
-                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
-                    counter.load(Ordering::SeqCst) != before
-                });
-                if !taken {
-                    counts.requeue_timeouts.fetch_add(1, Ordering::SeqCst);
-                }
-            }
-            Ok(_) => {}
-            Err(error) => {
-                println!("HVKIT error: cpu {index}: host event: {error}");
-                counts.errors.fetch_add(1, Ordering::SeqCst);
-            }
-        }
-        let Ok(info) = head.complete(&active, ExitInfoOptions::default()) else {
-            counts.errors.fetch_add(1, Ordering::SeqCst);
-            return;
-        };
-        match info.reason.basic() {
-            BasicExitReason::ExceptionOrNmi if info.interruption_info.is_nmi() => {
-                counts.nmi_exits.fetch_add(1, Ordering::SeqCst);
-            }
-            BasicExitReason::ExternalInterrupt => {
-                counts.irq_exits.fetch_add(1, Ordering::SeqCst);
-            }
-            BasicExitReason::Vmcall if registers.rax as u32 == STOP_CALL => {
-                let rip = active.read(field::GUEST_RIP).unwrap_or(0);
-                let _ = active.write(field::GUEST_RIP, rip + u64::from(info.instruction_length));
-                control.running.store(0, Ordering::SeqCst);
-                return;
-            }
-            other => {
-                println!(
-                    "HVKIT error: cpu {index}: unexpected exit {other:?} qualification={:#x}",
-                    info.qualification
-                );
-                counts.other_exits.fetch_add(1, Ordering::SeqCst);
-                counts.errors.fetch_add(1, Ordering::SeqCst);
-                return;
-            }
-        }
-        previous = Some(exit);
+    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
+    // IRETQ: the direct-call contract.
+    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
+    // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
+    let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
+    let sender = PollingApic { apic: apic::ThisApic, max_polls: apic::MAX_POLLS };
+    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
+    let unblocker = unsafe { IretToSelf::new() };
+    let spin: fn() = core::hint::spin_loop;
+    let self_nmi = SelfNmi::new(sender, unblocker, spin, &cpu.nmi_handled, 10_000_000);
+    let mut handler = ApHandler {
+        strategy: ApStrategy { current: strategy, direct, self_nmi },
+        cpu,
+        counts,
+        index,
+        stopped: false,
+    };
+    let stop = state.vcpu.run(&mut state.root, &mut handler);
+    if !handler.stopped {
+        println!("HVKIT error: cpu {index}: the vCPU stopped: {stop}");
+        counts.errors.fetch_add(1, Ordering::SeqCst);
     }
+    control.running.store(0, Ordering::SeqCst);
 }
 
 /// One guest-side result line (same fields as the other scenario lines, plus the target CPU,
@@ -417,7 +474,7 @@ fn report(line: GuestLine) {
         line.merged,
         if pass { "PASS" } else { "FAIL" }
     );
-    crate::tally(pass, lost, duplicated);
+    crate::report::tally(pass, lost, duplicated);
 }
 
 /// A guest run on CPU `target`, stopped and waited for by [`Run::finish`].
@@ -650,7 +707,7 @@ pub fn run() {
         }
     }
     if !targets.iter().any(|&target| target) {
-        crate::skip(
+        crate::report::skip(
             "smp-guest",
             "no application processor in VMX operation (one CPU, or VMXON failed on the APs)",
         );

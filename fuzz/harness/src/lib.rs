@@ -8,8 +8,8 @@ mod oracle;
 
 use arbitrary::{Arbitrary, Unstructured};
 use hvkit_nmi_reinject::{
-    EntryDecision, GuestEventQueue, HostEvent, InjectionContext, IrqDelivery, NmiReinjector,
-    ReinjectError, handle_host_event, idt_vectoring_event, nmi_unblocked_by_iret,
+    EntryDecision, GuestEventQueue, HostEvent, InjectionContext, IrqDelivery, Redeliver,
+    RedeliveryError, handle_host_event, idt_vectoring_event, nmi_unblocked_by_iret,
     reinject_idt_vectoring,
 };
 use hvkit_vmx_core::entry_check::{self, EntryCapabilities, EntryEvent, GuestEventState};
@@ -185,17 +185,17 @@ impl ExitCase {
 const INTERESTING_REASONS: [u32; 12] = [0, 1, 7, 8, 10, 12, 18, 48, 62, 75, 0x8000_0021, 35];
 
 #[derive(Default)]
-struct CountingReinjector {
+struct CountingRedelivery {
     nmis: u32,
     irqs: Vec<u8>,
 }
 
-impl NmiReinjector for CountingReinjector {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for CountingRedelivery {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         self.nmis += 1;
         Ok(())
     }
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         self.irqs.push(vector);
         Ok(IrqDelivery::Handled)
     }
@@ -275,17 +275,17 @@ pub fn exit_handling(data: &[u8]) {
         let info = ExitInfo::from_parts(&exit, parts);
 
         // Host side: exactly one re-delivery for a host NMI or an acknowledged interrupt.
-        let mut reinjector = CountingReinjector::default();
-        let result = handle_host_event(&mut reinjector, &info, case.acknowledge_on_exit);
+        let mut redelivery = CountingRedelivery::default();
+        let result = handle_host_event(&mut redelivery, &info, case.acknowledge_on_exit);
         let valid = interruption & 0x8000_0000 != 0;
         let entry_failure = reason & 0x8000_0000 != 0;
         let host_nmi =
             !entry_failure && reason & 0xFFFF == 0 && valid && (interruption >> 8) & 7 == 2;
         let acked = !entry_failure && reason & 0xFFFF == 1 && case.acknowledge_on_exit && valid;
-        assert_eq!(reinjector.nmis, u32::from(host_nmi));
-        assert_eq!(reinjector.irqs.len(), usize::from(acked));
+        assert_eq!(redelivery.nmis, u32::from(host_nmi));
+        assert_eq!(redelivery.irqs.len(), usize::from(acked));
         if acked {
-            assert_eq!(reinjector.irqs[0], interruption as u8);
+            assert_eq!(redelivery.irqs[0], interruption as u8);
             assert!(matches!(result, Ok((HostEvent::AcknowledgedIrq(_), _))));
         }
 

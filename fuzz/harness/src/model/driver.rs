@@ -20,8 +20,8 @@ use super::{
     exit_controls, owed_nmis_after_request, pin, primary, pushes_error_code, window_exit,
 };
 use hvkit_nmi_reinject::{
-    GuestEvent, GuestEventQueue, HostEvent, InjectError, InjectionContext, IrqDelivery,
-    NmiReinjector, ReinjectError, handle_host_event, inject, reinject_idt_vectoring,
+    GuestEvent, GuestEventQueue, HostEvent, InjectError, InjectionContext, IrqDelivery, Redeliver,
+    RedeliveryError, handle_host_event, inject, reinject_idt_vectoring,
 };
 use hvkit_vmx_core::controls::AllowedControls;
 use hvkit_vmx_core::entry_check::EntryCapabilities;
@@ -50,19 +50,19 @@ impl Input<'_> {
 
 /// A host re-delivery strategy that counts calls (stands in for a direct call).
 #[derive(Debug, Default)]
-struct CountingReinjector {
+struct CountingRedelivery {
     nmis: u32,
     irqs: u32,
     last_vector: u8,
 }
 
-impl NmiReinjector for CountingReinjector {
-    fn reinject_nmi(&mut self) -> Result<(), ReinjectError> {
+impl Redeliver for CountingRedelivery {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         self.nmis += 1;
         Ok(())
     }
 
-    fn reinject_irq(&mut self, vector: u8) -> Result<IrqDelivery, ReinjectError> {
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         self.irqs += 1;
         self.last_vector = vector;
         Ok(IrqDelivery::Handled)
@@ -557,18 +557,18 @@ impl Machine {
         };
 
         // Host side first.
-        let mut reinjector = CountingReinjector::default();
-        let result = handle_host_event(&mut reinjector, &info, self.config.acknowledge_on_exit);
+        let mut redelivery = CountingRedelivery::default();
+        let result = handle_host_event(&mut redelivery, &info, self.config.acknowledge_on_exit);
         let host_nmi =
             exit.reason == 0 && exit.interruption.is_some_and(|(info, _)| (info >> 8) & 7 == 2);
-        assert_eq!(reinjector.nmis, u32::from(host_nmi), "round {index}: host NMI re-delivery");
+        assert_eq!(redelivery.nmis, u32::from(host_nmi), "round {index}: host NMI re-delivery");
         if exit.reason == 1 && self.config.acknowledge_on_exit {
             let vector = exit.interruption.map_or(0, |(info, _)| info as u8);
-            assert_eq!(reinjector.irqs, 1, "round {index}: acknowledged interrupt re-delivery");
-            assert_eq!(reinjector.last_vector, vector);
+            assert_eq!(redelivery.irqs, 1, "round {index}: acknowledged interrupt re-delivery");
+            assert_eq!(redelivery.last_vector, vector);
             assert_eq!(result.map(|(event, _)| event), Ok(HostEvent::AcknowledgedIrq(vector)));
         } else {
-            assert_eq!(reinjector.irqs, 0, "round {index}: interrupt re-delivered twice");
+            assert_eq!(redelivery.irqs, 0, "round {index}: interrupt re-delivered twice");
             assert!(result.is_ok(), "round {index}: {result:?}");
         }
         if round.host & 0x10 != 0 {
