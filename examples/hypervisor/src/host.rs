@@ -241,7 +241,7 @@ extern "C" fn host_wake() {
 /// The test-IPI handler: counts the run on this CPU, checks that its vector is in service
 /// (a fixed interrupt is in the ISR from acceptance until the EOI, SDM Vol. 3A 12.8.4
 /// "Interrupt Acceptance for Fixed Interrupts") and sends one EOI.
-extern "C" fn host_ipi() {
+pub(crate) extern "C" fn host_ipi() {
     let cpu = crate::percpu::current();
     cpu.ipi_handled.fetch_add(1, Ordering::SeqCst);
     if !crate::apic::is_in_service(TEST_IPI_VECTOR) {

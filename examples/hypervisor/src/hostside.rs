@@ -16,7 +16,7 @@ use crate::percpu::{self, PerCpu};
 use crate::{apic, host, println, smp};
 use core::sync::atomic::{AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
-use hvkit_nmi_reinject::{IdtDirectCall, IdtEntry, Redeliver};
+use hvkit_nmi_reinject::{FredDirectCall, IdtDirectCall, IdtEntry, Redeliver};
 
 /// Events per scenario (and per target CPU).
 const EVENTS: u64 = 10;
@@ -245,13 +245,57 @@ fn timer_handler(vector: u8) -> Option<IdtEntry> {
     (vector == host::TIMER_VECTOR).then(|| unsafe { IdtEntry::from_address(host::timer_entry()) })
 }
 
+/// The direct call this CPU's host uses: an IDT frame, or a FRED frame once the bootstrap
+/// processor has switched to FRED (after its VMX scenarios).
+enum Direct {
+    Idt(IdtDirectCall<fn(u8) -> Option<IdtEntry>>),
+    Fred(FredDirectCall),
+}
+
+impl Direct {
+    fn for_this_host() -> Self {
+        if crate::fred_host::host_in_fred_mode() {
+            let red_zone = u64::from(crate::fred_host::FRED_RED_ZONE_UNITS) * 64;
+            // SAFETY: the host is in FRED mode (CR4.FRED = 1, CPL 0) with this red zone; the
+            // dispatcher leaves RIP/RSP/CS/SS alone.
+            Self::Fred(unsafe {
+                FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone)
+            })
+        } else {
+            // SAFETY: the host NMI entry is a non-IST gate that preserves every register and
+            // ends with IRETQ: the direct-call contract.
+            let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
+            // SAFETY: called with interrupts disabled at CPL 0.
+            Self::Idt(unsafe {
+                IdtDirectCall::new(nmi_entry, timer_handler as fn(u8) -> Option<IdtEntry>)
+            })
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Self::Idt(_) => "direct-call",
+            Self::Fred(_) => "fred-direct-call",
+        }
+    }
+
+    fn redeliver_nmi(&mut self) -> Result<(), hvkit_nmi_reinject::RedeliveryError> {
+        match self {
+            Self::Idt(direct) => direct.redeliver_nmi(),
+            Self::Fred(direct) => direct.redeliver_nmi(),
+        }
+    }
+
+    fn redeliver_irq(&mut self, vector: u8) -> Result<(), hvkit_nmi_reinject::RedeliveryError> {
+        match self {
+            Self::Idt(direct) => direct.redeliver_irq(vector).map(|_| ()),
+            Self::Fred(direct) => direct.redeliver_irq(vector).map(|_| ()),
+        }
+    }
+}
+
 fn direct_call(cpu: &PerCpu) {
-    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
-    // IRETQ: the direct-call contract.
-    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
-    // SAFETY: called with interrupts disabled at CPL 0.
-    let mut direct =
-        unsafe { IdtDirectCall::new(nmi_entry, timer_handler as fn(u8) -> Option<IdtEntry>) };
+    let mut direct = Direct::for_this_host();
     let nmi0 = cpu.nmi_handled.load(Ordering::SeqCst);
     let timer0 = cpu.timer_handled.load(Ordering::SeqCst);
     let eois0 = cpu.timer_eois.load(Ordering::SeqCst);
@@ -274,7 +318,7 @@ fn direct_call(cpu: &PerCpu) {
     let timers = cpu.timer_handled.load(Ordering::SeqCst) - timer0;
     report(HostLine {
         name: "idt-direct-call",
-        strategy: "direct-call",
+        strategy: direct.name(),
         target: 0,
         sent,
         handled: nmis + timers,

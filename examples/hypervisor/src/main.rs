@@ -93,7 +93,7 @@ extern "C" fn kernel_main() -> ! {
 }
 
 /// The scenarios that need VMX (named in the report when they cannot run).
-const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi,fred-eretu,fred-msr-isolation,nmi-source,guest-cross-nmi,multiple-nmi,pending-nmi,guest-cross-ipi";
+const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,fred-timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi,fred-eretu,fred-msr-isolation,nmi-source,guest-cross-nmi,multiple-nmi,pending-nmi,guest-cross-ipi";
 
 /// The bootstrap processor's VMX scenarios are done: every AP in VMX operation with its own
 /// guest (CPU 0 sends to them from its host), then the host-side scenarios again in x2APIC
