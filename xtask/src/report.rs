@@ -192,7 +192,8 @@ pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
 const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
 
 /// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP
-/// and strategy (whether it passed is [`problems`]' business). A one-CPU run must say why it
+/// and strategy, and the storm a line per CPU and strategy (whether they passed is
+/// [`problems`]' business). A one-CPU run must say why it
 /// skipped them.
 pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
     let mut problems = Vec::new();
@@ -217,6 +218,18 @@ pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
                 if !found {
                     problems.push(format!("no {name}/{strategy} line for cpu {target}"));
                 }
+            }
+        }
+    }
+    for cpu in 0..cpus {
+        for strategy in ["direct-call", "self-nmi"] {
+            let found = report.scenarios.iter().any(|scenario| {
+                scenario.get("name") == "storm-smp"
+                    && scenario.get("strategy") == strategy
+                    && scenario.get("cpu") == cpu.to_string()
+            });
+            if !found {
+                problems.push(format!("no storm-smp/{strategy} line for cpu {cpu}"));
             }
         }
     }
@@ -331,7 +344,20 @@ HVKIT EXIT status=3\n";
                 ));
             }
         }
+        for cpu in 0..2 {
+            for strategy in ["direct-call", "self-nmi"] {
+                text.push_str(&format!(
+                    "HVKIT SCENARIO name=storm-smp strategy={strategy} apic=xapic cpu={cpu} target={cpu} sent=10000 exits=0 handled=10000 eois=0 merged=0 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
         assert_eq!(smp_vmx_problems(&parse(&text), 2), Vec::<String>::new());
+        let no_storm = text.replace("name=storm-smp strategy=self-nmi apic=xapic cpu=1", "name=x");
+        assert!(
+            smp_vmx_problems(&parse(&no_storm), 2)
+                .iter()
+                .any(|p| p.contains("no storm-smp/self-nmi line for cpu 1"))
+        );
         assert!(smp_vmx_problems(&parse(&text), 3).iter().any(|p| p.contains("cpu 2")));
         let missing =
             text.replace("name=pending-nmi strategy=self-nmi", "name=other strategy=self-nmi");
