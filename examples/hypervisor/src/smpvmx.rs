@@ -404,7 +404,7 @@ type HandlerTable = fn(u8) -> Option<IdtEntry>;
 struct ApStrategy {
     current: Strategy,
     direct: IdtDirectCall<HandlerTable>,
-    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApic>, IretToSelf, fn()>,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, IretToSelf, fn()>,
 }
 
 impl Redeliver for ApStrategy {
@@ -549,7 +549,7 @@ pub fn run_guest(strategy: Strategy) {
     let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
     // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
-    let sender = PollingApic { apic: apic::ThisApic, max_polls: apic::MAX_POLLS };
+    let sender = PollingApic { apic: apic::ThisApicAnyMode, max_polls: apic::MAX_POLLS };
     // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
     let unblocker = unsafe { IretToSelf::new() };
     let spin: fn() = core::hint::spin_loop;
@@ -1050,5 +1050,34 @@ pub fn run() {
     }
     for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
         storm(&targets, strategy);
+    }
+    // SAFETY: only the bootstrap processor writes it, before the APs' guests run again.
+    unsafe { *TARGETS.0.get() = targets };
+}
+
+/// The APs in VMX operation (set by [`run`]), for [`run_x2apic`].
+struct Targets(core::cell::UnsafeCell<[bool; MAX_CPUS]>);
+
+// SAFETY: written and read only by the bootstrap processor.
+unsafe impl Sync for Targets {}
+
+static TARGETS: Targets = Targets(core::cell::UnsafeCell::new([false; MAX_CPUS]));
+
+/// The guest scenarios again with every CPU in x2APIC mode (after `hostside::run_x2apic`
+/// switched them): CPU 0 sends through the x2APIC ICR, the targets' self-NMI strategy sends
+/// through theirs. The storm stays in xAPIC mode (its guests write the xAPIC ICR page).
+pub fn run_x2apic() {
+    // SAFETY: see `TARGETS`.
+    let targets = unsafe { *TARGETS.0.get() };
+    if context().is_none() || !percpu::current().x2apic.load(Ordering::SeqCst) {
+        return;
+    }
+    for (target, _) in targets.iter().enumerate().filter(|(_, ok)| **ok) {
+        for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
+            cross_nmi(target, strategy);
+            multiple_nmi(target, strategy);
+            pending_nmi(target, strategy);
+            cross_ipi(target, strategy);
+        }
     }
 }
