@@ -191,8 +191,8 @@ pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
 /// re-delivery strategy (runs with VMX only).
 const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
 
-/// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP
-/// and strategy, and the storm a line per CPU and strategy (whether they passed is
+/// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP,
+/// strategy and APIC mode (x2APIC unless its run was skipped), and the storm a line per CPU and strategy (whether they passed is
 /// [`problems`]' business). A one-CPU run must say why it
 /// skipped them.
 pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
@@ -207,16 +207,25 @@ pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
         }
         return problems;
     }
-    for target in 1..cpus {
-        for name in GUEST_SIDE {
-            for strategy in ["direct-call", "self-nmi"] {
-                let found = report.scenarios.iter().any(|scenario| {
-                    scenario.get("name") == name
-                        && scenario.get("strategy") == strategy
-                        && scenario.get("target") == target.to_string()
-                });
-                if !found {
-                    problems.push(format!("no {name}/{strategy} line for cpu {target}"));
+    let x2apic_skipped = report.scenarios.iter().any(|scenario| {
+        scenario.get("name") == "host-side-x2apic" && scenario.get("result") == "SKIP"
+    });
+    let modes: &[&str] = if x2apic_skipped { &["xapic"] } else { &["xapic", "x2apic"] };
+    for mode in modes {
+        for target in 1..cpus {
+            for name in GUEST_SIDE {
+                for strategy in ["direct-call", "self-nmi"] {
+                    let found = report.scenarios.iter().any(|scenario| {
+                        scenario.get("name") == name
+                            && scenario.get("strategy") == strategy
+                            && scenario.get("apic") == *mode
+                            && scenario.get("target") == target.to_string()
+                    });
+                    if !found {
+                        problems.push(format!(
+                            "no {name}/{strategy} line for cpu {target} in {mode} mode"
+                        ));
+                    }
                 }
             }
         }
@@ -336,7 +345,9 @@ HVKIT EXIT status=3\n";
 
     #[test]
     fn smp_vmx_problems_need_every_guest_line_per_ap_and_strategy() {
-        let mut text = String::new();
+        let mut text = String::from(
+            "HVKIT SCENARIO name=host-side-x2apic strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"no x2APIC\"\n",
+        );
         for name in GUEST_SIDE {
             for strategy in ["direct-call", "self-nmi"] {
                 text.push_str(&format!(
@@ -364,7 +375,14 @@ HVKIT EXIT status=3\n";
         assert!(
             smp_vmx_problems(&parse(&missing), 2)
                 .iter()
-                .any(|p| p.contains("no pending-nmi/self-nmi line for cpu 1"))
+                .any(|p| p.contains("no pending-nmi/self-nmi line for cpu 1 in xapic mode"))
+        );
+        // With x2APIC offered, the guest lines are needed in both modes.
+        let both = text.replace("name=host-side-x2apic", "name=other");
+        assert!(
+            smp_vmx_problems(&parse(&both), 2)
+                .iter()
+                .any(|p| p.contains("no guest-cross-nmi/direct-call line for cpu 1 in x2apic mode"))
         );
         assert!(!smp_vmx_problems(&parse(""), 1).is_empty(), "one CPU must say why it skipped");
         let skipped = "HVKIT SCENARIO name=smp-guest strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"one CPU\"\n";
