@@ -17,18 +17,17 @@
 //!   one ("merged" on the report line), so the handler runs once for both.
 
 use crate::percpu::{self, MAX_CPUS, PerCpu};
-use crate::vcpu::{Fatal, Vcpu};
+use crate::vcpu::{ExitHandler, Fatal, Guest, Resume, Vcpu};
 use crate::{apic, host, println, smp, vmx};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
 use hvkit_nmi_reinject::{
-    EventState, ExitError, GuestEventQueue, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
+    GuestEventQueue, GuestFixups, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
     InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
-    handle_host_event,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
 use hvkit_vmx_core::controls::ExitControls;
-use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, VmExit};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, VmcsAccess, VmxRoot};
@@ -424,7 +423,7 @@ impl Redeliver for ApStrategy {
     }
 }
 
-/// The AP's part of exit handling (see [`ap_exit_loop`]).
+/// The AP's part of exit handling (the exit sequence itself is `vcpu.rs`'s).
 struct ApHandler {
     strategy: ApStrategy,
     cpu: &'static PerCpu,
@@ -433,15 +432,22 @@ struct ApHandler {
     stopped: bool,
 }
 
-impl ApHandler {
-    /// A self-NMI left in flight: keep waiting (up to 100 more bounded waits).
+impl ExitHandler for ApHandler {
+    type Strategy = ApStrategy;
+
+    fn strategy(&mut self) -> &mut ApStrategy {
+        &mut self.strategy
+    }
+
     fn settle(&mut self) -> bool {
         (0..100).any(|_| self.strategy.self_nmi.poll_in_flight().is_ok())
     }
 
-    /// The host event's outcome: a re-queued interrupt (self-NMI strategy) is taken here,
-    /// before re-entry.
-    fn host_event(&mut self, outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>) {
+    fn host_event(
+        &mut self,
+        outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>,
+        _exit_tsc: u64,
+    ) {
         match outcome {
             Ok((HostEvent::AcknowledgedIrq(vector), Some(IrqDelivery::Requeued))) => {
                 // The interrupt waits in the IRR again: let the host take it before re-entry.
@@ -470,6 +476,39 @@ impl ApHandler {
             }
         }
     }
+
+    fn handle(
+        &mut self,
+        guest: Guest<'_, '_>,
+        info: &ExitInfo<'_>,
+        _exit: &VmExit,
+    ) -> Result<Resume, Fatal> {
+        match info.reason.basic() {
+            BasicExitReason::ExceptionOrNmi if info.interruption_info.is_nmi() => {
+                self.counts.nmi_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::ExternalInterrupt => {
+                self.counts.irq_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::Vmcall if guest.registers.rax as u32 == STOP_CALL => {
+                self.stopped = true;
+                return Err(Fatal::Vmm("the guest stopped"));
+            }
+            other => {
+                println!(
+                    "HVKIT error: cpu {}: unexpected exit {other:?} qualification={:#x}",
+                    self.index, info.qualification
+                );
+                self.counts.other_exits.fetch_add(1, Ordering::SeqCst);
+                return Err(Fatal::Vmm("unexpected exit"));
+            }
+        }
+        Ok(Resume::default())
+    }
+
+    fn fixups(&mut self, _fixups: GuestFixups) {}
+
+    fn entering(&mut self, _exit_tsc: u64) {}
 }
 
 /// Runs this AP's guest (from its first instruction) until its control block says stop;
@@ -522,67 +561,12 @@ pub fn run_guest(strategy: Strategy) {
         index,
         stopped: false,
     };
-    let stop = ap_exit_loop(&mut state.root, &mut state.vcpu, &mut handler);
+    let stop = state.vcpu.run(&mut state.root, &mut handler);
     if !handler.stopped {
         println!("HVKIT error: cpu {index}: the vCPU stopped: {stop}");
         counts.errors.fetch_add(1, Ordering::SeqCst);
     }
     control.running.store(0, Ordering::SeqCst);
-}
-
-/// The APs' exit loop: the first steps of `vcpu.rs`'s sequence (entry, `ExitHead::read`, host
-/// event first) and the AP's exit handling decided from the exit head alone. The AP guests
-/// are never owed events and cause no exits during event delivery, so the remaining steps
-/// (complete snapshot, IDT-vectoring re-injection, injection) have nothing to do here.
-///
-/// Not `Vcpu::run` itself: a second instance of that loop (and of its out-of-line steps) gives
-/// the shared library steps a second caller, and the optimizer then stops inlining them into
-/// the bootstrap processor's loop (measured with `cargo xtask bench`: CPUID/VMCALL exit to
-/// entry 179 -> 291 instructions).
-fn ap_exit_loop(root: &mut VmxRoot, vcpu: &mut Vcpu, handler: &mut ApHandler) -> Fatal {
-    let mut vmcs = match root.activate(&mut vcpu.vmcs) {
-        Ok(active) => active,
-        Err(fail) => return Fatal::Step(fail.into()),
-    };
-    let mut previous: Option<VmExit> = None;
-    loop {
-        // SAFETY: the VMCS holds a complete host and guest state (`enable_on_this_cpu`);
-        // interrupts are disabled; EPT confines the guest.
-        let exit = match unsafe { vmcs.run(&mut vcpu.registers, previous.take()) } {
-            Ok(exit) => exit,
-            Err(fail) => return Fatal::Step(fail.into()),
-        };
-        let head = match ExitHead::read(&vmcs, &exit) {
-            Ok(head) => head,
-            Err(fail) => return Fatal::Step(fail.into()),
-        };
-        let outcome = handle_host_event(&mut handler.strategy, head, vcpu.acknowledge_on_exit);
-        if let Err(error) = outcome
-            && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
-            && !handler.settle()
-        {
-            return Fatal::Step(error.into());
-        }
-        handler.host_event(outcome);
-        match head.reason.basic() {
-            BasicExitReason::ExceptionOrNmi if head.interruption_info.is_nmi() => {
-                handler.counts.nmi_exits.fetch_add(1, Ordering::SeqCst);
-            }
-            BasicExitReason::ExternalInterrupt => {
-                handler.counts.irq_exits.fetch_add(1, Ordering::SeqCst);
-            }
-            BasicExitReason::Vmcall if vcpu.registers.rax as u32 == STOP_CALL => {
-                handler.stopped = true;
-                return Fatal::Vmm("the guest stopped");
-            }
-            other => {
-                println!("HVKIT error: cpu {}: unexpected exit {other:?}", handler.index);
-                handler.counts.other_exits.fetch_add(1, Ordering::SeqCst);
-                return Fatal::Vmm("unexpected exit");
-            }
-        }
-        previous = Some(exit);
-    }
 }
 
 /// One guest-side result line (same fields as the other scenario lines, plus the target CPU,
