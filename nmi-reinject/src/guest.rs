@@ -473,6 +473,7 @@ pub enum NmiQueued {
 ///   the excess merges and is counted in [`merged_nmis`](Self::merged_nmis). This is KVM's
 ///   rule as well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEventQueue {
     pending_nmis: u32,
     merged_nmis: u64,

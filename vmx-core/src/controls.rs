@@ -429,6 +429,7 @@ fn adjust_64(set: ControlSet, allowed: Option<u64>, needed: u64) -> Result<u64, 
 /// exit bit 31) are added automatically when the tertiary, secondary or secondary-exit set is
 /// non-empty.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ControlRequest {
     /// Needed pin-based controls.
     pub pin: PinBasedControls,

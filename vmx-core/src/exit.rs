@@ -518,8 +518,54 @@ impl<'exit> ExitInfo<'exit> {
     }
 }
 
+/// `defmt::Format` without the borrow of the exit token (which carries no data).
+#[cfg(feature = "defmt")]
+impl defmt::Format for VmExit {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "VmExit");
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitHead<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitHead {{ reason: {}, interruption_info: {} }}",
+            self.reason,
+            self.interruption_info
+        );
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitInfo<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitInfo {{ reason: {}, qualification: {=u64:#x}, interruption_info: {}, \
+             interruption_error_code: {=u32:#x}, idt_vectoring_info: {}, \
+             idt_vectoring_error_code: {=u32:#x}, instruction_length: {=u32}, \
+             instruction_info: {=u32:#x}, guest_linear_address: {}, \
+             guest_physical_address: {}, original_event_data: {} }}",
+            self.reason,
+            self.qualification,
+            self.interruption_info,
+            self.interruption_error_code,
+            self.idt_vectoring_info,
+            self.idt_vectoring_error_code,
+            self.instruction_length,
+            self.instruction_info,
+            self.guest_linear_address,
+            self.guest_physical_address,
+            self.original_event_data
+        );
+    }
+}
+
 /// Raw values for [`ExitInfo::from_parts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[allow(missing_docs, reason = "each field mirrors the ExitInfo field of the same name")]
 pub struct ExitInfoParts {
     pub reason: u32,
