@@ -174,7 +174,7 @@ impl InjectionContext {
                 no_error_code_consistency_check: caps.basic.no_error_code_consistency_check(),
                 zero_length_injection: caps.misc.zero_length_injection(),
                 monitor_trap_flag: primary_controls
-                    .allows(PrimaryControls::MONITOR_TRAP_FLAG.bits().trailing_zeros()),
+                    .allows_bits(PrimaryControls::MONITOR_TRAP_FLAG.bits()),
                 nested_exception: caps.basic.nested_exception(),
                 fred_guest,
                 nmi_requires_no_sti_blocking: true,
@@ -194,15 +194,12 @@ impl InjectionContext {
     /// without virtual NMIs fails VM entry with error 7) and the processor allows the control.
     pub const fn nmi_window_usable(&self) -> bool {
         self.virtual_nmis
-            && self
-                .primary_controls
-                .allows(PrimaryControls::NMI_WINDOW_EXITING.bits().trailing_zeros())
+            && self.primary_controls.allows_bits(PrimaryControls::NMI_WINDOW_EXITING.bits())
     }
 
     /// The processor allows interrupt-window exiting.
     pub const fn interrupt_window_usable(&self) -> bool {
-        self.primary_controls
-            .allows(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits().trailing_zeros())
+        self.primary_controls.allows_bits(PrimaryControls::INTERRUPT_WINDOW_EXITING.bits())
     }
 }
 
@@ -473,6 +470,7 @@ pub enum NmiQueued {
 ///   the excess merges and is counted in [`merged_nmis`](Self::merged_nmis). This is KVM's
 ///   rule as well.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEventQueue {
     pending_nmis: u32,
     merged_nmis: u64,

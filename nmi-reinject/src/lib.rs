@@ -90,6 +90,47 @@ pub use strategy::{
     IrqDelivery, LocalApicPort, NmiSourceSlot, NmiUnblocker, PollingApic, Redeliver, SelfNmi,
 };
 
+/// Compile-time check that the types an exit handler logs implement `defmt::Format` (the build
+/// with the `defmt` feature fails otherwise).
+#[cfg(feature = "defmt")]
+const _: () = {
+    const fn is_format<T: defmt::Format + ?Sized>() {}
+    use hvkit_vmx_core::{caps, controls, event, exit, field, vmcs};
+    is_format::<exit::VmExit>();
+    is_format::<exit::ExitHead<'static>>();
+    is_format::<exit::ExitInfo<'static>>();
+    is_format::<exit::ExitInfoParts>();
+    is_format::<exit::ExitReason>();
+    is_format::<exit::ExitQualification>();
+    is_format::<event::InterruptionInfo>();
+    is_format::<event::GuestInterruptibility>();
+    is_format::<vmcs::GuestRegisters>();
+    is_format::<vmcs::Vmcs>();
+    is_format::<vmcs::ClearVmcs>();
+    is_format::<field::Field<field::U32, field::ReadOnly>>();
+    is_format::<caps::VmxCapabilities>();
+    is_format::<controls::ControlRequest>();
+    is_format::<controls::AdjustedControls>();
+    is_format::<hvkit_vmx_core::VmFail>();
+    is_format::<hvkit_fred::Frame>();
+    is_format::<hvkit_fred::entry::SavedRegisters>();
+    is_format::<HostEvent>();
+    is_format::<HostEventError>();
+    is_format::<RedeliveryError>();
+    is_format::<IrqDelivery>();
+    is_format::<ExitError>();
+    is_format::<GuestEvent>();
+    is_format::<GuestEventQueue>();
+    is_format::<GuestFixups>();
+    is_format::<EntryDecision>();
+    is_format::<InjectError>();
+    is_format::<ReflectError>();
+    is_format::<ReflectedException>();
+    is_format::<InjectionContext>();
+    is_format::<InterruptFrame>();
+    is_format::<IdtEntry>();
+};
+
 #[cfg(test)]
 mod guest_tests;
 #[cfg(test)]

@@ -6,7 +6,7 @@
 //! asks for an optional MSR after the bit that says it exists (reading an absent MSR raises
 //! #GP on hardware).
 
-use crate::controls::AllowedControls;
+use crate::controls::{AllowedControls, EntryControls, ExitControls};
 use core::fmt;
 
 /// MSR numbers.
@@ -547,8 +547,12 @@ impl VmxCapabilities {
             None => 0,
         };
         FredControlSupport {
-            load_guest_on_entry: self.entry_controls().allows(23),
-            secondary_exit_controls: self.exit_controls().allows(31)
+            // Const context: the allowed-1 bits directly (`allows` is a trait-generic method).
+            load_guest_on_entry: self.entry_controls().may_be_one & EntryControls::LOAD_FRED.bits()
+                != 0,
+            secondary_exit_controls: self.exit_controls().may_be_one
+                & ExitControls::ACTIVATE_SECONDARY_CONTROLS.bits()
+                != 0
                 && self.secondary_exit.is_some(),
             save_guest_on_exit: secondary_exit & 1 != 0,
             load_host_on_exit: secondary_exit & 2 != 0,

@@ -236,6 +236,12 @@ basic_exit_reasons! {
     Rdmsrlist = 78,
     /// 79: WRMSRLIST.
     Wrmsrlist = 79,
+    /// 80: URDMSR (user-mode MSR read; the exit qualification holds the MSR index and the
+    /// instruction information bits 6:3 the destination register).
+    Urdmsr = 80,
+    /// 81: UWRMSR (user-mode MSR write; the exit qualification holds the MSR index and the
+    /// instruction information bits 6:3 the source register).
+    Uwrmsr = 81,
     /// 84: RDMSR with immediate operand.
     RdmsrImmediate = 84,
     /// 85: WRMSRNS with immediate operand.
@@ -518,8 +524,54 @@ impl<'exit> ExitInfo<'exit> {
     }
 }
 
+/// `defmt::Format` without the borrow of the exit token (which carries no data).
+#[cfg(feature = "defmt")]
+impl defmt::Format for VmExit {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "VmExit");
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitHead<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitHead {{ reason: {}, interruption_info: {} }}",
+            self.reason,
+            self.interruption_info
+        );
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitInfo<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitInfo {{ reason: {}, qualification: {=u64:#x}, interruption_info: {}, \
+             interruption_error_code: {=u32:#x}, idt_vectoring_info: {}, \
+             idt_vectoring_error_code: {=u32:#x}, instruction_length: {=u32}, \
+             instruction_info: {=u32:#x}, guest_linear_address: {}, \
+             guest_physical_address: {}, original_event_data: {} }}",
+            self.reason,
+            self.qualification,
+            self.interruption_info,
+            self.interruption_error_code,
+            self.idt_vectoring_info,
+            self.idt_vectoring_error_code,
+            self.instruction_length,
+            self.instruction_info,
+            self.guest_linear_address,
+            self.guest_physical_address,
+            self.original_event_data
+        );
+    }
+}
+
 /// Raw values for [`ExitInfo::from_parts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[allow(missing_docs, reason = "each field mirrors the ExitInfo field of the same name")]
 pub struct ExitInfoParts {
     pub reason: u32,
@@ -651,11 +703,11 @@ mod tests {
     #[test]
     fn every_facts_number_is_named_and_gaps_stay_unknown() {
         let named: std::vec::Vec<u16> = BasicExitReason::ALL.iter().map(|r| r.number()).collect();
-        let mut expected: std::vec::Vec<u16> = (0..=79).collect();
+        let mut expected: std::vec::Vec<u16> = (0..=81).collect();
         expected.retain(|n| ![35, 38, 42].contains(n));
         expected.extend([84, 85]);
         assert_eq!(named, expected);
-        for gap in [35, 38, 42, 80, 81, 82, 83, 86, 0xFFFF] {
+        for gap in [35, 38, 42, 82, 83, 86, 0xFFFF] {
             assert_eq!(BasicExitReason::from_number(gap), BasicExitReason::Unknown(gap));
             assert_eq!(BasicExitReason::from_number(gap).number(), gap);
         }
@@ -664,6 +716,12 @@ mod tests {
         assert_eq!(BasicExitReason::from_number(48), BasicExitReason::EptViolation);
         assert_eq!(BasicExitReason::from_number(75), BasicExitReason::Notify);
         assert_eq!(BasicExitReason::from_number(85), BasicExitReason::WrmsrnsImmediate);
+        // USER_MSR: 80 and 81 (SDM Vol. 3D Appendix C; Bochs and Xen use the same numbers).
+        assert_eq!(BasicExitReason::from_number(79), BasicExitReason::Wrmsrlist);
+        assert_eq!(BasicExitReason::from_number(80), BasicExitReason::Urdmsr);
+        assert_eq!(BasicExitReason::from_number(81), BasicExitReason::Uwrmsr);
+        assert_eq!(BasicExitReason::Urdmsr.number(), 80);
+        assert_eq!(BasicExitReason::Uwrmsr.number(), 81);
     }
 
     #[test]

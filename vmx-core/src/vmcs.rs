@@ -428,6 +428,7 @@ impl VmcsAccess for SoftVmcs {
 /// The guest's general-purpose registers, saved and restored around VM entries by
 /// [`ActiveVmcs::run`] (RSP and RIP live in the VMCS guest-state area).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C)]
 #[allow(missing_docs, reason = "one field per register, named after it")]
 pub struct GuestRegisters {
@@ -506,6 +507,7 @@ pub struct VmxRoot {
 /// "Software Use of Virtual-Machine Control Structures"). HOST_* fields that differ between
 /// processors (TR, GDTR and IDTR bases, GS base) must be rewritten after the move.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ClearVmcs {
     address: u64,
 }
@@ -566,6 +568,18 @@ pub struct Vmcs {
     /// HOST_RIP are written only when the runner's stack pointer differs from it.
     host_rsp: u64,
     _per_cpu: PhantomData<*mut ()>,
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for Vmcs {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Vmcs {{ address: {=u64:#x}, launched: {=bool} }}",
+            self.address,
+            self.launched
+        );
+    }
 }
 
 impl Vmcs {
