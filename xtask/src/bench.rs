@@ -237,7 +237,8 @@ cargo xtask bench [options]
 
 /// `cargo xtask bench`.
 pub fn command(args: &[String]) -> Result {
-    let mut models: Vec<String> = emu::TEST_MODELS.iter().map(|m| (*m).to_string()).collect();
+    let mut models: Vec<String> =
+        emu::TEST_MODELS.iter().map(|(model, _)| (*model).to_string()).collect();
     let mut enforce = true;
     let mut timeout = 300u64;
     let mut iter = args.iter();

@@ -31,6 +31,13 @@ extern "C" fn fred_dispatch(
             // hardware or from FredDirectCall's re-delivery of an NMI exit's qualification.
             HOST_NMI_SOURCES_SEEN.fetch_or(frame.event_data & 0xFFFF, Ordering::SeqCst);
             HOST_NMI_HANDLED.fetch_add(1, Ordering::SeqCst);
+            crate::percpu::current().nmi_handled.fetch_add(1, Ordering::SeqCst);
+        }
+        (hvkit_fred::EventType::ExternalInterrupt, crate::host::TEST_IPI_VECTOR) => {
+            crate::host::host_ipi();
+        }
+        (hvkit_fred::EventType::ExternalInterrupt, crate::host::WAKE_VECTOR) => {
+            crate::apic::eoi();
         }
         (hvkit_fred::EventType::ExternalInterrupt, TIMER_VECTOR) => {
             HOST_TIMER_TSC.store(tsc, Ordering::SeqCst);
@@ -56,6 +63,11 @@ pub fn fred_dispatcher() -> hvkit_fred::Dispatcher {
 
 /// Red zone configured in IA32_FRED_CONFIG (one 64-byte unit, as Linux does).
 pub const FRED_RED_ZONE_UNITS: u8 = 1;
+
+/// Whether this host switched to FRED event delivery (only the bootstrap processor does).
+pub fn host_in_fred_mode() -> bool {
+    HOST_FRED_CONFIG.load(Ordering::SeqCst) != 0
+}
 
 /// Switches the host to FRED event delivery. Returns the new CR4.
 pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {

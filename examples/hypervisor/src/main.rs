@@ -11,9 +11,13 @@ mod entry_diff;
 mod fred_host;
 mod guest;
 mod host;
+mod hostside;
+mod percpu;
 mod port;
 mod report;
 mod scenarios;
+mod smp;
+mod smpvmx;
 mod strategies;
 mod vcpu;
 mod vmx;
@@ -36,12 +40,9 @@ extern "C" fn kernel_main() -> ! {
     // Mask the 8259 PICs: only the local APIC delivers interrupts here.
     port::outb(0x21, 0xFF);
     port::outb(0xA1, 0xFF);
+    let bsp = percpu::install(0);
     println!("HVKIT boot magic={:#x}", boot::magic());
     host::init();
-    if let Err(reason) = vmx::detect() {
-        println!("HVKIT NOVMX reason=\"{reason}\"");
-        port::exit(status::NO_VMX)
-    }
     let apic_id = match apic::init() {
         Ok(id) => id,
         Err(error) => {
@@ -49,7 +50,18 @@ extern "C" fn kernel_main() -> ! {
             port::exit(status::PANIC)
         }
     };
+    bsp.online.store(true, core::sync::atomic::Ordering::SeqCst);
     println!("HVKIT apic id={apic_id} mode=xAPIC base={:#x}", apic::base_address());
+    let cpus = smp::start_application_processors();
+    println!("HVKIT smp cpus={cpus}");
+    smp::report_cpus();
+    hostside::run();
+    if let Err(reason) = vmx::detect() {
+        hostside::run_x2apic();
+        println!("HVKIT NOVMX reason=\"{reason}\"");
+        println!("HVKIT VMX-NOT-RUN scenarios=\"{VMX_SCENARIOS}\" reason=\"{reason}\"");
+        report::finish_with(status::NO_VMX)
+    }
     let (vmx, mut root) = match vmx::enable() {
         Ok(enabled) => enabled,
         Err(reason) => {
@@ -59,6 +71,8 @@ extern "C" fn kernel_main() -> ! {
     };
     guest::init();
     let eptp = vmx::build_ept(guest::area());
+    // SAFETY: `vmx` lives until the end of the run: this function never returns.
+    unsafe { smpvmx::set_context(&vmx, eptp) };
     entry_diff::run(&mut root, &vmx, guest::stack_top(), guest::idt(), eptp);
     let registers = GuestRegisters {
         rdi: apic::base_address(),
@@ -75,6 +89,18 @@ extern "C" fn kernel_main() -> ! {
     let stop = vcpu.run(&mut root, &mut scenarios::Scenarios::new(&vmx));
     println!("HVKIT error: the vCPU stopped: {stop}");
     port::exit(status::FAIL)
+}
+
+/// The scenarios that need VMX (named in the report when they cannot run).
+const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,fred-timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi,fred-eretu,fred-msr-isolation,nmi-source,guest-cross-nmi,multiple-nmi,pending-nmi,guest-cross-ipi";
+
+/// The bootstrap processor's VMX scenarios are done: every AP in VMX operation with its own
+/// guest (CPU 0 sends to them from its host), then the host-side scenarios again in x2APIC
+/// mode (the bootstrap processor's guest sends itself NMIs through the xAPIC page, so x2APIC
+/// comes last).
+fn after_vmx_scenarios() {
+    smpvmx::run();
+    hostside::run_x2apic();
 }
 
 /// Makes the example's one vCPU: takes the VMCS region into use on this CPU (VMCLEAR), makes

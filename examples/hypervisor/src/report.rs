@@ -70,6 +70,11 @@ pub fn report(line: Line) {
         line.extra.events,
         if pass { "PASS" } else { "FAIL" }
     );
+    tally(pass, lost, duplicated);
+}
+
+/// Adds one reported scenario to the summary.
+pub fn tally(pass: bool, lost: u64, duplicated: u64) {
     add(&SUMMARY.scenarios, 1);
     add(&SUMMARY.lost, lost);
     add(&SUMMARY.duplicated, duplicated);
@@ -85,8 +90,16 @@ pub fn skip(name: &str, reason: &str) {
     add(&SUMMARY.skipped, 1);
 }
 
-/// Prints the summary line and ends the run with its status.
+/// The bootstrap processor's guest is done: the SMP scenarios, then the summary line; ends the
+/// run with its status.
 pub fn finish() -> ! {
+    crate::after_vmx_scenarios();
+    finish_with(status::PASS)
+}
+
+/// Prints the summary line and ends the run: `pass_status` when everything passed (3 on a
+/// machine without VMX, where only the host-side scenarios ran), else FAIL.
+pub fn finish_with(pass_status: u32) -> ! {
     let get = |counter: &AtomicU64| counter.load(Ordering::SeqCst);
     let (failed, lost, duplicated) =
         (get(&SUMMARY.failed), get(&SUMMARY.lost), get(&SUMMARY.duplicated));
@@ -98,5 +111,5 @@ pub fn finish() -> ! {
         get(&SUMMARY.skipped),
         if pass { "PASS" } else { "FAIL" }
     );
-    port::exit(if pass { status::PASS } else { status::FAIL })
+    port::exit(if pass { pass_status } else { status::FAIL })
 }

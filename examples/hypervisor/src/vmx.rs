@@ -293,9 +293,10 @@ pub fn setup_vmcs(
     ] {
         vmcs.write(selector, 0x10)?;
     }
-    vmcs.write(field::HOST_TR_SELECTOR, 0x18)?;
+    // This CPU's TSS descriptor, and its per-CPU GS base (the host handlers count through it).
+    vmcs.write(field::HOST_TR_SELECTOR, host::tr_selector())?;
     vmcs.write(field::HOST_FS_BASE, 0)?;
-    vmcs.write(field::HOST_GS_BASE, 0)?;
+    vmcs.write(field::HOST_GS_BASE, crate::percpu::gs_base())?;
     vmcs.write(field::HOST_TR_BASE, tss)?;
     vmcs.write(field::HOST_GDTR_BASE, gdtr.base)?;
     vmcs.write(field::HOST_IDTR_BASE, idtr.base)?;
