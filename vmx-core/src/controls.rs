@@ -474,6 +474,26 @@ fn adjust_64(set: ControlSet, allowed: Option<u64>, needed: u64) -> Result<u64, 
 /// What a hypervisor needs from each control set. The activation bits (primary bits 17 and 31,
 /// exit bit 31) are added automatically when the tertiary, secondary or secondary-exit set is
 /// non-empty.
+///
+/// ```
+/// use hvkit_vmx_core::controls::{
+///     ControlRequest, EntryControls, ExitControls, PinBasedControls, SecondaryExitControls,
+/// };
+///
+/// // NMI exiting with virtual NMIs, a 64-bit host that acknowledges interrupts on exit, a
+/// // 64-bit guest, FRED state switched on entry and exit.
+/// let request = ControlRequest {
+///     pin: PinBasedControls::NMI_EXITING | PinBasedControls::VIRTUAL_NMIS,
+///     exit: ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+///     entry: EntryControls::IA32E_MODE_GUEST,
+///     ..ControlRequest::default()
+/// }
+/// .with_fred_state();
+/// assert!(request.entry.contains(EntryControls::LOAD_FRED));
+/// assert!(request.secondary_exit.contains(SecondaryExitControls::SAVE_FRED));
+/// // `controls::adjust(&caps, &request)?` then gives the values the processor allows (see the
+/// // crate example), and `AdjustedControls::write` writes them.
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ControlRequest {
