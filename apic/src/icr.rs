@@ -407,7 +407,7 @@ mod tests {
                 .encode(Mode::XApic),
             Ok(0x0300_0000_0000_4040)
         );
-        // NMI: delivery mode 100 in 10:8, level assert: 0x4400 (RIG.md self-NMI).
+        // NMI: delivery mode 100 in 10:8, level assert: 0x4400 (the self-NMI ICR value recorded from Bochs 2.7).
         assert_eq!(low(Ipi::nmi(Target::To(Destination::Physical(3)))), 0x4400);
         assert_eq!(low(Ipi::smi(Target::To(Destination::Physical(0)))), 0x4200);
         assert_eq!(low(Ipi::init(Target::To(Destination::Physical(0)))), 0x4500);

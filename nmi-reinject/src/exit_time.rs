@@ -3,8 +3,9 @@
 //! Between the VM exit and [`handle_host_event`] nothing may run that can fault, trap, execute
 //! IRET or enable interrupts: an IRET (from any exception handler) would unblock NMIs while the
 //! host NMI is still undelivered, and enabling interrupts first would let interrupts overtake
-//! the NMI (shared/FACTS.md section 1; Linux KVM commit 11df586d774f). Reading the exit
-//! information with VMREAD is fine. The order is: host NMI first, then the acknowledged
+//! the NMI (a VM exit caused by an NMI leaves NMIs blocked until the next IRET, SDM Vol. 3C
+//! chapter "VM Exits"; Linux KVM commit 11df586d774f). Reading the exit information with VMREAD
+//! is fine. The order is: host NMI first, then the acknowledged
 //! interrupt, then guest-side work.
 //!
 //! Both functions need only the first phase of the exit information

