@@ -26,6 +26,15 @@ use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::VmcsAccess;
 
 /// An event to inject at the next VM entry.
+///
+/// ```
+/// use hvkit_nmi_reinject::GuestEvent;
+/// use hvkit_vmx_core::event::InterruptionType;
+///
+/// let timer = GuestEvent::external_interrupt(0x20);
+/// assert_eq!(timer.info.raw(), 0x8000_0020); // valid, type 0, vector 0x20
+/// assert_eq!(GuestEvent::nmi().info.event_type(), InterruptionType::Nmi);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEvent {
@@ -404,6 +413,36 @@ pub struct GuestFixups {
 ///   guest's IRET that was interrupted has to finish its NMI handler before another NMI may
 ///   arrive. That case returns [`InjectError::NmiBlockingWithNmiPending`]; the caller
 ///   injected too early.
+///
+/// ```
+/// use hvkit_nmi_reinject::{GuestEvent, InjectionContext, reinject_idt_vectoring};
+/// use hvkit_vmx_core::entry_check::EntryCapabilities;
+/// use hvkit_vmx_core::exit::{ExitInfo, ExitInfoParts};
+/// use hvkit_vmx_core::field;
+/// use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+///
+/// let context = InjectionContext {
+///     capabilities: EntryCapabilities::STRICT,
+///     virtual_nmis: true,
+///     unrestricted_guest: false,
+///     primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+///     injected_event_data: false,
+/// };
+/// let mut vmcs = SoftVmcs::new();
+/// vmcs.write(field::GUEST_CR0, 0x8000_0031)?;
+/// vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+/// let exit = vmcs.complete_exit();
+/// // An EPT violation while the guest's interrupt 0x30 was being delivered.
+/// let info = ExitInfo::from_parts(&exit, ExitInfoParts {
+///     reason: 48,
+///     idt_vectoring_info: 0x8000_0030,
+///     ..ExitInfoParts::default()
+/// });
+/// let fixups = reinject_idt_vectoring(&mut vmcs, &info, &context)?;
+/// assert_eq!(fixups.reinjected, Some(GuestEvent::external_interrupt(0x30)));
+/// assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?, 0x8000_0030);
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
 ///
 /// On error the VMCS is as before.
 pub fn reinject_idt_vectoring(

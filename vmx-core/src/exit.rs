@@ -249,6 +249,17 @@ basic_exit_reasons! {
 }
 
 /// The exit-reason field (0x4402): basic reason in bits 15:0 plus flags. Any value decodes.
+///
+/// ```
+/// use hvkit_vmx_core::exit::{BasicExitReason, ExitReason};
+///
+/// // A VM entry that failed on guest state: bit 31 set, basic reason 33.
+/// let reason = ExitReason::from_raw(0x8000_0021);
+/// assert!(reason.is_entry_failure());
+/// assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
+/// // Numbers the crate does not know are kept, never a panic.
+/// assert_eq!(ExitReason::from_raw(0x1234).basic(), BasicExitReason::Unknown(0x1234));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
