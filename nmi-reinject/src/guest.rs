@@ -26,6 +26,15 @@ use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::VmcsAccess;
 
 /// An event to inject at the next VM entry.
+///
+/// ```
+/// use hvkit_nmi_reinject::GuestEvent;
+/// use hvkit_vmx_core::event::InterruptionType;
+///
+/// let timer = GuestEvent::external_interrupt(0x20);
+/// assert_eq!(timer.info.raw(), 0x8000_0020); // valid, type 0, vector 0x20
+/// assert_eq!(GuestEvent::nmi().info.event_type(), InterruptionType::Nmi);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEvent {
@@ -405,6 +414,36 @@ pub struct GuestFixups {
 ///   arrive. That case returns [`InjectError::NmiBlockingWithNmiPending`]; the caller
 ///   injected too early.
 ///
+/// ```
+/// use hvkit_nmi_reinject::{GuestEvent, InjectionContext, reinject_idt_vectoring};
+/// use hvkit_vmx_core::entry_check::EntryCapabilities;
+/// use hvkit_vmx_core::exit::{ExitInfo, ExitInfoParts};
+/// use hvkit_vmx_core::field;
+/// use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+///
+/// let context = InjectionContext {
+///     capabilities: EntryCapabilities::STRICT,
+///     virtual_nmis: true,
+///     unrestricted_guest: false,
+///     primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+///     injected_event_data: false,
+/// };
+/// let mut vmcs = SoftVmcs::new();
+/// vmcs.write(field::GUEST_CR0, 0x8000_0031)?;
+/// vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+/// let exit = vmcs.complete_exit();
+/// // An EPT violation while the guest's interrupt 0x30 was being delivered.
+/// let info = ExitInfo::from_parts(&exit, ExitInfoParts {
+///     reason: 48,
+///     idt_vectoring_info: 0x8000_0030,
+///     ..ExitInfoParts::default()
+/// });
+/// let fixups = reinject_idt_vectoring(&mut vmcs, &info, &context)?;
+/// assert_eq!(fixups.reinjected, Some(GuestEvent::external_interrupt(0x30)));
+/// assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?, 0x8000_0030);
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
+///
 /// On error the VMCS is as before.
 #[inline(always)]
 pub fn reinject_idt_vectoring(
@@ -482,6 +521,34 @@ pub enum NmiQueued {
 ///   when it has one in service (blocking by NMI set, or an NMI injection already pending);
 ///   the excess merges and is counted in [`merged_nmis`](Self::merged_nmis). This is KVM's
 ///   rule as well.
+///
+/// ```
+/// use hvkit_nmi_reinject::{EntryDecision, GuestEvent, GuestEventQueue, InjectionContext, NmiQueued};
+/// use hvkit_vmx_core::entry_check::EntryCapabilities;
+/// use hvkit_vmx_core::field;
+/// use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+///
+/// let context = InjectionContext {
+///     capabilities: EntryCapabilities::STRICT,
+///     virtual_nmis: true,
+///     unrestricted_guest: false,
+///     primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+///     injected_event_data: false,
+/// };
+/// // A protected-mode guest with interrupts enabled and nothing blocking.
+/// let mut vmcs = SoftVmcs::new();
+/// vmcs.write(field::GUEST_CR0, 0x8000_0031)?;
+/// vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+///
+/// let mut queue = GuestEventQueue::new();
+/// queue.queue_irq(0x30);
+/// assert_eq!(queue.queue_nmi(), NmiQueued::Owed);
+/// // Before each entry: the NMI goes first; the interrupt waits for the next entry.
+/// assert_eq!(queue.prepare_entry(&mut vmcs, &context)?, EntryDecision::Injected(GuestEvent::nmi()));
+/// assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?, 0x8000_0202);
+/// assert_eq!(queue.highest_irq(), Some(0x30));
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEventQueue {

@@ -180,6 +180,10 @@ impl<F: Fn(u8) -> Option<IdtEntry>> HandlerTable for F {
 /// stack, **not** the IDT's NMI gate if that gate uses an IST stack: called directly, an IST
 /// handler would run on the wrong stack (a real bug fixed in Linux, commit a217a6593cec).
 /// [`idt_entry_stub!`](crate::idt_entry_stub) builds such entries around Rust handlers.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct IdtDirectCall<T: HandlerTable> {
     nmi_entry: IdtEntry,
@@ -232,6 +236,10 @@ impl<T: HandlerTable> Redeliver for IdtDirectCall<T> {
 
 /// Direct call on FRED hosts: hvkit-fred's software delivery builds the FRED frame (NMI bit set
 /// for NMIs) and returns with ERETS.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct FredDirectCall {
     dispatcher: hvkit_fred::Dispatcher,
@@ -319,6 +327,10 @@ impl NmiUnblocker for IretToSelf {
 }
 
 /// ERETS-to-self with the NMI bit set, which unblocks NMIs on FRED hosts.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct FredEretsToSelf {
     red_zone_bytes: u64,
@@ -396,7 +408,8 @@ impl<A: LocalApic> LocalApicPort for PollingApic<A> {
 /// Self-NMI re-delivery (what Xen did): send an NMI to the own APIC, unblock NMIs, and wait —
 /// with a bound — until the host NMI handler has counted it.
 ///
-/// Hazards this type handles (shared/FACTS.md section 1): delivery is asynchronous, so `Ok` is
+/// Hazards this type handles (SDM Vol. 3A "Handling Multiple NMIs"; a VM exit caused by an NMI
+/// leaves NMIs blocked until the next IRET, SDM Vol. 3C chapter "VM Exits"): delivery is asynchronous, so `Ok` is
 /// returned only after `handled` moved; the wait is bounded and a timeout says the NMI is still
 /// in flight (do not re-enter the guest: it would take NMI exits in a loop). Hazards it cannot
 /// remove: NMIs that arrive meanwhile may merge with or overtake the re-sent one (NMIs may be
