@@ -187,6 +187,42 @@ pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
     problems
 }
 
+/// The scenarios with the target CPU in its guest, each per application processor and per
+/// re-delivery strategy (runs with VMX only).
+const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
+
+/// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP
+/// and strategy (whether it passed is [`problems`]' business). A one-CPU run must say why it
+/// skipped them.
+pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    if cpus < 2 {
+        if !report
+            .scenarios
+            .iter()
+            .any(|s| s.get("name") == "smp-guest" && s.get("result") == "SKIP")
+        {
+            problems.push("one CPU: no smp-guest SKIP line".to_string());
+        }
+        return problems;
+    }
+    for target in 1..cpus {
+        for name in GUEST_SIDE {
+            for strategy in ["direct-call", "self-nmi"] {
+                let found = report.scenarios.iter().any(|scenario| {
+                    scenario.get("name") == name
+                        && scenario.get("strategy") == strategy
+                        && scenario.get("target") == target.to_string()
+                });
+                if !found {
+                    problems.push(format!("no {name}/{strategy} line for cpu {target}"));
+                }
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +319,30 @@ HVKIT EXIT status=3\n";
                 .iter()
                 .any(|p| p.contains("cpu 0 in x2apic mode"))
         );
+    }
+
+    #[test]
+    fn smp_vmx_problems_need_every_guest_line_per_ap_and_strategy() {
+        let mut text = String::new();
+        for name in GUEST_SIDE {
+            for strategy in ["direct-call", "self-nmi"] {
+                text.push_str(&format!(
+                    "HVKIT SCENARIO name={name} strategy={strategy} apic=xapic cpu=0 target=1 sent=2 exits=1 handled=1 eois=0 merged=1 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
+        assert_eq!(smp_vmx_problems(&parse(&text), 2), Vec::<String>::new());
+        assert!(smp_vmx_problems(&parse(&text), 3).iter().any(|p| p.contains("cpu 2")));
+        let missing =
+            text.replace("name=pending-nmi strategy=self-nmi", "name=other strategy=self-nmi");
+        assert!(
+            smp_vmx_problems(&parse(&missing), 2)
+                .iter()
+                .any(|p| p.contains("no pending-nmi/self-nmi line for cpu 1"))
+        );
+        assert!(!smp_vmx_problems(&parse(""), 1).is_empty(), "one CPU must say why it skipped");
+        let skipped = "HVKIT SCENARIO name=smp-guest strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"one CPU\"\n";
+        assert_eq!(smp_vmx_problems(&parse(skipped), 1), Vec::<String>::new());
     }
 
     #[test]
