@@ -416,6 +416,20 @@ impl<A: LocalApic> LocalApicPort for PollingApic<A> {
 /// handled out of order, as on bare metal); an IRET executed by an interrupt handler before the
 /// unblock would unblock NMIs early, so call it first, with interrupts disabled.
 ///
+/// **Merging (a count this strategy loses, by design).** A processor holds at most one NMI pending
+/// while NMIs are blocked (SDM Vol. 3A "Handling Multiple NMIs"; two NMIs that arrive while one is
+/// blocked are one). The VM exit of an NMI leaves NMIs blocked, so a second host NMI that arrives
+/// between that exit and the unblock (another CPU's IPI, a watchdog) is latched; the self-NMI this
+/// strategy sends then finds the latch full and merges with it: the host handler runs once for two
+/// NMIs. The handled-counter still moves, so `Ok` is returned and nothing detects the merge from
+/// inside the strategy. A host whose NMI handler must see every NMI (NMI-based profiling, counted
+/// backtrace requests) should use a direct call ([`IdtDirectCall`], [`FredDirectCall`]): it runs
+/// the handler for the exit's NMI before the unblock, and the latched one is delivered after it,
+/// twice in all. Handlers that poll all their NMI sources on each invocation (the usual design,
+/// since NMIs also merge on bare metal) lose nothing. The example hypervisor's `multiple-nmi`
+/// scenario shows both: two NMIs sent to a CPU in its guest are handled twice with the direct call
+/// and once (`merged=1`) with this strategy.
+///
 /// Interrupts: the vector is re-sent as a fixed self-IPI and then EOI'd ([`IrqDelivery::Requeued`]):
 /// the host takes it when it enables interrupts, after any higher-priority pending ones (the
 /// original order is not kept). Level-triggered interrupts are refused: EOI would drop the level.
