@@ -445,16 +445,29 @@ pub struct GuestFixups {
 /// ```
 ///
 /// On error the VMCS is as before.
+#[inline(always)]
 pub fn reinject_idt_vectoring(
     vmcs: &mut impl VmcsAccess,
     info: &ExitInfo<'_>,
     context: &InjectionContext,
 ) -> Result<GuestFixups, InjectError> {
     let restore = nmi_unblocked_by_iret(info, context.virtual_nmis);
-    // Nothing to do on most exits: decided before building any event.
+    // Nothing to do on most exits: decided inline, before building any event; the rest is out
+    // of line so that every call site stays small.
     if !restore && !info.idt_vectoring_info.is_valid() {
         return Ok(GuestFixups::default());
     }
+    reinject_idt_vectoring_slow(vmcs, info, context, restore)
+}
+
+/// [`reinject_idt_vectoring`] when there is something to do.
+#[inline(never)]
+fn reinject_idt_vectoring_slow(
+    vmcs: &mut impl VmcsAccess,
+    info: &ExitInfo<'_>,
+    context: &InjectionContext,
+    restore: bool,
+) -> Result<GuestFixups, InjectError> {
     let event = idt_vectoring_event(info, context.capabilities.nested_exception);
     let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
     let mut guest = guest_event_state(vmcs, context)?;
@@ -651,17 +664,29 @@ impl GuestEventQueue {
     ///
     /// Owed NMIs beyond one merge while the guest has an NMI in service (see the type).
     /// On error the VMCS and the queue are as before.
+    #[inline(always)]
     pub fn prepare_entry(
         &mut self,
         vmcs: &mut impl VmcsAccess,
         context: &InjectionContext,
     ) -> Result<EntryDecision, InjectError> {
-        // The common case: nothing owed and the windows already clear: no VMCS access at all.
-        // (The words are OR-ed: comparing the array with `[0; 4]` becomes a call to `bcmp`.)
+        // The common case, inline: nothing owed and the windows already clear: no VMCS access
+        // at all. (The words are OR-ed: comparing the array with `[0; 4]` becomes a call to
+        // `bcmp`.) The rest is out of line so that every call site stays small.
         let [irqs0, irqs1, irqs2, irqs3] = self.pending_irqs;
         if self.windows_clear && self.pending_nmis == 0 && (irqs0 | irqs1 | irqs2 | irqs3) == 0 {
             return Ok(EntryDecision::Idle);
         }
+        self.prepare_entry_slow(vmcs, context)
+    }
+
+    /// [`prepare_entry`](Self::prepare_entry) when something is owed or a window is set.
+    #[inline(never)]
+    fn prepare_entry_slow(
+        &mut self,
+        vmcs: &mut impl VmcsAccess,
+        context: &InjectionContext,
+    ) -> Result<EntryDecision, InjectError> {
         let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
         let guest = guest_event_state(vmcs, context)?;
         let blocking = guest.interruptibility;

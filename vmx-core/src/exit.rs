@@ -391,7 +391,9 @@ impl<'exit> ExitHead<'exit> {
     }
 
     /// The second phase: reads the remaining exit-information fields and returns the full
-    /// snapshot (the same as [`ExitInfo::read`] would have returned).
+    /// snapshot (the same as [`ExitInfo::read`] would have returned). Always inlined: it runs
+    /// once per exit, and a call would copy the whole snapshot out.
+    #[inline(always)]
     pub fn complete(
         self,
         vmcs: &impl VmcsAccess,

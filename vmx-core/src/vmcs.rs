@@ -218,17 +218,20 @@ const EXIT_INFORMATION_COUNT: usize = {
     count
 };
 
-/// The catalog indices of those fields, so that a simulated exit visits only them.
+/// The catalog indices of those fields, so that a simulated exit visits only them (`u8`: they
+/// index the per-field tables without a bounds check).
 #[allow(
     clippy::indexing_slicing,
-    reason = "const evaluation: an out-of-range index fails the build"
+    clippy::cast_possible_truncation,
+    reason = "const evaluation: an out-of-range index fails the build; SLOT_TABLE asserts the \
+              catalog fits u8"
 )]
-const EXIT_INFORMATION_SLOTS: [usize; EXIT_INFORMATION_COUNT] = {
+const EXIT_INFORMATION_SLOTS: [u8; EXIT_INFORMATION_COUNT] = {
     let mut slots = [0; EXIT_INFORMATION_COUNT];
     let (mut index, mut next) = (0, 0);
     while index < CATALOG_LEN {
         if rewritten_at_exit(&field::ALL[index]) {
-            slots[next] = index;
+            slots[next] = index as u8;
             next += 1;
         }
         index += 1;
@@ -349,9 +352,10 @@ impl SoftVmcs {
     /// failing VMX instructions do, so it keeps its value.
     pub fn complete_exit(&mut self) -> VmExit {
         for &index in &EXIT_INFORMATION_SLOTS {
-            let fresh = self.set_for_this_exit.get_mut(index).map(core::mem::take);
-            if fresh == Some(false)
-                && let Some(value) = self.values.get_mut(index)
+            let index = usize::from(index);
+            if let (Some(fresh), Some(value)) =
+                (self.set_for_this_exit.get_mut(index), self.values.get_mut(index))
+                && !core::mem::take(fresh)
             {
                 *value = 0;
             }
@@ -366,17 +370,20 @@ impl SoftVmcs {
 
     /// The catalog index of a supported encoding (full, or high access of a 64-bit field).
     ///
-    /// Every reason to refuse is OR-ed into one word and tested once: a fuzzer instruments
-    /// each compare, and this runs on every access.
+    /// The reasons to refuse that depend on the encoding alone are OR-ed into one word (one
+    /// compare, which folds away for a constant encoding once inlined); support is tested as
+    /// the stored `bool` itself. A fuzzer instruments each integer compare, and this runs on
+    /// every access.
     #[inline]
     fn index(&self, encoding: u32) -> Option<usize> {
         let index = usize::from(SLOT_TABLE.get(slot_key(encoding)).copied().unwrap_or(NO_FIELD));
-        let supported = self.supported.get(index).copied().unwrap_or(false);
         let high_access = HAS_HIGH_ACCESS.get(index).copied().unwrap_or(0);
-        let refused = (encoding & RESERVED_ENCODING_BITS)
-            | (encoding & 1 & !high_access)
-            | u32::from(!supported);
-        (refused == 0).then_some(index)
+        let malformed = (encoding & RESERVED_ENCODING_BITS) | (encoding & 1 & !high_access);
+        if malformed == 0 && self.supported.get(index).copied().unwrap_or(false) {
+            Some(index)
+        } else {
+            None
+        }
     }
 
     /// [`index`](Self::index) with the field's catalog entry.
@@ -398,6 +405,9 @@ impl SoftVmcs {
 }
 
 impl VmcsAccess for SoftVmcs {
+    // Inlined into callers (also across crates): with a constant encoding the lookup folds to
+    // one table entry, which keeps simulated exits cheap for tests and fuzzers.
+    #[inline]
     fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
         let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
         if encoding == field::VM_INSTRUCTION_ERROR.encoding() {
@@ -408,6 +418,7 @@ impl VmcsAccess for SoftVmcs {
         Ok(value >> (32 * (encoding & 1)))
     }
 
+    #[inline]
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
         if READ_ONLY_FIELD.get(index).copied().unwrap_or(true) {
@@ -1153,7 +1164,7 @@ mod tests {
             .map(|info| info.encoding)
             .collect();
         let visited: std::vec::Vec<u32> =
-            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[index].encoding).collect();
+            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[usize::from(index)].encoding).collect();
         assert_eq!(visited, expected);
         for encoding in [0x4402, 0x6400, 0x4408, 0x440A, 0x440C, 0x2400, 0x2404] {
             assert!(visited.contains(&encoding), "{encoding:#x}");

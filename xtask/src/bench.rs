@@ -62,11 +62,12 @@ pub const PATHS: &[Path] = &[
     },
     Path { name: "host NMI exit -> handler (self-NMI)", goal: 100, budget: 100, kvm: None },
     Path { name: "timer exit -> handler (IDT direct call)", goal: 60, budget: 60, kvm: None },
-    // 167 on the Bochs 2.7 models; the budget keeps ten instructions of headroom.
+    // 181 on the Bochs 2.7 models (167 before the example's exit handler forwarded NMI sources
+    // and handled FRED-MSR exits); the budget keeps nine instructions of headroom.
     Path {
         name: "exit -> next entry, nothing to inject (CPUID/VMCALL)",
         goal: 200,
-        budget: 177,
+        budget: 190,
         kvm: None,
     },
     Path {
@@ -236,7 +237,8 @@ cargo xtask bench [options]
 
 /// `cargo xtask bench`.
 pub fn command(args: &[String]) -> Result {
-    let mut models: Vec<String> = emu::TEST_MODELS.iter().map(|m| (*m).to_string()).collect();
+    let mut models: Vec<String> =
+        emu::TEST_MODELS.iter().map(|(model, _)| (*model).to_string()).collect();
     let mut enforce = true;
     let mut timeout = 300u64;
     let mut iter = args.iter();

@@ -137,12 +137,10 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
     ]))?;
     run(cargo().env("RUSTDOCFLAGS", "-D warnings").args(["test", "--workspace", "--doc"]))?;
 
-    phases.begin("packaging: each library packages and its packaged copy builds");
-    forget_packaged_sources()?;
-    let mut package = cargo();
-    package.args(["package", "--allow-dirty", "--target-dir", "target/package-build"]);
-    package_args(&mut package);
-    run(&mut package)?;
+    phases.begin(
+        "packaging: each library packages, its packaged copy builds, a user crate runs the exit sequence on the packages",
+    );
+    package()?;
 
     phases.begin("example hypervisor: formatting and clippy (x86_64-unknown-none)");
     let example = util::root().join("examples/hypervisor");
@@ -167,6 +165,18 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
         crate::fuzz::smoke_step(seconds)?;
     }
     Ok(())
+}
+
+/// `cargo xtask package`: packages the four libraries (cargo verifies that each packaged copy
+/// builds against the others), then builds and tests a user's crate against the unpacked
+/// packages.
+pub fn package() -> Result {
+    forget_packaged_sources()?;
+    let mut package = cargo();
+    package.args(["package", "--allow-dirty", "--target-dir", "target/package-build"]);
+    package_args(&mut package);
+    run(&mut package)?;
+    crate::consumer::check(LIBRARIES, BARE_TARGET)
 }
 
 /// `cargo package` verifies each library against the others through a temporary local registry

@@ -9,6 +9,7 @@
 
 mod bench;
 mod check;
+mod consumer;
 mod emu;
 mod fuzz;
 mod mutants;
@@ -35,6 +36,8 @@ commands:
   mutants cargo xtask mutants [--file PATTERN] [--jobs N]: cargo-mutants over the decision
           modules; fails on a missed mutant not documented in mutants-survivors.md (not part
           of `test`; installs cargo-mutants when missing)
+  package cargo package of the four libraries, then a user's crate (xtask/consumer) built
+          and tested against the unpacked packages
   help    print this text
 ";
 
@@ -50,6 +53,7 @@ fn main() -> ExitCode {
         "fuzz" => fuzz::command(rest),
         "bench" => bench::command(rest),
         "mutants" => mutants::command(rest),
+        "package" => check::package(),
         "help" | "--help" | "-h" => {
             print!("{HELP}");
             Ok(())

@@ -27,6 +27,12 @@ pub struct Report {
     pub no_vmx: Option<String>,
     /// The reason of an `HVKIT NOLONGMODE` line (a CPU without long mode).
     pub no_long_mode: Option<String>,
+    /// `HVKIT smp cpus=N`: how many CPUs checked in.
+    pub smp_cpus: Option<u32>,
+    /// `HVKIT cpu index=.. apic_id=.. apic=..` lines (one per CPU per APIC mode).
+    pub cpus: Vec<BTreeMap<String, String>>,
+    /// The scenarios of an `HVKIT VMX-NOT-RUN` line (no VMX: which could not run).
+    pub vmx_not_run: Option<String>,
 }
 
 /// Splits `key=value key="quoted value"` pairs.
@@ -70,6 +76,12 @@ pub fn parse(serial: &str) -> Report {
             report.no_vmx = pairs(rest).get("reason").cloned();
         } else if let Some(rest) = line.strip_prefix("HVKIT NOLONGMODE ") {
             report.no_long_mode = pairs(rest).get("reason").cloned();
+        } else if let Some(rest) = line.strip_prefix("HVKIT smp ") {
+            report.smp_cpus = pairs(rest).get("cpus").and_then(|value| value.parse().ok());
+        } else if let Some(rest) = line.strip_prefix("HVKIT cpu ") {
+            report.cpus.push(pairs(rest));
+        } else if let Some(rest) = line.strip_prefix("HVKIT VMX-NOT-RUN ") {
+            report.vmx_not_run = pairs(rest).get("scenarios").cloned();
         }
     }
     report
@@ -77,6 +89,12 @@ pub fn parse(serial: &str) -> Report {
 
 /// What a scenario run must show: every problem found, empty when the run is good.
 pub fn problems(report: &Report) -> Vec<String> {
+    problems_with_status(report, 0)
+}
+
+/// [`problems`] for a run that must end with `status` when everything it ran passed (3 on a
+/// machine without VMX, where only the host-side scenarios run).
+pub fn problems_with_status(report: &Report, status: u32) -> Vec<String> {
     let mut problems = Vec::new();
     if report.scenarios.is_empty() {
         problems.push("no scenario lines".to_string());
@@ -112,9 +130,95 @@ pub fn problems(report: &Report) -> Vec<String> {
         }
     }
     match report.exit_status {
-        Some(0) => {}
-        Some(status) => problems.push(format!("exit status {status}")),
+        Some(found) if found == status => {}
+        Some(found) => problems.push(format!("exit status {found} (expected {status})")),
         None => problems.push("missing HVKIT EXIT line".to_string()),
+    }
+    problems
+}
+
+/// The host-side scenarios every machine runs, once per APIC mode.
+const HOST_SIDE: [&str; 3] = ["self-ipi", "self-nmi", "idt-direct-call"];
+
+/// The SMP part of a run with `cpus` CPUs: every CPU checked in and has its `HVKIT cpu` line,
+/// and the host-side scenarios ran in xAPIC mode and in x2APIC mode (or the x2APIC run was
+/// skipped with its reason), with a cross-CPU fixed-IPI and NMI line for every other CPU.
+/// Whether those lines passed is [`problems`]' business.
+pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    if report.smp_cpus != Some(cpus) {
+        problems.push(format!("{:?} CPUs checked in, expected {cpus}", report.smp_cpus));
+    }
+    let x2apic_skipped = report.scenarios.iter().any(|scenario| {
+        scenario.get("name") == "host-side-x2apic" && scenario.get("result") == "SKIP"
+    });
+    let modes: &[&str] = if x2apic_skipped { &["xapic"] } else { &["xapic", "x2apic"] };
+    for mode in modes {
+        for index in 0..cpus {
+            let index = index.to_string();
+            let found = report.cpus.iter().any(|cpu| {
+                cpu.get("index") == Some(&index)
+                    && cpu.get("apic").map(String::as_str) == Some(mode)
+            });
+            if !found {
+                problems.push(format!("no HVKIT cpu line for cpu {index} in {mode} mode"));
+            }
+        }
+        let line = |name: &str, target: u32| {
+            report.scenarios.iter().any(|scenario| {
+                scenario.get("name") == name
+                    && scenario.get("apic") == *mode
+                    && scenario.get("target") == target.to_string()
+            })
+        };
+        for name in HOST_SIDE {
+            if !line(name, 0) {
+                problems.push(format!("no {name} line in {mode} mode"));
+            }
+        }
+        for target in 1..cpus {
+            for name in ["cross-ipi", "cross-nmi"] {
+                if !line(name, target) {
+                    problems.push(format!("no {name} line for cpu {target} in {mode} mode"));
+                }
+            }
+        }
+    }
+    problems
+}
+
+/// The scenarios with the target CPU in its guest, each per application processor and per
+/// re-delivery strategy (runs with VMX only).
+const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
+
+/// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP
+/// and strategy (whether it passed is [`problems`]' business). A one-CPU run must say why it
+/// skipped them.
+pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    if cpus < 2 {
+        if !report
+            .scenarios
+            .iter()
+            .any(|s| s.get("name") == "smp-guest" && s.get("result") == "SKIP")
+        {
+            problems.push("one CPU: no smp-guest SKIP line".to_string());
+        }
+        return problems;
+    }
+    for target in 1..cpus {
+        for name in GUEST_SIDE {
+            for strategy in ["direct-call", "self-nmi"] {
+                let found = report.scenarios.iter().any(|scenario| {
+                    scenario.get("name") == name
+                        && scenario.get("strategy") == strategy
+                        && scenario.get("target") == target.to_string()
+                });
+                if !found {
+                    problems.push(format!("no {name}/{strategy} line for cpu {target}"));
+                }
+            }
+        }
     }
     problems
 }
@@ -167,6 +271,78 @@ HVKIT EXIT status=0";
             GOOD.replace(" duplicated=0 insns_per_event=742", " insns_per_event=742");
         assert!(problems(&parse(&missing_field)).iter().any(|p| p.contains("missing duplicated")));
         assert!(!problems(&parse("")).is_empty());
+    }
+
+    const SMP: &str = "HVKIT smp cpus=2\n\
+HVKIT cpu index=0 apic_id=0 bsp=true apic=xapic online=1\n\
+HVKIT cpu index=1 apic_id=1 bsp=false apic=xapic online=1\n\
+HVKIT SCENARIO name=self-ipi strategy=n/a apic=xapic cpu=0 target=0 sent=10 exits=0 handled=10 eois=10 lost=0 duplicated=0 insns_per_event=0 irr_seen=10 result=PASS\n\
+HVKIT SCENARIO name=self-nmi strategy=n/a apic=xapic cpu=0 target=0 sent=10 exits=0 handled=10 eois=0 lost=0 duplicated=0 insns_per_event=0 delivery_confirmed=10 result=PASS\n\
+HVKIT SCENARIO name=cross-ipi strategy=n/a apic=xapic cpu=0 target=1 sent=10 exits=0 handled=10 eois=10 lost=0 duplicated=0 insns_per_event=0 not_in_service=0 result=PASS\n\
+HVKIT SCENARIO name=cross-nmi strategy=n/a apic=xapic cpu=0 target=1 sent=10 exits=0 handled=10 eois=0 lost=0 duplicated=0 insns_per_event=0 result=PASS\n\
+HVKIT SCENARIO name=idt-direct-call strategy=direct-call apic=xapic cpu=0 target=0 sent=20 exits=0 handled=20 eois=10 lost=0 duplicated=0 insns_per_event=0 result=PASS\n\
+HVKIT SCENARIO name=host-side-x2apic strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"CPUID.1:ECX[21] = 0: no x2APIC mode\"\n\
+HVKIT NOVMX reason=\"no VMX\"\n\
+HVKIT VMX-NOT-RUN scenarios=\"entry-checks,host-nmi\" reason=\"no VMX\"\n\
+HVKIT SUMMARY scenarios=6 passed=5 failed=0 skipped=1 lost=0 duplicated=0 result=PASS\n\
+HVKIT EXIT status=3\n";
+
+    #[test]
+    fn a_good_no_vmx_smp_run_has_no_problems() {
+        let report = parse(SMP);
+        assert_eq!(report.smp_cpus, Some(2));
+        assert_eq!(report.cpus.len(), 2);
+        assert_eq!(report.vmx_not_run.as_deref(), Some("entry-checks,host-nmi"));
+        assert_eq!(problems_with_status(&report, 3), Vec::<String>::new());
+        assert_eq!(smp_problems(&report, 2), Vec::<String>::new());
+        assert!(
+            problems(&report).iter().any(|p| p.contains("exit status 3")),
+            "status 3 is a failure where VMX scenarios were expected"
+        );
+    }
+
+    #[test]
+    fn smp_problems_catch_a_missing_cpu_or_cross_cpu_line() {
+        let report = parse(SMP);
+        assert!(smp_problems(&report, 4).iter().any(|p| p.contains("expected 4")));
+        assert!(smp_problems(&report, 4).iter().any(|p| p.contains("cross-nmi line for cpu 3")));
+        let no_ap = SMP.replace("HVKIT cpu index=1", "HVKIT other index=1");
+        assert!(smp_problems(&parse(&no_ap), 2).iter().any(|p| p.contains("cpu 1 in xapic")));
+        let no_cross = SMP.replace("name=cross-ipi", "name=other");
+        assert!(smp_problems(&parse(&no_cross), 2).iter().any(|p| p.contains("no cross-ipi")));
+        let no_self_nmi = SMP.replace("name=self-nmi", "name=other");
+        assert!(smp_problems(&parse(&no_self_nmi), 2).iter().any(|p| p.contains("no self-nmi")));
+        // Without the x2APIC SKIP line, the x2APIC run is required.
+        let x2apic_expected = SMP.replace("name=host-side-x2apic", "name=other");
+        assert!(
+            smp_problems(&parse(&x2apic_expected), 2)
+                .iter()
+                .any(|p| p.contains("cpu 0 in x2apic mode"))
+        );
+    }
+
+    #[test]
+    fn smp_vmx_problems_need_every_guest_line_per_ap_and_strategy() {
+        let mut text = String::new();
+        for name in GUEST_SIDE {
+            for strategy in ["direct-call", "self-nmi"] {
+                text.push_str(&format!(
+                    "HVKIT SCENARIO name={name} strategy={strategy} apic=xapic cpu=0 target=1 sent=2 exits=1 handled=1 eois=0 merged=1 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
+        assert_eq!(smp_vmx_problems(&parse(&text), 2), Vec::<String>::new());
+        assert!(smp_vmx_problems(&parse(&text), 3).iter().any(|p| p.contains("cpu 2")));
+        let missing =
+            text.replace("name=pending-nmi strategy=self-nmi", "name=other strategy=self-nmi");
+        assert!(
+            smp_vmx_problems(&parse(&missing), 2)
+                .iter()
+                .any(|p| p.contains("no pending-nmi/self-nmi line for cpu 1"))
+        );
+        assert!(!smp_vmx_problems(&parse(""), 1).is_empty(), "one CPU must say why it skipped");
+        let skipped = "HVKIT SCENARIO name=smp-guest strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"one CPU\"\n";
+        assert_eq!(smp_vmx_problems(&parse(skipped), 1), Vec::<String>::new());
     }
 
     #[test]

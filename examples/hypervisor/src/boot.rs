@@ -5,7 +5,9 @@
 //! ([`NO_LONG_MODE_STATUS`]) and the same ways out of the emulator as `port::exit`.
 //!
 //! Memory map: identity-mapped 0-4 GiB with 2 MiB pages (covers the local APIC at 0xFEE00000).
-//! GDT: 0x08 64-bit code, 0x10 data, 0x18 TSS (filled in from Rust).
+//! GDT: 0x08 64-bit code, 0x10 data, 0x18 the bootstrap processor's TSS (filled in from Rust),
+//! 0x28 user data and 0x30 user 64-bit code (DPL 3, for the FRED ERETU step:
+//! IA32_STAR\[63:48\] = 0x20), then from 0x38 one TSS descriptor per application processor.
 
 core::arch::global_asm!(
     r#"
@@ -186,6 +188,9 @@ boot_gdt:
     .quad 0x00CF92000000FFFF
     .quad 0
     .quad 0
+    .quad 0x00CFF2000000FFFF
+    .quad 0x00AFFA000000FFFF
+    .skip {tss_slot_bytes}
 boot_gdt_end:
     .global boot_gdt_pointer
 boot_gdt_pointer:
@@ -200,6 +205,7 @@ boot_info:
 
     .section .bss
     .balign 4096
+    .global boot_pml4
 boot_pml4:
     .skip 4096
 boot_pdpt:
@@ -214,19 +220,24 @@ boot_stack_top:
     .section .text
 "#,
     status = const NO_LONG_MODE_STATUS,
+    tss_slot_bytes = const 16 * (crate::percpu::MAX_CPUS - 1),
     options(att_syntax)
 );
 
 /// Exit status of a CPU without long mode (`HVKIT EXIT status=5`, after `HVKIT NOLONGMODE`).
 pub const NO_LONG_MODE_STATUS: u32 = 5;
 
+/// GDT entries: null, code, data, the bootstrap processor's TSS (two), user data, user code,
+/// and two per application processor for its TSS descriptor.
+pub const GDT_ENTRIES: usize = 7 + 2 * (crate::percpu::MAX_CPUS - 1);
+
 unsafe extern "C" {
-    static mut boot_gdt: [u64; 5];
+    static mut boot_gdt: [u64; GDT_ENTRIES];
     static boot_magic: u32;
 }
 
-/// The GDT (for the TSS descriptor and the VMCS host/guest GDTR).
-pub fn gdt() -> *mut [u64; 5] {
+/// The GDT (for the TSS descriptors and the VMCS host/guest GDTR).
+pub fn gdt() -> *mut [u64; GDT_ENTRIES] {
     core::ptr::addr_of_mut!(boot_gdt)
 }
 

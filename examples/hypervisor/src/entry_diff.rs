@@ -30,8 +30,9 @@
 //! [`DEVIATIONS`] and counted as explained; every other disagreement fails the scenario.
 //! Combinations that cannot be run are skipped and counted with their reason ([`Skip`]).
 
+use crate::println;
+use crate::report::{Extra, Line, report};
 use crate::vmx::Vmx;
-use crate::{Extra, Line, println, report};
 use hvkit_nmi_reinject::{InjectionContext, NmiUnblocker as _};
 use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::controls::{

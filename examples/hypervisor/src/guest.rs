@@ -51,6 +51,10 @@ pub mod call {
     pub const REFLECT_END: u64 = 20;
     /// Sends that gave up because the ICR stayed busy; RBX = count (reported, never sent).
     pub const NMI_SEND_TIMEOUTS: u64 = 21;
+    /// FRED host: the guest wrote IA32_FRED_CONFIG; RBX = the value it read back.
+    pub const FRED_MSR_CHECK: u64 = 22;
+    /// The host sends itself NMIs with distinct sources (or reports why it cannot).
+    pub const NMI_SOURCE: u64 = 23;
 }
 
 /// The guest's 2 MiB area: IDT (page 0), stack (pages 1-15).
@@ -368,9 +372,11 @@ pub extern "C" fn main(apic: u64, apic_id: u32) -> ! {
 
     // Scenario 9: on a FRED host, scenarios 2 and 3 again through the FRED paths.
     if vmcall(call::FRED_BEGIN, 0, 0).0 == 1 {
+        vmcall(call::FRED_MSR_CHECK, crate::fred_host::guest_fred_msr_probe(), 0);
         timer_scenario();
         host_nmi_scenarios(apic, apic_id);
     }
+    vmcall(call::NMI_SOURCE, 0, 0);
 
     loop {
         vmcall(call::DONE, 0, 0);

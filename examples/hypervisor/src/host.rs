@@ -16,13 +16,13 @@ pub static HOST_TIMER_TSC: AtomicU64 = AtomicU64::new(0);
 
 /// The host timer vector.
 pub const TIMER_VECTOR: u8 = 0x30;
+/// The host vector of the fixed IPIs the SMP scenarios send: priority class 5 (vector bits
+/// 7:4, SDM Vol. 3A 12.8.3 "Interrupt, Task, and Processor Priority"), above the timer's class 3.
+pub const TEST_IPI_VECTOR: u8 = 0x50;
+/// The host vector that wakes an idle (halted) CPU for a command.
+pub const WAKE_VECTOR: u8 = 0x51;
 /// The host spurious-interrupt vector.
 pub const SPURIOUS_VECTOR: u8 = 0xFF;
-
-#[repr(C, align(16))]
-struct Tss([u8; 104]);
-
-static mut TSS: Tss = Tss([0; 104]);
 
 #[repr(C, align(16))]
 struct Idt([u64; 512]);
@@ -42,9 +42,22 @@ host_nmi_entry:
     or rax, rdx
     mov [rip + {nmi_tsc}], rax
     lock inc qword ptr [rip + {nmi_count}]
+    lock inc qword ptr gs:[{nmi_per_cpu}]
+    cmp qword ptr gs:[{nmi_hold}], 0
+    jne 2f
+1:
     pop rdx
     pop rax
     iretq
+2:
+    /* Held (the pending-nmi scenario): say so, wait until released, NMIs stay blocked. */
+    mov qword ptr gs:[{nmi_held}], 1
+3:
+    pause
+    cmp qword ptr gs:[{nmi_hold}], 0
+    jne 3b
+    mov qword ptr gs:[{nmi_held}], 0
+    jmp 1b
 
     .balign 16
     .global host_timer_entry
@@ -81,6 +94,66 @@ host_timer_entry:
     iretq
 
     .balign 16
+    .global host_ipi_entry
+host_ipi_entry:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rax, rsp
+    and rsp, -16
+    push rax
+    push rax
+    call {ipi}
+    pop rax
+    mov rsp, rax
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
+    .global host_wake_entry
+host_wake_entry:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rax, rsp
+    and rsp, -16
+    push rax
+    push rax
+    call {wake}
+    pop rax
+    mov rsp, rax
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
     .global host_spurious_entry
 host_spurious_entry:
     iretq
@@ -96,6 +169,11 @@ host_exception_common:
 "#,
     nmi_tsc = sym HOST_NMI_TSC,
     nmi_count = sym HOST_NMI_HANDLED,
+    nmi_per_cpu = const crate::percpu::offset::NMI_HANDLED,
+    nmi_hold = const crate::percpu::offset::NMI_HOLD,
+    nmi_held = const crate::percpu::offset::NMI_HELD,
+    ipi = sym host_ipi,
+    wake = sym host_wake,
     timer_tsc = sym HOST_TIMER_TSC,
     timer = sym host_timer,
     exception = sym host_exception,
@@ -126,6 +204,8 @@ unsafe extern "C" {
     fn host_nmi_entry();
     fn host_timer_entry();
     fn host_spurious_entry();
+    fn host_ipi_entry();
+    fn host_wake_entry();
 }
 
 /// The host NMI entry: non-IST, safe for direct calls on the current stack.
@@ -138,10 +218,37 @@ pub fn timer_entry() -> u64 {
     host_timer_entry as *const () as u64
 }
 
-extern "C" fn host_timer() {
+/// The host test-IPI entry (vector [`TEST_IPI_VECTOR`]).
+pub fn ipi_entry() -> u64 {
+    host_ipi_entry as *const () as u64
+}
+
+pub(crate) extern "C" fn host_timer() {
+    let cpu = crate::percpu::current();
     HOST_TIMER_HANDLED.fetch_add(1, Ordering::SeqCst);
+    cpu.timer_handled.fetch_add(1, Ordering::SeqCst);
     crate::apic::eoi();
     HOST_TIMER_EOIS.fetch_add(1, Ordering::SeqCst);
+    cpu.timer_eois.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The wake-up IPI handler: an idle application processor halts with interrupts enabled and
+/// this IPI ends the HLT; the handler only sends the EOI.
+extern "C" fn host_wake() {
+    crate::apic::eoi();
+}
+
+/// The test-IPI handler: counts the run on this CPU, checks that its vector is in service
+/// (a fixed interrupt is in the ISR from acceptance until the EOI, SDM Vol. 3A 12.8.4
+/// "Interrupt Acceptance for Fixed Interrupts") and sends one EOI.
+pub(crate) extern "C" fn host_ipi() {
+    let cpu = crate::percpu::current();
+    cpu.ipi_handled.fetch_add(1, Ordering::SeqCst);
+    if !crate::apic::is_in_service(TEST_IPI_VECTOR) {
+        cpu.ipi_not_in_service.fetch_add(1, Ordering::SeqCst);
+    }
+    crate::apic::eoi();
+    cpu.ipi_eois.fetch_add(1, Ordering::SeqCst);
 }
 
 extern "C" fn host_exception(vector: u64, frame: *const u64) -> ! {
@@ -177,9 +284,12 @@ pub struct TableRegister {
     pub limit: u16,
 }
 
-/// The host GDT.
+/// The host GDT (layout in `boot`: code, data, TSS descriptors, user segments).
 pub fn gdtr() -> TableRegister {
-    TableRegister { base: crate::boot::gdt() as u64, limit: 5 * 8 - 1 }
+    TableRegister {
+        base: crate::boot::gdt() as u64,
+        limit: (crate::boot::GDT_ENTRIES * 8 - 1) as u16,
+    }
 }
 
 /// The host IDT.
@@ -187,27 +297,50 @@ pub fn idtr() -> TableRegister {
     TableRegister { base: core::ptr::addr_of!(IDT) as u64, limit: 256 * 16 - 1 }
 }
 
-/// The host TSS base.
+/// This CPU's TSS base.
 pub fn tss_base() -> u64 {
-    core::ptr::addr_of!(TSS) as u64
+    crate::percpu::current().tss_base()
 }
 
-/// Fills the TSS descriptor, loads TR, and loads the IDT.
-pub fn init() {
-    let base = tss_base();
+/// This CPU's TR selector.
+pub fn tr_selector() -> u16 {
+    crate::percpu::current().tr_selector()
+}
+
+/// Fills this CPU's TSS descriptor (an available 64-bit TSS, type 9: LTR of a busy one faults,
+/// SDM Vol. 2B "LTR") and loads TR.
+fn load_task_register() {
+    let cpu = crate::percpu::current();
+    let base = cpu.tss_base();
+    let selector = cpu.tr_selector();
+    let slot = usize::from(selector / 8);
     let limit = 103u64;
     let low = (limit & 0xFFFF)
         | ((base & 0xFF_FFFF) << 16)
         | (0x89 << 40)
         | (((limit >> 16) & 0xF) << 48)
         | (((base >> 24) & 0xFF) << 56);
-    // SAFETY: single CPU; the GDT entries 3-4 are the TSS slot, unused until LTR below.
+    // SAFETY: each CPU writes only its own two GDT slots (selected by its index), before its
+    // own LTR; no other CPU loads that selector.
     unsafe {
         let gdt = &mut *crate::boot::gdt();
-        gdt[3] = low;
-        gdt[4] = base >> 32;
-        core::arch::asm!("ltr {0:x}", in(reg) 0x18u16, options(nostack, preserves_flags));
+        if let (Some(_), Some(_)) = (gdt.get(slot), gdt.get(slot + 1)) {
+            gdt[slot] = low;
+            gdt[slot + 1] = base >> 32;
+        }
+        x86::task::load_tr(x86::segmentation::SegmentSelector::from_raw(selector));
     }
+}
+
+/// Loads the shared IDT on an application processor and this CPU's TSS.
+pub fn init_application_processor() {
+    load_task_register();
+    load_idt();
+}
+
+/// Fills the bootstrap processor's TSS descriptor, loads TR, fills and loads the IDT.
+pub fn init() {
+    load_task_register();
     for vector in 0..32u8 {
         // SAFETY: the table has 32 entries defined in assembly above.
         let handler =
@@ -216,7 +349,13 @@ pub fn init() {
     }
     set_gate(2, nmi_entry());
     set_gate(TIMER_VECTOR, timer_entry());
+    set_gate(TEST_IPI_VECTOR, ipi_entry());
+    set_gate(WAKE_VECTOR, host_wake_entry as *const () as u64);
     set_gate(SPURIOUS_VECTOR, host_spurious_entry as *const () as u64);
+    load_idt();
+}
+
+fn load_idt() {
     let idtr = idtr();
     let pointer = (idtr.limit, idtr.base);
     #[repr(C, packed)]
@@ -227,69 +366,3 @@ pub fn init() {
         core::arch::asm!("lidt [{0}]", in(reg) &descriptor, options(nostack, readonly, preserves_flags))
     };
 }
-
-/// The FRED dispatcher: the same counting as the IDT handlers, for FRED hosts (events arrive on
-/// a FRED frame at the entry page; returns are ERETS from the stub).
-extern "C" fn fred_dispatch(
-    frame: &mut hvkit_fred::Frame,
-    _registers: &mut hvkit_fred::SavedRegisters,
-) {
-    let tsc = crate::cpu::rdtsc();
-    match (frame.ss.event_type(), frame.ss.vector()) {
-        (hvkit_fred::EventType::Nmi, _) => {
-            HOST_NMI_TSC.store(tsc, Ordering::SeqCst);
-            HOST_NMI_HANDLED.fetch_add(1, Ordering::SeqCst);
-        }
-        (hvkit_fred::EventType::ExternalInterrupt, TIMER_VECTOR) => {
-            HOST_TIMER_TSC.store(tsc, Ordering::SeqCst);
-            host_timer();
-        }
-        (hvkit_fred::EventType::ExternalInterrupt, SPURIOUS_VECTOR) => {}
-        (kind, vector) => {
-            println!(
-                "HVKIT host FRED event type={kind:?} vector={vector} rip={:#x} error={:#x}",
-                frame.rip, frame.error_code
-            );
-            crate::port::exit(crate::port::status::PANIC)
-        }
-    }
-}
-
-hvkit_fred::fred_entry_page!(pub HostFredEntry => fred_dispatch);
-
-/// The FRED dispatcher, for software delivery.
-pub fn fred_dispatcher() -> hvkit_fred::Dispatcher {
-    fred_dispatch
-}
-
-/// Red zone configured in IA32_FRED_CONFIG (one 64-byte unit, as Linux does).
-pub const FRED_RED_ZONE_UNITS: u8 = 1;
-
-/// Switches the host to FRED event delivery. Returns the new CR4.
-pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
-    use hvkit_fred::config::{CR4_FRED, msr};
-    let config = hvkit_fred::FredConfig::try_new(HostFredEntry::address(), FRED_RED_ZONE_UNITS, 0)?;
-    let stack = hvkit_fred::config::check_rsp(
-        core::ptr::addr_of!(FRED_STACK) as u64 + FRED_STACK_SIZE as u64,
-    )?;
-    for level in 0..4u8 {
-        crate::cpu::wrmsr(msr::rsp(level), stack);
-    }
-    crate::cpu::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
-    crate::cpu::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
-    let cr4: u64;
-    // SAFETY: reading and writing CR4 at CPL 0; FRED is supported (the caller checked CPUID and
-    // the VMX CR4 fixed bits), and the entry page and MSRs are set up.
-    unsafe {
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_FRED, options(nostack, preserves_flags));
-    }
-    Ok(cr4 | CR4_FRED)
-}
-
-const FRED_STACK_SIZE: usize = 16384;
-
-#[repr(C, align(64))]
-struct FredStack([u8; FRED_STACK_SIZE]);
-
-static mut FRED_STACK: FredStack = FredStack([0; FRED_STACK_SIZE]);

@@ -1,6 +1,7 @@
 //! Port I/O, the serial console, and leaving the emulator.
 
 use core::fmt::{self, Write};
+use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Writes a byte to an I/O port.
 pub fn outb(port: u16, value: u8) {
@@ -73,11 +74,53 @@ impl Write for Serial {
     }
 }
 
-/// Prints to the serial console.
+/// Owner of the serial console (the owner's GS base + 1; 0 = free): one line at a time across
+/// CPUs.
+static SERIAL_OWNER: AtomicU64 = AtomicU64::new(0);
+
+/// Spins before a CPU takes the console anyway (a CPU that died holding it must not silence
+/// the others' final lines).
+const SERIAL_LOCK_SPINS: u32 = 50_000_000;
+
+/// Holds the serial console until dropped.
+pub struct SerialGuard {
+    owned: bool,
+}
+
+/// Takes the serial console for one line. A CPU that already holds it (a handler printing
+/// while the code it interrupted prints) goes ahead without waiting.
+pub fn lock() -> SerialGuard {
+    // The GS base names the CPU (it is 0 only on the bootstrap processor before its per-CPU
+    // state is installed).
+    // SAFETY: CPL 0; IA32_GS_BASE exists on every 64-bit processor.
+    let me = unsafe { x86::msr::rdmsr(0xC000_0101) } + 1;
+    if SERIAL_OWNER.load(Ordering::Acquire) == me {
+        return SerialGuard { owned: false };
+    }
+    for _ in 0..SERIAL_LOCK_SPINS {
+        if SERIAL_OWNER.compare_exchange(0, me, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+            return SerialGuard { owned: true };
+        }
+        core::hint::spin_loop();
+    }
+    SERIAL_OWNER.store(me, Ordering::Release);
+    SerialGuard { owned: true }
+}
+
+impl Drop for SerialGuard {
+    fn drop(&mut self) {
+        if self.owned {
+            SERIAL_OWNER.store(0, Ordering::Release);
+        }
+    }
+}
+
+/// Prints to the serial console (one whole line under the console lock).
 #[macro_export]
 macro_rules! println {
     ($($arg:tt)*) => {{
         use core::fmt::Write as _;
+        let _guard = $crate::port::lock();
         let _ = writeln!($crate::port::Serial, $($arg)*);
     }};
 }

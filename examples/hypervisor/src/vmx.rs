@@ -10,6 +10,7 @@ use hvkit_vmx_core::controls::{
 };
 use hvkit_vmx_core::exception_bitmap::ExceptionBitmap;
 use hvkit_vmx_core::field;
+use hvkit_vmx_core::fred_state::{FredMsrState, HardwareFredMsrs};
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, ClearVmcs, VmcsAccess, VmxRoot};
 
@@ -48,23 +49,14 @@ pub fn detect() -> Result<(), &'static str> {
     Ok(())
 }
 
-fn read_cr(number: u8) -> u64 {
-    let value: u64;
-    // SAFETY: reading control registers at CPL 0 has no side effects.
+/// CR0, CR3 and CR4 as raw values.
+fn control_registers() -> (u64, u64, u64) {
+    // SAFETY: CPL 0 (this kernel runs only there); reading control registers has no side
+    // effects.
     unsafe {
-        match number {
-            0 => {
-                core::arch::asm!("mov {}, cr0", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-            3 => {
-                core::arch::asm!("mov {}, cr3", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-            _ => {
-                core::arch::asm!("mov {}, cr4", out(reg) value, options(nomem, nostack, preserves_flags))
-            }
-        }
+        use x86::controlregs::{cr0, cr3, cr4};
+        (cr0().bits() as u64, cr3(), cr4().bits() as u64)
     }
-    value
 }
 
 /// Capabilities read once.
@@ -75,16 +67,43 @@ pub struct Vmx {
     pub controls: AdjustedControls,
     /// Whether EPT is in use.
     pub ept: bool,
+    /// The CPU enumerates FRED (CPUID.(7,1):EAX\[17\]), so the FRED MSRs exist.
+    pub fred_cpu: bool,
+}
+
+/// Whether the VMCS FRED-state controls are requested: `Ok` with why they are, `Err` with why
+/// not. They are requested only when the CPU has FRED and offers all of them: VM-entry control
+/// 23 "load FRED", primary VM-exit control 31 with IA32_VMX_EXIT_CTLS2 (0x493) bits 0 "save
+/// FRED" and 1 "load FRED" (SDM Vol. 3D A.4.2, A.5).
+fn fred_vmcs_controls(
+    caps: &VmxCapabilities,
+    fred_cpu: bool,
+) -> Result<&'static str, &'static str> {
+    let offered = caps.fred_controls();
+    if !fred_cpu {
+        Err("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
+    } else if !offered.load_guest_on_entry {
+        Err("IA32_VMX_ENTRY_CTLS does not allow VM-entry control 23 (load FRED)")
+    } else if !offered.secondary_exit_controls {
+        Err("no secondary VM-exit controls (exit control 31 not allowed or no IA32_VMX_EXIT_CTLS2)")
+    } else if !(offered.save_guest_on_exit && offered.load_host_on_exit) {
+        Err("IA32_VMX_EXIT_CTLS2 does not allow bits 0 (save FRED) and 1 (load FRED)")
+    } else {
+        Ok("entry control 23 and secondary exit controls 0-1 offered")
+    }
 }
 
 /// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
 /// capabilities and this CPU's VMX root token.
 pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
-    let feature = FeatureControl(crate::cpu::rdmsr(msr::IA32_FEATURE_CONTROL));
+    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (`detect` checked).
+    let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
     match feature.vmxon_readiness() {
         VmxonReadiness::Ready => {}
         VmxonReadiness::NeedsEnabling => {
-            crate::cpu::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value())
+            // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
+            // it only enables VMX outside SMX and locks the MSR.
+            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
         }
         VmxonReadiness::DisabledByFirmware => {
             return Err(
@@ -107,8 +126,9 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         caps.misc.0,
         caps.secondary_controls().is_some()
     );
-    let cr4 = caps.cr4.adjust(read_cr(4) | (1 << 13));
-    caps.cr0.check(read_cr(0)).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
+    let (cr0, _, cr4) = control_registers();
+    let cr4 = caps.cr4.adjust(cr4 | (1 << 13));
+    caps.cr0.check(cr0).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
     // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE).
     unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
 
@@ -145,8 +165,18 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         entry: EntryControls::IA32E_MODE_GUEST,
         ..ControlRequest::default()
     };
+    let fred_cpu = hvkit_fred::config::fred_supported(hvkit_fred::config::cpuid_7_1_eax());
+    let fred_choice = fred_vmcs_controls(&caps, fred_cpu);
+    let request = if fred_choice.is_ok() { request.with_fred_state() } else { request };
     let controls = controls::adjust(&caps, &request)
         .map_err(|_| "a required VM-execution control is not supported")?;
+    match fred_choice {
+        Ok(reason) => println!("HVKIT fred vmcs-controls=on reason=\"{reason}\""),
+        Err(reason) if fred_cpu => println!(
+            "HVKIT fred vmcs-controls=off reason=\"{reason}\" guard=\"every RDMSR/WRMSR exits (no MSR bitmap); the FRED MSRs 0x1CC-0x1D4 are emulated from a per-guest shadow; guest CR4.FRED is owned by the host (CR4 guest/host mask)\""
+        ),
+        Err(reason) => println!("HVKIT fred vmcs-controls=off reason=\"{reason}\""),
+    }
     println!(
         "HVKIT controls pin={:#x} primary={:#x} secondary={:#x} exit={:#x} entry={:#x} ept={}",
         controls.pin.bits(),
@@ -157,7 +187,7 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
         ept_possible
     );
     EPT_IN_USE.store(ept_possible, core::sync::atomic::Ordering::SeqCst);
-    Ok((Vmx { caps, controls, ept: ept_possible }, root))
+    Ok((Vmx { caps, controls, ept: ept_possible, fred_cpu }, root))
 }
 
 /// The guest's VMCS region, handed out once (a second call ends the run).
@@ -231,14 +261,9 @@ pub fn setup_vmcs(
     guest_idt: u64,
     eptp: u64,
 ) -> Result<(), VmFail> {
-    let c = &vmx.controls;
-    vmcs.write(field::PIN_BASED_VM_EXECUTION_CONTROLS, c.pin.bits())?;
-    vmcs.write(field::PRIMARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.primary.bits())?;
-    if c.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS) {
-        vmcs.write(field::SECONDARY_PROCESSOR_BASED_VM_EXECUTION_CONTROLS, c.secondary.bits())?;
-    }
-    vmcs.write(field::PRIMARY_VM_EXIT_CONTROLS, c.exit.bits())?;
-    vmcs.write(field::VM_ENTRY_CONTROLS, c.entry.bits())?;
+    // Pin, primary, secondary (when activated), exit, secondary exit (0x2044, when exit
+    // control 31 is set: the FRED controls) and entry controls.
+    vmx.controls.write(vmcs)?;
     // #DB and #AC always exit (a guest could otherwise hang the host with them).
     vmcs.write(field::EXCEPTION_BITMAP, ExceptionBitmap::new().raw())?;
     vmcs.write(field::CR3_TARGET_COUNT, 0)?;
@@ -251,7 +276,7 @@ pub fn setup_vmcs(
         vmcs.write(field::EPT_POINTER, eptp)?;
     }
 
-    let (cr0, cr3, cr4) = (read_cr(0), read_cr(3), read_cr(4));
+    let (cr0, cr3, cr4) = control_registers();
     let gdtr = host::gdtr();
     let idtr = host::idtr();
     let tss = host::tss_base();
@@ -268,9 +293,10 @@ pub fn setup_vmcs(
     ] {
         vmcs.write(selector, 0x10)?;
     }
-    vmcs.write(field::HOST_TR_SELECTOR, 0x18)?;
+    // This CPU's TSS descriptor, and its per-CPU GS base (the host handlers count through it).
+    vmcs.write(field::HOST_TR_SELECTOR, host::tr_selector())?;
     vmcs.write(field::HOST_FS_BASE, 0)?;
-    vmcs.write(field::HOST_GS_BASE, 0)?;
+    vmcs.write(field::HOST_GS_BASE, crate::percpu::gs_base())?;
     vmcs.write(field::HOST_TR_BASE, tss)?;
     vmcs.write(field::HOST_GDTR_BASE, gdtr.base)?;
     vmcs.write(field::HOST_IDTR_BASE, idtr.base)?;
@@ -349,7 +375,69 @@ pub fn setup_vmcs(
     vmcs.write(field::GUEST_INTERRUPTIBILITY_STATE, 0)?;
     vmcs.write(field::GUEST_ACTIVITY_STATE, 0)?;
     vmcs.write(field::GUEST_PENDING_DEBUG_EXCEPTIONS, 0)?;
+    setup_fred(vmcs, vmx)?;
+    check_fred_state(vmcs, "setup");
     Ok(())
+}
+
+/// The FRED part of the VMCS. With the FRED-state controls: the guest FRED fields hold the
+/// guest's MSRs (their reset value 0 at first) and the host fields this CPU's current MSRs
+/// ([`refresh_host_fred`] again after the host switches to FRED). Without them, on a CPU with
+/// FRED: the host owns guest CR4.FRED (bit 32 in the CR4 guest/host mask, SDM Vol. 3C 25.6.6),
+/// so a guest cannot turn on FRED delivery through the host's FRED MSRs; the MSRs themselves
+/// stay out of reach because every RDMSR/WRMSR exits without an MSR bitmap (SDM Vol. 3C
+/// 26.1.3), and [`crate::fred_host::GuestFredMsrs`] answers them.
+fn setup_fred(vmcs: &mut ActiveVmcs<'_>, vmx: &Vmx) -> Result<(), VmFail> {
+    if vmx.controls.fred_state() {
+        FredMsrState::default().write_guest(vmcs)?;
+        refresh_host_fred(vmcs, vmx)?;
+        vmcs.write(field::CR4_GUEST_HOST_MASK, 0)
+    } else if vmx.fred_cpu {
+        vmcs.write(field::CR4_GUEST_HOST_MASK, hvkit_vmx_core::fred_check::CR4_FRED)
+    } else {
+        vmcs.write(field::CR4_GUEST_HOST_MASK, 0)
+    }
+}
+
+/// Writes this CPU's FRED MSRs into the host FRED fields, which VM exits load with the "load
+/// FRED" secondary exit control. Does nothing without the FRED-state controls.
+pub fn refresh_host_fred(vmcs: &mut ActiveVmcs<'_>, vmx: &Vmx) -> Result<(), VmFail> {
+    if !vmx.controls.fred_state() {
+        return Ok(());
+    }
+    // SAFETY: CPL 0, and the controls were requested only on a CPU that enumerates FRED.
+    let msrs = unsafe { HardwareFredMsrs::new() };
+    FredMsrState::read(&msrs).write_host(vmcs)
+}
+
+/// Runs the FRED VM-entry checks (hvkit-vmx-core `fred_check`) on the current host and guest
+/// state and prints the result; a violation ends the run (the entry would fail).
+pub fn check_fred_state(vmcs: &ActiveVmcs<'_>, stage: &str) {
+    use hvkit_vmx_core::fred_check::{
+        GuestFredState, HostFredState, LinearAddressWidth, check_guest, check_host,
+    };
+    let width = LinearAddressWidth::default();
+    let result = HostFredState::read(vmcs)
+        .map_err(|_| "VMREAD of the host state failed")
+        .map(|host| check_host(&host, width))
+        .and_then(|host| {
+            GuestFredState::read(vmcs)
+                .map_err(|_| "VMREAD of the guest state failed")
+                .map(|guest| (host, check_guest(&guest, width)))
+        });
+    match result {
+        Ok((Ok(()), Ok(()))) => println!("HVKIT fred vmcs-check stage={stage} host=ok guest=ok"),
+        Ok((host, guest)) => {
+            for error in [host.err(), guest.err()].into_iter().flatten() {
+                println!("HVKIT error: FRED VM-entry check ({stage}): {error}");
+            }
+            crate::port::exit(crate::port::status::FAIL)
+        }
+        Err(reason) => {
+            println!("HVKIT error: FRED VM-entry check ({stage}): {reason}");
+            crate::port::exit(crate::port::status::FAIL)
+        }
+    }
 }
 
 /// Stores the TSC in `slot` from one asm block (RDTSC, SHL, OR, MOV), so the compiler cannot

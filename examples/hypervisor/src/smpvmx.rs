@@ -1,0 +1,720 @@
+//! Every application processor in VMX operation with its own VMXON region, VMCS, guest and
+//! guest stack (EPT is shared), and the scenarios with the target CPU inside its guest.
+//!
+//! Each AP's guest is a PAUSE loop that polls a stop word in its control block and VMCALLs
+//! when told to stop. The VMCS has NMI exiting and external-interrupt exiting with
+//! "acknowledge interrupt on exit" (the bootstrap processor's controls); the AP's exit loop
+//! re-delivers each host event with hvkit-nmi-reinject (IDT direct call or self-NMI) before it
+//! looks at anything else, and counts exits per reason.
+//!
+//! NMI merging rules the scenarios account for (SDM Vol. 3A 6.7.1 "Handling Multiple NMIs":
+//! while an NMI handler runs, NMIs are blocked and at most one more is held pending; an NMI VM
+//! exit leaves NMIs blocked until the next IRET, SDM Vol. 3C 28.1 "Architectural State before
+//! a VM Exit"):
+//! - direct call: every NMI that caused an exit is handled once; NMIs that arrive while one is
+//!   blocked merge into one pending NMI (architectural, on bare metal too);
+//! - self-NMI: the re-sent NMI is a new NMI: if another NMI is already held pending, the two are
+//!   one ("merged" on the report line), so the handler runs once for both.
+
+use crate::percpu::{self, MAX_CPUS, PerCpu};
+use crate::vcpu::{ExitHandler, Fatal, Guest, Resume, Vcpu};
+use crate::{apic, host, println, smp, vmx};
+use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
+use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
+use hvkit_nmi_reinject::{
+    GuestEventQueue, GuestFixups, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
+    InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
+};
+use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
+use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
+use hvkit_vmx_core::field;
+use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
+use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, VmcsAccess, VmxRoot};
+
+/// Re-delivery strategies.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum Strategy {
+    /// hvkit-nmi-reinject `IdtDirectCall`.
+    DirectCall,
+    /// hvkit-nmi-reinject `SelfNmi` with `IretToSelf`.
+    SelfNmi,
+}
+
+impl Strategy {
+    fn name(self) -> &'static str {
+        match self {
+            Self::DirectCall => "direct-call",
+            Self::SelfNmi => "self-nmi",
+        }
+    }
+
+    fn command(self) -> u32 {
+        match self {
+            Self::DirectCall => smp::command::GUEST_DIRECT_CALL,
+            Self::SelfNmi => smp::command::GUEST_SELF_NMI,
+        }
+    }
+}
+
+/// The bootstrap processor's VMX capabilities and controls (it never returns from
+/// `kernel_main`, so the value lives for the rest of the run).
+static CONTEXT: AtomicPtr<vmx::Vmx> = AtomicPtr::new(core::ptr::null_mut());
+/// The shared EPT pointer.
+static EPTP: AtomicU64 = AtomicU64::new(0);
+
+/// Records the bootstrap processor's VMX context for the APs.
+///
+/// # Safety
+///
+/// `vmx` stays valid and unchanged for the rest of the run (`kernel_main`'s value: that
+/// function never returns).
+pub unsafe fn set_context(vmx: &vmx::Vmx, eptp: u64) {
+    EPTP.store(eptp, Ordering::SeqCst);
+    CONTEXT.store(vmx as *const vmx::Vmx as *mut vmx::Vmx, Ordering::SeqCst);
+}
+
+fn context() -> Option<&'static vmx::Vmx> {
+    let pointer = CONTEXT.load(Ordering::SeqCst);
+    // SAFETY: null or the `&'static` given to `set_context`, only read from here on.
+    unsafe { pointer.as_ref() }
+}
+
+/// A guest's control block (RDI in the guest), written by the guest and the host.
+#[repr(C)]
+pub struct GuestControl {
+    /// The guest sets it to 1 once it runs.
+    running: AtomicU64,
+    /// The host sets it to 1 to make the guest VMCALL.
+    stop: AtomicU64,
+    /// The guest's loop count (it moves only while the guest runs).
+    heartbeat: AtomicU64,
+}
+
+/// Exit counts of one guest run, published by the AP when the run ends.
+pub struct RunCounts {
+    nmi_exits: AtomicU64,
+    irq_exits: AtomicU64,
+    other_exits: AtomicU64,
+    errors: AtomicU64,
+    /// Requeued interrupts (self-NMI strategy) whose handler did not run before re-entry.
+    requeue_timeouts: AtomicU64,
+}
+
+impl RunCounts {
+    const fn new() -> Self {
+        Self {
+            nmi_exits: AtomicU64::new(0),
+            irq_exits: AtomicU64::new(0),
+            other_exits: AtomicU64::new(0),
+            errors: AtomicU64::new(0),
+            requeue_timeouts: AtomicU64::new(0),
+        }
+    }
+}
+
+static CONTROLS: [GuestControl; MAX_CPUS] = [const {
+    GuestControl {
+        running: AtomicU64::new(0),
+        stop: AtomicU64::new(0),
+        heartbeat: AtomicU64::new(0),
+    }
+}; MAX_CPUS];
+static COUNTS: [RunCounts; MAX_CPUS] = [const { RunCounts::new() }; MAX_CPUS];
+
+static mut VMXON_REGIONS: [VmxonRegion; MAX_CPUS] = [const { VmxonRegion::new(0) }; MAX_CPUS];
+static mut VMCS_REGIONS: [VmcsRegion; MAX_CPUS] = [const { VmcsRegion::new(0) }; MAX_CPUS];
+
+#[repr(C, align(4096))]
+struct GuestStack([u8; 4096]);
+
+static mut GUEST_STACKS: [GuestStack; MAX_CPUS] = [const { GuestStack([0; 4096]) }; MAX_CPUS];
+
+/// An AP's VMX state: its root token and vCPU, used only by that AP.
+struct ApVmx {
+    root: VmxRoot,
+    vcpu: Vcpu,
+}
+
+struct ApSlot(core::cell::UnsafeCell<Option<ApVmx>>);
+
+// SAFETY: slot `i` is used only by CPU `i` (from its command loop).
+unsafe impl Sync for ApSlot {}
+
+static AP_VMX: [ApSlot; MAX_CPUS] = [const { ApSlot(core::cell::UnsafeCell::new(None)) }; MAX_CPUS];
+
+core::arch::global_asm!(
+    r#"
+    .section .text
+    .balign 16
+    .global smp_guest_main
+smp_guest_main:
+    /* RDI = this guest's control block: say it runs, then PAUSE (counting the loops) until
+       told to stop. */
+    mov qword ptr [rdi], 1
+2:
+    pause
+    inc qword ptr [rdi + 16]
+    cmp qword ptr [rdi + 8], 0
+    je 2b
+    mov eax, {stop_call}
+    vmcall
+    jmp 2b
+"#,
+    stop_call = const STOP_CALL,
+);
+
+unsafe extern "C" {
+    fn smp_guest_main();
+}
+
+/// The hypercall number of the AP guest's "stopped" VMCALL.
+const STOP_CALL: u32 = 0x5354;
+
+fn index() -> usize {
+    percpu::current().index.load(Ordering::SeqCst) as usize
+}
+
+/// VMXON with this CPU's own region, then its own VMCS with the host state of this CPU (TR,
+/// GS base) and the shared controls and EPT. Returns whether it worked (and prints why not).
+pub fn enable_on_this_cpu() -> bool {
+    let index = index();
+    let Some(vmx) = context() else { return false };
+    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (the bootstrap
+    // processor checked CPUID; the APs are the same model).
+    let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
+    match feature.vmxon_readiness() {
+        VmxonReadiness::Ready => {}
+        VmxonReadiness::NeedsEnabling => {
+            // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
+            // it only enables VMX outside SMX and locks the MSR.
+            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
+        }
+        VmxonReadiness::DisabledByFirmware => {
+            println!("HVKIT error: cpu {index}: VMX disabled in IA32_FEATURE_CONTROL");
+            return false;
+        }
+    }
+    let cr4: u64;
+    // SAFETY: reading CR4 at CPL 0.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags))
+    };
+    let cr4 = vmx.caps.cr4.adjust(cr4 | (1 << 13));
+    // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE), as on the bootstrap processor.
+    unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
+    let revision = vmx.caps.basic.revision_id();
+    // SAFETY: region `index` belongs to this CPU alone (each CPU has its own index).
+    let (vmxon, vmcs) = unsafe {
+        let vmxon = core::ptr::addr_of_mut!(VMXON_REGIONS[index]);
+        let vmcs = core::ptr::addr_of_mut!(VMCS_REGIONS[index]);
+        vmxon.write(VmxonRegion::new(revision));
+        vmcs.write(VmcsRegion::new(revision));
+        (vmxon as u64, vmcs as u64)
+    };
+    // SAFETY: CR0/CR4 fixed bits hold (CR0 as on the bootstrap processor, which checked it),
+    // feature control allows VMXON, the region is identity-mapped and this CPU's own.
+    let Ok(mut root) = (unsafe { VmxRoot::enable(vmxon) }) else {
+        println!("HVKIT error: cpu {index}: VMXON failed");
+        return false;
+    };
+    // SAFETY: 1. a 4 KiB-aligned, identity-mapped VMCS region with this CPU's revision id;
+    // 2. only this CPU uses it; 3. handed out once; 4. never current before.
+    let region = unsafe { ClearVmcs::new(vmcs) };
+    let mut vmcs = match root.adopt(region) {
+        Ok(vmcs) => vmcs,
+        Err(fail) => {
+            println!("HVKIT error: cpu {index}: VMCLEAR: {fail}");
+            return false;
+        }
+    };
+    let setup = root.activate(&mut vmcs).and_then(|mut active| {
+        vmx::setup_vmcs(
+            &mut active,
+            vmx,
+            smp_guest_main as *const () as u64,
+            guest_stack_top(index),
+            crate::guest::idt(),
+            EPTP.load(Ordering::SeqCst),
+        )
+    });
+    if let Err(fail) = setup {
+        println!("HVKIT error: cpu {index}: VMCS setup: {fail}");
+        return false;
+    }
+    let vcpu = Vcpu {
+        vmcs,
+        registers: GuestRegisters::default(),
+        queue: GuestEventQueue::new(),
+        context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
+        nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
+    };
+    // SAFETY: slot `index` is this CPU's.
+    unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vcpu }) };
+    true
+}
+
+fn guest_stack_top(index: usize) -> u64 {
+    // SAFETY: only the address is taken.
+    (unsafe { core::ptr::addr_of!(GUEST_STACKS[index]) } as u64) + 4096 - 8
+}
+
+fn timer_or_ipi_handler(vector: u8) -> Option<IdtEntry> {
+    match vector {
+        // SAFETY: the host timer and test-IPI entries save every register they use, run on the
+        // current stack (no IST) and end with IRETQ: the direct-call contract.
+        host::TIMER_VECTOR => Some(unsafe { IdtEntry::from_address(host::timer_entry()) }),
+        // SAFETY: as above.
+        host::TEST_IPI_VECTOR => Some(unsafe { IdtEntry::from_address(host::ipi_entry()) }),
+        _ => None,
+    }
+}
+
+type HandlerTable = fn(u8) -> Option<IdtEntry>;
+
+/// The AP's strategies as one [`Redeliver`].
+struct ApStrategy {
+    current: Strategy,
+    direct: IdtDirectCall<HandlerTable>,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApic>, IretToSelf, fn()>,
+}
+
+impl Redeliver for ApStrategy {
+    fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+        match self.current {
+            Strategy::DirectCall => self.direct.redeliver_nmi(),
+            Strategy::SelfNmi => self.self_nmi.redeliver_nmi(),
+        }
+    }
+
+    fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+        match self.current {
+            Strategy::DirectCall => self.direct.redeliver_irq(vector),
+            Strategy::SelfNmi => self.self_nmi.redeliver_irq(vector),
+        }
+    }
+}
+
+/// The AP's part of exit handling (the exit sequence itself is `vcpu.rs`'s).
+struct ApHandler {
+    strategy: ApStrategy,
+    cpu: &'static PerCpu,
+    counts: &'static RunCounts,
+    index: usize,
+    stopped: bool,
+}
+
+impl ExitHandler for ApHandler {
+    type Strategy = ApStrategy;
+
+    fn strategy(&mut self) -> &mut ApStrategy {
+        &mut self.strategy
+    }
+
+    fn settle(&mut self) -> bool {
+        (0..100).any(|_| self.strategy.self_nmi.poll_in_flight().is_ok())
+    }
+
+    fn host_event(
+        &mut self,
+        outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>,
+        _exit_tsc: u64,
+    ) {
+        match outcome {
+            Ok((HostEvent::AcknowledgedIrq(vector), Some(IrqDelivery::Requeued))) => {
+                // The interrupt waits in the IRR again: let the host take it before re-entry.
+                let counter = if vector == host::TEST_IPI_VECTOR {
+                    &self.cpu.ipi_handled
+                } else {
+                    &self.cpu.timer_handled
+                };
+                let before = counter.load(Ordering::SeqCst);
+                let taken = (0..100_000).any(|_| {
+                    // SAFETY: the host IDT is loaded; one-instruction interrupt window.
+                    unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+                    counter.load(Ordering::SeqCst) != before
+                });
+                if !taken {
+                    self.counts.requeue_timeouts.fetch_add(1, Ordering::SeqCst);
+                }
+            }
+            Ok(_) => {}
+            Err(error) => {
+                println!("HVKIT error: cpu {}: host event: {error}", self.index);
+                self.counts.errors.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+    }
+
+    fn handle(
+        &mut self,
+        guest: Guest<'_, '_>,
+        info: &ExitInfo<'_>,
+        _exit: &VmExit,
+    ) -> Result<Resume, Fatal> {
+        match info.reason.basic() {
+            BasicExitReason::ExceptionOrNmi if info.interruption_info.is_nmi() => {
+                self.counts.nmi_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::ExternalInterrupt => {
+                self.counts.irq_exits.fetch_add(1, Ordering::SeqCst);
+            }
+            BasicExitReason::Vmcall if guest.registers.rax as u32 == STOP_CALL => {
+                self.stopped = true;
+                return Err(Fatal::Vmm("the guest stopped"));
+            }
+            other => {
+                println!(
+                    "HVKIT error: cpu {}: unexpected exit {other:?} qualification={:#x}",
+                    self.index, info.qualification
+                );
+                self.counts.other_exits.fetch_add(1, Ordering::SeqCst);
+                return Err(Fatal::Vmm("unexpected exit"));
+            }
+        }
+        Ok(Resume::default())
+    }
+
+    fn fixups(&mut self, _fixups: GuestFixups) {}
+
+    fn entering(&mut self, _exit_tsc: u64) {}
+}
+
+/// Runs this AP's guest (from its first instruction) until its control block says stop;
+/// re-delivers every host event with `strategy` and publishes the exit counts.
+pub fn run_guest(strategy: Strategy) {
+    let index = index();
+    let cpu = percpu::current();
+    let counts = &COUNTS[index];
+    for counter in [
+        &counts.nmi_exits,
+        &counts.irq_exits,
+        &counts.other_exits,
+        &counts.errors,
+        &counts.requeue_timeouts,
+    ] {
+        counter.store(0, Ordering::SeqCst);
+    }
+    // SAFETY: slot `index` is this CPU's.
+    let Some(state) = (unsafe { &mut *AP_VMX[index].0.get() }) else {
+        counts.errors.fetch_add(1, Ordering::SeqCst);
+        return;
+    };
+    let control = &CONTROLS[index];
+    let fresh = state.root.activate(&mut state.vcpu.vmcs).and_then(|mut active| {
+        active.write(field::GUEST_RIP, smp_guest_main as *const () as u64)?;
+        active.write(field::GUEST_RSP, guest_stack_top(index))?;
+        active.write(field::GUEST_RFLAGS, 0x202)?;
+        active.write(field::GUEST_INTERRUPTIBILITY_STATE, 0)
+    });
+    if fresh.is_err() {
+        counts.errors.fetch_add(1, Ordering::SeqCst);
+        return;
+    }
+    state.vcpu.registers =
+        GuestRegisters { rdi: control as *const GuestControl as u64, ..GuestRegisters::default() };
+    // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends with
+    // IRETQ: the direct-call contract.
+    let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
+    // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
+    let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
+    let sender = PollingApic { apic: apic::ThisApic, max_polls: apic::MAX_POLLS };
+    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
+    let unblocker = unsafe { IretToSelf::new() };
+    let spin: fn() = core::hint::spin_loop;
+    let self_nmi = SelfNmi::new(sender, unblocker, spin, &cpu.nmi_handled, 10_000_000);
+    let mut handler = ApHandler {
+        strategy: ApStrategy { current: strategy, direct, self_nmi },
+        cpu,
+        counts,
+        index,
+        stopped: false,
+    };
+    let stop = state.vcpu.run(&mut state.root, &mut handler);
+    if !handler.stopped {
+        println!("HVKIT error: cpu {index}: the vCPU stopped: {stop}");
+        counts.errors.fetch_add(1, Ordering::SeqCst);
+    }
+    control.running.store(0, Ordering::SeqCst);
+}
+
+/// One guest-side result line (same fields as the other scenario lines, plus the target CPU,
+/// the strategy's merges and the exits by reason).
+struct GuestLine {
+    name: &'static str,
+    strategy: Strategy,
+    target: usize,
+    sent: u64,
+    exits: u64,
+    handled: u64,
+    eois: u64,
+    /// NMIs that the merge rules (module docs) allow to be one with another.
+    merged: u64,
+    pass: bool,
+}
+
+fn report(line: GuestLine) {
+    let lost = line.sent.saturating_sub(line.handled + line.merged);
+    let duplicated = (line.handled + line.merged).saturating_sub(line.sent);
+    let pass = line.pass && lost == 0 && duplicated == 0;
+    let target_apic = percpu::cpu(line.target).map_or(0, |cpu| cpu.apic_id.load(Ordering::SeqCst));
+    println!(
+        "HVKIT SCENARIO name={} strategy={} apic={} cpu=0 target={} target_apic_id={target_apic} target_in_guest=1 sent={} exits={} handled={} eois={} merged={} lost={lost} duplicated={duplicated} insns_per_event=0 result={}",
+        line.name,
+        line.strategy.name(),
+        apic::mode_name(),
+        line.target,
+        line.sent,
+        line.exits,
+        line.handled,
+        line.eois,
+        line.merged,
+        if pass { "PASS" } else { "FAIL" }
+    );
+    crate::report::tally(pass, lost, duplicated);
+}
+
+/// A guest run on CPU `target`, stopped and waited for by [`Run::finish`].
+struct Run {
+    target: usize,
+    done: u32,
+}
+
+impl Run {
+    /// Starts the guest on `target` and waits until it runs.
+    fn start(target: usize, strategy: Strategy) -> Option<Self> {
+        let control = CONTROLS.get(target)?;
+        control.stop.store(0, Ordering::SeqCst);
+        control.running.store(0, Ordering::SeqCst);
+        let done = smp::start_on(target, strategy.command())?;
+        let running = (0..100_000_000u32).any(|_| control.running.load(Ordering::SeqCst) != 0);
+        if !running {
+            println!("HVKIT error: cpu {target}: guest did not start");
+            return None;
+        }
+        Some(Self { target, done })
+    }
+
+    /// Tells the guest to stop and waits for the AP's exit loop to return.
+    fn finish(self) -> bool {
+        if let Some(control) = CONTROLS.get(self.target) {
+            control.stop.store(1, Ordering::SeqCst);
+        }
+        smp::wait_done(self.target, self.done, 200_000_000)
+    }
+}
+
+fn wait_above(counter: &AtomicU64, before: u64) -> bool {
+    (0..50_000_000u32).any(|_| counter.load(Ordering::SeqCst) > before)
+}
+
+/// Waits until `target`'s guest runs again (its loop count moved twice: one move may be a
+/// store that was under way when the exit happened).
+fn wait_in_guest(target: usize) -> bool {
+    let Some(control) = CONTROLS.get(target) else { return false };
+    let before = control.heartbeat.load(Ordering::SeqCst);
+    wait_above(&control.heartbeat, before + 1)
+}
+
+/// NMIs per cross-CPU scenario.
+const CROSS_NMIS: u64 = 50;
+/// Fixed IPIs per cross-CPU scenario.
+const CROSS_IPIS: u64 = 50;
+/// NMIs sent while the target's handler runs (pending-nmi).
+const PENDING_NMIS: u64 = 10;
+
+fn nmi_to(target: usize) -> Option<Ipi> {
+    let cpu = percpu::cpu(target)?;
+    Some(Ipi::nmi(Target::To(Destination::Physical(cpu.apic_id.load(Ordering::SeqCst)))))
+}
+
+/// CPU 0 sends NMIs to `target` in its guest, each confirmed by the target's handler count
+/// before the next; every one must exit (none reaches the guest) and be handled once.
+fn cross_nmi(target: usize, strategy: Strategy) {
+    let (Some(cpu), Some(ipi)) = (percpu::cpu(target), nmi_to(target)) else { return };
+    let Some(run) = Run::start(target, strategy) else { return };
+    let handled0 = cpu.nmi_handled.load(Ordering::SeqCst);
+    let mut sent = 0;
+    for _ in 0..CROSS_NMIS {
+        let before = cpu.nmi_handled.load(Ordering::SeqCst);
+        if !wait_in_guest(target) || apic::send(&ipi).is_err() {
+            break;
+        }
+        sent += 1;
+        if !wait_above(&cpu.nmi_handled, before) {
+            break;
+        }
+    }
+    let finished = run.finish();
+    let counts = &COUNTS[target];
+    let exits = counts.nmi_exits.load(Ordering::SeqCst);
+    report(GuestLine {
+        name: "guest-cross-nmi",
+        strategy,
+        target,
+        sent,
+        exits,
+        handled: cpu.nmi_handled.load(Ordering::SeqCst) - handled0,
+        eois: 0,
+        merged: 0,
+        pass: finished
+            && sent == CROSS_NMIS
+            && exits == sent
+            && counts.errors.load(Ordering::SeqCst) == 0,
+    });
+}
+
+/// Two NMIs sent back to back to `target` in its guest. The first exits; the second arrives
+/// while NMIs are blocked (after the exit, or in the handler) and is held pending, so the
+/// handler runs twice. With self-NMI, a re-sent NMI and the held one can be one NMI: the
+/// handler then runs once for both and the line says `merged=1`.
+fn multiple_nmi(target: usize, strategy: Strategy) {
+    let (Some(cpu), Some(ipi)) = (percpu::cpu(target), nmi_to(target)) else { return };
+    let Some(run) = Run::start(target, strategy) else { return };
+    let handled0 = cpu.nmi_handled.load(Ordering::SeqCst);
+    let sent = (0..2).filter(|_| apic::send(&ipi).is_ok()).count() as u64;
+    // Let both settle: the first one's handler, then the pending one's.
+    let _ = wait_above(&cpu.nmi_handled, handled0 + 1);
+    let finished = run.finish();
+    let handled = cpu.nmi_handled.load(Ordering::SeqCst) - handled0;
+    let counts = &COUNTS[target];
+    let exits = counts.nmi_exits.load(Ordering::SeqCst);
+    let merged = match strategy {
+        Strategy::DirectCall => 0,
+        // One self-NMI per exit can merge with one held NMI.
+        Strategy::SelfNmi => sent.saturating_sub(handled).min(exits),
+    };
+    report(GuestLine {
+        name: "multiple-nmi",
+        strategy,
+        target,
+        sent,
+        exits,
+        handled,
+        eois: 0,
+        merged,
+        pass: finished && sent == 2 && exits >= 1 && counts.errors.load(Ordering::SeqCst) == 0,
+    });
+}
+
+/// One NMI to `target` in its guest, whose host handler is then held; ten more NMIs while it
+/// runs (NMIs blocked: they merge into one pending NMI); release: exactly one more handler run.
+fn pending_nmi(target: usize, strategy: Strategy) {
+    let (Some(cpu), Some(ipi)) = (percpu::cpu(target), nmi_to(target)) else { return };
+    let Some(run) = Run::start(target, strategy) else { return };
+    let handled0 = cpu.nmi_handled.load(Ordering::SeqCst);
+    cpu.nmi_hold.store(1, Ordering::SeqCst);
+    let mut sent = u64::from(apic::send(&ipi).is_ok());
+    let held = (0..50_000_000u32).any(|_| cpu.nmi_held.load(Ordering::SeqCst) != 0);
+    if held {
+        sent += (0..PENDING_NMIS).filter(|_| apic::send(&ipi).is_ok()).count() as u64;
+    }
+    cpu.nmi_hold.store(0, Ordering::SeqCst);
+    let _ = wait_above(&cpu.nmi_handled, handled0 + 1);
+    let finished = run.finish();
+    let handled = cpu.nmi_handled.load(Ordering::SeqCst) - handled0;
+    let counts = &COUNTS[target];
+    // The ten sent while the handler ran are one pending NMI: nine merge (architectural).
+    let merged = sent.saturating_sub(2);
+    report(GuestLine {
+        name: "pending-nmi",
+        strategy,
+        target,
+        sent,
+        exits: counts.nmi_exits.load(Ordering::SeqCst),
+        handled,
+        eois: 0,
+        merged,
+        pass: finished
+            && held
+            && sent == 1 + PENDING_NMIS
+            && handled == 2
+            && counts.errors.load(Ordering::SeqCst) == 0,
+    });
+}
+
+/// Fixed IPIs to `target` in its guest: each exits (acknowledged on exit), is re-delivered
+/// once (direct call: one EOI, by the handler; self-NMI strategy: re-queued as a self-IPI
+/// after an EOI for the acknowledged copy, then handled with its own EOI), and the target's
+/// ISR and IRR are clean at the end. Edge-triggered only (a level-triggered vector cannot be
+/// re-queued: the EOI would drop the level); the vector's priority class (5) is above the
+/// timer's, and nothing else is pending on the target.
+fn cross_ipi(target: usize, strategy: Strategy) {
+    let Some(cpu) = percpu::cpu(target) else { return };
+    let destination = Destination::Physical(cpu.apic_id.load(Ordering::SeqCst));
+    let Ok(ipi) = Ipi::fixed(host::TEST_IPI_VECTOR, FixedTarget::To(destination)) else { return };
+    let Some(run) = Run::start(target, strategy) else { return };
+    let (handled0, eois0, not_in_service0) = (
+        cpu.ipi_handled.load(Ordering::SeqCst),
+        cpu.ipi_eois.load(Ordering::SeqCst),
+        cpu.ipi_not_in_service.load(Ordering::SeqCst),
+    );
+    let mut sent = 0;
+    for _ in 0..CROSS_IPIS {
+        let before = cpu.ipi_eois.load(Ordering::SeqCst);
+        if !wait_in_guest(target) || apic::send(&ipi).is_err() {
+            break;
+        }
+        sent += 1;
+        if !wait_above(&cpu.ipi_eois, before) {
+            break;
+        }
+    }
+    let finished = run.finish();
+    let clean = smp::run_on(target, smp::command::CHECK_CLEAN)
+        && cpu.last_result.load(Ordering::SeqCst) == 1;
+    let counts = &COUNTS[target];
+    let exits = counts.irq_exits.load(Ordering::SeqCst);
+    let handled = cpu.ipi_handled.load(Ordering::SeqCst) - handled0;
+    let eois = cpu.ipi_eois.load(Ordering::SeqCst) - eois0;
+    report(GuestLine {
+        name: "guest-cross-ipi",
+        strategy,
+        target,
+        sent,
+        exits,
+        handled,
+        eois,
+        merged: 0,
+        pass: finished
+            && clean
+            && sent == CROSS_IPIS
+            && exits == sent
+            && eois == handled
+            && cpu.ipi_not_in_service.load(Ordering::SeqCst) == not_in_service0
+            && counts.requeue_timeouts.load(Ordering::SeqCst) == 0
+            && counts.errors.load(Ordering::SeqCst) == 0,
+    });
+}
+
+/// Puts every AP in VMX operation and runs the guest scenarios against each (CPU 0 sends from
+/// its host; the target is in its guest). Call on the bootstrap processor in xAPIC mode.
+pub fn run() {
+    if context().is_none() {
+        return;
+    }
+    let mut targets = [false; MAX_CPUS];
+    for (index, slot) in targets.iter_mut().enumerate().skip(1) {
+        if percpu::cpu(index).is_some_and(|cpu| cpu.online.load(Ordering::SeqCst)) {
+            let ok = smp::run_on(index, smp::command::VMX_ON)
+                && percpu::cpu(index)
+                    .is_some_and(|cpu| cpu.last_result.load(Ordering::SeqCst) == 1);
+            println!("HVKIT cpu-vmx index={index} vmxon={}", u32::from(ok));
+            *slot = ok;
+        }
+    }
+    if !targets.iter().any(|&target| target) {
+        crate::report::skip(
+            "smp-guest",
+            "no application processor in VMX operation (one CPU, or VMXON failed on the APs)",
+        );
+        return;
+    }
+    for (target, _) in targets.iter().enumerate().filter(|(_, ok)| **ok) {
+        for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
+            cross_nmi(target, strategy);
+            multiple_nmi(target, strategy);
+            pending_nmi(target, strategy);
+            cross_ipi(target, strategy);
+        }
+    }
+}

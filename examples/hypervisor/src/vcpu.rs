@@ -1,0 +1,199 @@
+//! The exit handler to copy: one virtual CPU (its VMCS, guest registers and guest event queue)
+//! and the exit sequence in the order the hvkit crates expect. Everything else in this example
+//! (scenarios, counters, reports) is the [`ExitHandler`] in `scenarios.rs`.
+//!
+//! Per exit:
+//! 1. `ActiveVmcs::run` enters the guest and returns the exit token;
+//! 2. `ExitHead::read`: only what host re-delivery needs (exit reason, interruption information);
+//! 3. `handle_host_event`: the host NMI or interrupt the exit consumed runs its host handler,
+//!    first, before anything else can unblock NMIs or enable interrupts;
+//! 4. `ExitHead::complete`: the rest of the exit information;
+//! 5. the VMM handles the exit ([`ExitHandler::handle`]);
+//! 6. `reinject_idt_vectoring`: a guest event whose delivery the exit interrupted is retried;
+//! 7. an exception the VMM reflects is injected (`inject`), then `GuestEventQueue::prepare_entry`
+//!    injects what the guest is owed or opens the window it waits for;
+//! 8. back to 1 with the exit token (VMRESUME).
+
+use hvkit_nmi_reinject::{
+    EventState, ExitError, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
+    InjectError, InjectionContext, IrqDelivery, Redeliver, handle_host_event_with_nmi_sources,
+    inject, reinject_idt_vectoring,
+};
+use hvkit_vmx_core::exit::{ExitHead, ExitInfo, ExitInfoOptions, VmExit};
+use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
+use hvkit_vmx_core::vmcs::VmcsAccess as _;
+use hvkit_vmx_core::vmcs::{ActiveVmcs, GuestRegisters, Vmcs, VmxRoot};
+use hvkit_vmx_core::{VmFail, field};
+
+/// The "acknowledge interrupt on exit" VM-exit control: `vmx::enable` requests it and
+/// `controls::adjust` fails on a CPU that cannot set it, so every VMCS here has it (a constant
+/// keeps its test off the exit path).
+pub const ACKNOWLEDGE_ON_EXIT: bool = true;
+
+/// One virtual CPU. Owned by the logical processor that runs it (a `Vmcs` is `!Send`).
+pub struct Vcpu {
+    /// The VMCS, with its launch state (VMLAUNCH before the first entry, VMRESUME after).
+    pub vmcs: Vmcs,
+    /// The guest's general-purpose registers while it is not running.
+    pub registers: GuestRegisters,
+    /// Events owed to the guest (virtual NMIs, interrupts).
+    pub queue: GuestEventQueue,
+    /// What the VMCS controls allow injecting, derived once from the capabilities and controls.
+    pub context: InjectionContext,
+    /// NMI-source reporting (CPUID.(7,1):EAX[20]): NMI exits carry the source bitmap in their
+    /// qualification, and re-delivery forwards it.
+    pub nmi_sources: bool,
+}
+
+/// What the VMM decided about one exit.
+#[derive(Default)]
+pub struct Resume {
+    /// Skip the exiting instruction (CPUID, VMCALL, ...): GUEST_RIP += instruction length.
+    pub advance_rip: bool,
+    /// A guest exception to reflect, injected after any IDT-vectoring re-injection.
+    pub reflect: Option<GuestEvent>,
+}
+
+/// The VMM's part of exit handling.
+pub trait ExitHandler {
+    /// How host events are re-delivered.
+    type Strategy: Redeliver;
+    /// Step 3: the strategy for this exit.
+    fn strategy(&mut self) -> &mut Self::Strategy;
+    /// A host NMI was left in flight (self-NMI): keep waiting; `false` when it gave up.
+    fn settle(&mut self) -> bool;
+    /// Step 3 done: the host event's outcome (`exit_tsc` is the TSC right after the exit).
+    fn host_event(
+        &mut self,
+        outcome: Result<(HostEvent, Option<IrqDelivery>), HostEventError>,
+        exit_tsc: u64,
+    );
+    /// Step 5: handles the exit. `Err` stops the vCPU.
+    fn handle(
+        &mut self,
+        vcpu: Guest<'_, '_>,
+        info: &ExitInfo<'_>,
+        exit: &VmExit,
+    ) -> Result<Resume, Fatal>;
+    /// Step 6 done: what re-injection did.
+    fn fixups(&mut self, fixups: GuestFixups);
+    /// Just before the next entry.
+    fn entering(&mut self, exit_tsc: u64);
+}
+
+/// What the VMM may touch while it handles an exit.
+pub struct Guest<'a, 'root> {
+    /// The current VMCS.
+    pub vmcs: &'a mut ActiveVmcs<'root>,
+    /// The guest's registers.
+    pub registers: &'a mut GuestRegisters,
+    /// Events owed to the guest.
+    pub queue: &'a mut GuestEventQueue,
+}
+
+/// Why a vCPU stopped: an exit step failed, or the VMM gave up.
+#[derive(Debug)]
+pub enum Fatal {
+    /// A library step failed (VM entry, VMREAD/VMWRITE, re-delivery, injection, ...).
+    Step(ExitError),
+    /// The VMM gave up on an exit.
+    Vmm(&'static str),
+}
+
+/// Each step's error converts into the one `ExitError`, so the sequence uses `?`.
+macro_rules! through_exit_error {
+    ($($error:ty),*) => {$(
+        impl From<$error> for Fatal {
+            fn from(error: $error) -> Self {
+                Self::Step(ExitError::from(error))
+            }
+        }
+    )*};
+}
+through_exit_error!(VmFail, HostEventError, InjectError);
+
+impl core::fmt::Display for Fatal {
+    fn fmt(&self, f: &mut core::fmt::Formatter<'_>) -> core::fmt::Result {
+        match self {
+            Self::Step(error) => write!(f, "{error}"),
+            Self::Vmm(what) => write!(f, "{what}"),
+        }
+    }
+}
+
+impl Vcpu {
+    /// Runs the guest until the handler or a VMX instruction stops it.
+    pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
+        let Self { vmcs, registers, queue, context, nmi_sources } = self;
+        let mut vmcs = match root.activate(vmcs) {
+            Ok(active) => active,
+            Err(fail) => return fail.into(),
+        };
+        let mut previous: Option<VmExit> = None;
+        loop {
+            // 1. SAFETY: the VMCS holds a complete host and guest state (vmx::setup_vmcs);
+            // interrupts are disabled; EPT confines the guest.
+            let exit = match unsafe { vmcs.run(registers, previous.take()) } {
+                Ok(exit) => exit,
+                Err(fail) => return fail.into(),
+            };
+            let exit_tsc = crate::cpu::rdtsc();
+            // 2-3. The hot path: only what re-delivery needs, then the host event, first.
+            let head = match ExitHead::read(&vmcs, &exit) {
+                Ok(head) => head,
+                Err(fail) => return fail.into(),
+            };
+            let sources = if *nmi_sources {
+                match vmcs.read(field::EXIT_QUALIFICATION) {
+                    Ok(qualification) => NmiSourceBitmap::from_exit_qualification(qualification),
+                    Err(fail) => return fail.into(),
+                }
+            } else {
+                NmiSourceBitmap::EMPTY
+            };
+            let strategy = handler.strategy();
+            let outcome =
+                handle_host_event_with_nmi_sources(strategy, head, ACKNOWLEDGE_ON_EXIT, sources);
+            if let Err(error) = outcome
+                && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
+                && !handler.settle()
+            {
+                // Entering the guest now would take NMI exits in a loop.
+                return error.into();
+            }
+            handler.host_event(outcome, exit_tsc);
+            // 4-7. Out of line, so the hot path above keeps its registers.
+            let guest = Guest { vmcs: &mut vmcs, registers, queue };
+            if let Err(fatal) = finish_exit(guest, context, &exit, head, exit_tsc, handler) {
+                return fatal;
+            }
+            previous = Some(exit);
+        }
+    }
+}
+
+/// Steps 4-7 of one exit.
+#[inline(never)]
+fn finish_exit(
+    guest: Guest<'_, '_>,
+    context: &InjectionContext,
+    exit: &VmExit,
+    head: ExitHead<'_>,
+    exit_tsc: u64,
+    handler: &mut impl ExitHandler,
+) -> Result<(), Fatal> {
+    let info = head.complete(guest.vmcs, ExitInfoOptions::default())?;
+    let Guest { vmcs, registers, queue } = guest;
+    let resume = handler.handle(Guest { vmcs, registers, queue }, &info, exit)?;
+    if resume.advance_rip {
+        let rip = vmcs.read(field::GUEST_RIP)?;
+        vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length))?;
+    }
+    handler.fixups(reinject_idt_vectoring(vmcs, &info, context)?);
+    if let Some(event) = resume.reflect {
+        inject(vmcs, &event, context)?;
+    }
+    queue.prepare_entry(vmcs, context)?;
+    handler.entering(exit_tsc);
+    Ok(())
+}
