@@ -27,6 +27,7 @@ use core::mem::{offset_of, size_of};
 
 /// The general registers an entry stub saves below the FRED frame, lowest address first.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C)]
 #[allow(missing_docs, reason = "one field per register, named after it")]
 pub struct SavedRegisters {

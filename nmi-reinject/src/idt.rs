@@ -5,6 +5,7 @@
 /// an error code (SDM Vol. 3A 6.14.2 "64-Bit Mode Stack Frame"), lowest address first, and the
 /// frame [`IdtDirectCall`](crate::IdtDirectCall) builds for a direct call.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C)]
 pub struct InterruptFrame {
     /// Where IRETQ returns to.
@@ -45,6 +46,7 @@ const _: () = assert!(core::mem::offset_of!(InterruptFrame, ss) == 32);
 ///
 /// [`idt_entry_stub!`](crate::idt_entry_stub) makes such an entry around a Rust handler.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
 pub struct IdtEntry(u64);
 

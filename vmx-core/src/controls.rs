@@ -378,6 +378,32 @@ format_as_bits!(
     EntryControls,
 );
 
+mod sealed {
+    pub trait Sealed {}
+}
+
+/// A 32-bit control set's flags ([`PinBasedControls`], [`PrimaryControls`],
+/// [`SecondaryControls`], [`ExitControls`], [`EntryControls`]): what
+/// [`AllowedControls::allows`] takes. Sealed: implemented only for these types.
+pub trait ControlFlags: sealed::Sealed + Copy {
+    /// The raw control bits.
+    fn raw(self) -> u32;
+}
+
+macro_rules! control_flags {
+    ($($name:ident),* $(,)?) => {$(
+        impl sealed::Sealed for $name {}
+        impl ControlFlags for $name {
+            #[inline(always)]
+            fn raw(self) -> u32 {
+                self.bits()
+            }
+        }
+    )*};
+}
+
+control_flags!(PinBasedControls, PrimaryControls, SecondaryControls, ExitControls, EntryControls);
+
 /// The allowed settings of a 32-bit control set: a capability MSR's low half is the allowed-0
 /// settings (a 1 means the control must be 1), its high half the allowed-1 settings (a 0 means
 /// the control must be 0).
@@ -396,9 +422,29 @@ impl AllowedControls {
         Self { must_be_one: value as u32, may_be_one: (value >> 32) as u32 }
     }
 
-    /// Whether `bit` may be set.
-    pub const fn allows(self, bit: u32) -> bool {
-        bit < 32 && self.may_be_one & (1 << bit) != 0
+    /// Whether every control in `controls` may be 1 (its allowed-1 bit is set). `controls` are
+    /// flags of the set these settings belong to (`caps.primary_controls().allows(
+    /// PrimaryControls::MONITOR_TRAP_FLAG)`); an empty set is always allowed.
+    ///
+    /// ```
+    /// use hvkit_vmx_core::controls::{AllowedControls, PrimaryControls};
+    ///
+    /// // IA32_VMX_PROCBASED_CTLS with only bits 7 (HLT exiting) and 31 allowed to be 1.
+    /// let allowed = AllowedControls::from_msr(0x8000_0080_0000_0000);
+    /// assert!(allowed.allows(PrimaryControls::HLT_EXITING));
+    /// assert!(!allowed.allows(PrimaryControls::MONITOR_TRAP_FLAG));
+    /// assert!(!allowed.allows(PrimaryControls::HLT_EXITING | PrimaryControls::MONITOR_TRAP_FLAG));
+    /// ```
+    #[inline]
+    pub fn allows<C: ControlFlags>(self, controls: C) -> bool {
+        self.allows_bits(controls.raw())
+    }
+
+    /// Whether every bit of `bits` may be 1: the raw form of [`allows`](Self::allows) for
+    /// `const` code, which cannot call the trait-generic method; pass named controls
+    /// (`PrimaryControls::MONITOR_TRAP_FLAG.bits()`), not bit numbers.
+    pub const fn allows_bits(self, bits: u32) -> bool {
+        bits & !self.may_be_one == 0
     }
 
     /// The value to write for `needed` controls that must also keep `forbidden` ones clear.
@@ -428,7 +474,28 @@ fn adjust_64(set: ControlSet, allowed: Option<u64>, needed: u64) -> Result<u64, 
 /// What a hypervisor needs from each control set. The activation bits (primary bits 17 and 31,
 /// exit bit 31) are added automatically when the tertiary, secondary or secondary-exit set is
 /// non-empty.
+///
+/// ```
+/// use hvkit_vmx_core::controls::{
+///     ControlRequest, EntryControls, ExitControls, PinBasedControls, SecondaryExitControls,
+/// };
+///
+/// // NMI exiting with virtual NMIs, a 64-bit host that acknowledges interrupts on exit, a
+/// // 64-bit guest, FRED state switched on entry and exit.
+/// let request = ControlRequest {
+///     pin: PinBasedControls::NMI_EXITING | PinBasedControls::VIRTUAL_NMIS,
+///     exit: ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+///     entry: EntryControls::IA32E_MODE_GUEST,
+///     ..ControlRequest::default()
+/// }
+/// .with_fred_state();
+/// assert!(request.entry.contains(EntryControls::LOAD_FRED));
+/// assert!(request.secondary_exit.contains(SecondaryExitControls::SAVE_FRED));
+/// // `controls::adjust(&caps, &request)?` then gives the values the processor allows (see the
+/// // crate example), and `AdjustedControls::write` writes them.
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ControlRequest {
     /// Needed pin-based controls.
     pub pin: PinBasedControls,
@@ -605,7 +672,7 @@ mod tests {
     use super::*;
     use crate::caps::{RecordedMsrs, VmxCapabilities, msr};
 
-    /// Bochs 2.7 corei7_skylake_x, recorded in shared/RIG.md.
+    /// Recorded from Bochs 2.7 corei7_skylake_x.
     pub(crate) const SKYLAKE_X: &[(u32, u64)] = &[
         (msr::IA32_FEATURE_CONTROL, 0x5),
         (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
@@ -624,7 +691,7 @@ mod tests {
         (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
     ];
 
-    /// Upstream Bochs wildcat_lake (FRED build), recorded in shared/RIG.md.
+    /// Recorded from an upstream Bochs build with FRED (cpu model wildcat_lake).
     pub(crate) const WILDCAT_LAKE: &[(u32, u64)] = &[
         (msr::IA32_VMX_BASIC, 0x04D8_1000_0000_0004),
         (msr::IA32_VMX_PINBASED_CTLS, 0x0000_00FF_0000_0016),
@@ -641,7 +708,7 @@ mod tests {
         (msr::IA32_VMX_TRUE_EXIT_CTLS, 0xC07F_FFFF_0003_6DFB),
         (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
         // Secondary, tertiary and EXIT_CTLS2 values were not recorded: modelled as offering
-        // nothing, which is what the FRED load/save checks need (RIG.md: not offered).
+        // nothing, which is what the FRED load/save checks need (not offered by that Bochs model).
         (msr::IA32_VMX_PROCBASED_CTLS2, 0),
         (msr::IA32_VMX_PROCBASED_CTLS3, 0),
         (msr::IA32_VMX_EXIT_CTLS2, 0),
@@ -710,7 +777,7 @@ mod tests {
         assert_eq!(adjusted.pin.bits(), 0x16 | 0x28);
         assert_eq!(adjusted.primary.bits(), 0x0440_6172);
         assert_eq!(adjusted.exit.bits(), 0x0003_EFFB);
-        // Skylake in RIG.md has no PROCBASED_CTLS2 recorded: asking for EPT fails on the
+        // The recorded Bochs 2.7 Skylake has no PROCBASED_CTLS2: asking for EPT fails on the
         // secondary set, not silently.
         let mut request = minimal();
         request.secondary = SecondaryControls::ENABLE_EPT;
@@ -732,7 +799,8 @@ mod tests {
             allowed.adjust(ControlSet::PinBased, 0, 0x20),
             Err(ControlError::CannotClear { set: ControlSet::PinBased, bit: 5 })
         );
-        assert!(allowed.allows(7) && !allowed.allows(8) && !allowed.allows(40));
+        assert!(allowed.allows_bits(1 << 7) && !allowed.allows_bits(1 << 8));
+        assert!(!allowed.allows_bits(0x180), "one disallowed bit (8) refuses the mask");
         let text = std::format!("{}", ControlError::CannotSet { set: ControlSet::Entry, bit: 23 });
         assert_eq!(
             text,
@@ -809,16 +877,47 @@ mod tests {
     }
 
     #[test]
-    fn allows_bit_boundaries() {
+    fn allows_checks_each_named_control_bit_of_its_set() {
+        // Only bit 6 may be 1 (a 1 in the allowed-0 half forces a bit, it does not allow it).
+        let only_6 = AllowedControls::from_msr(0x0000_0040_FFFF_FFFF);
+        assert!(only_6.allows(PinBasedControls::ACTIVATE_PREEMPTION_TIMER)); // bit 6
+        assert!(!only_6.allows(PinBasedControls::VIRTUAL_NMIS)); // bit 5
+        assert!(!only_6.allows(PinBasedControls::PROCESS_POSTED_INTERRUPTS)); // bit 7
+        assert!(only_6.allows(SecondaryControls::WBINVD_EXITING)); // bit 6 of another set
+        assert!(!only_6.allows(SecondaryControls::UNRESTRICTED_GUEST));
+        assert!(only_6.allows(PrimaryControls::empty()), "nothing requested, nothing refused");
+        // Several controls: all must be allowed.
+        let bits_7_31 = AllowedControls::from_msr(0x8000_0080_0000_0000);
+        assert!(
+            bits_7_31.allows(
+                PrimaryControls::HLT_EXITING | PrimaryControls::ACTIVATE_SECONDARY_CONTROLS
+            )
+        );
+        assert!(
+            !bits_7_31.allows(PrimaryControls::HLT_EXITING | PrimaryControls::MONITOR_TRAP_FLAG)
+        );
+        assert!(bits_7_31.allows(ExitControls::ACTIVATE_SECONDARY_CONTROLS));
+        assert!(!bits_7_31.allows(EntryControls::LOAD_FRED));
+        // The typed and the raw forms agree on every single control bit.
+        for bit in 0..32 {
+            let flag = PrimaryControls::from_bits_retain(1 << bit);
+            assert_eq!(bits_7_31.allows(flag), bits_7_31.allows_bits(1 << bit), "bit {bit}");
+            assert_eq!(bits_7_31.allows(flag), bit == 7 || bit == 31, "bit {bit}");
+        }
+    }
+
+    #[test]
+    fn allows_bits_boundaries() {
         let all = AllowedControls::from_msr(0xFFFF_FFFF_0000_0000);
-        assert!(all.allows(0) && all.allows(31));
-        // Bit 32 and above do not exist in a 32-bit control set: never allowed, never a shift
-        // overflow.
-        assert!(!all.allows(32) && !all.allows(33) && !all.allows(u32::MAX));
+        assert!(all.allows_bits(1) && all.allows_bits(1 << 31) && all.allows_bits(u32::MAX));
         let top = AllowedControls::from_msr(0x8000_0000_0000_0000);
-        assert!(top.allows(31) && !top.allows(30) && !top.allows(0));
+        assert!(top.allows_bits(1 << 31) && !top.allows_bits(1 << 30) && !top.allows_bits(1));
         let none = AllowedControls::from_msr(0x0000_0000_FFFF_FFFF);
-        assert!((0..32).all(|bit| !none.allows(bit)), "allowed-0 half says nothing about 1");
+        assert!(
+            (0..32).all(|bit| !none.allows_bits(1 << bit)),
+            "allowed-0 half says nothing about 1"
+        );
+        assert!(none.allows_bits(0), "nothing requested, nothing refused");
         assert_eq!(none, AllowedControls { must_be_one: u32::MAX, may_be_one: 0 });
     }
 

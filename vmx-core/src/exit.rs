@@ -236,6 +236,12 @@ basic_exit_reasons! {
     Rdmsrlist = 78,
     /// 79: WRMSRLIST.
     Wrmsrlist = 79,
+    /// 80: URDMSR (user-mode MSR read; the exit qualification holds the MSR index and the
+    /// instruction information bits 6:3 the destination register).
+    Urdmsr = 80,
+    /// 81: UWRMSR (user-mode MSR write; the exit qualification holds the MSR index and the
+    /// instruction information bits 6:3 the source register).
+    Uwrmsr = 81,
     /// 84: RDMSR with immediate operand.
     RdmsrImmediate = 84,
     /// 85: WRMSRNS with immediate operand.
@@ -243,6 +249,17 @@ basic_exit_reasons! {
 }
 
 /// The exit-reason field (0x4402): basic reason in bits 15:0 plus flags. Any value decodes.
+///
+/// ```
+/// use hvkit_vmx_core::exit::{BasicExitReason, ExitReason};
+///
+/// // A VM entry that failed on guest state: bit 31 set, basic reason 33.
+/// let reason = ExitReason::from_raw(0x8000_0021);
+/// assert!(reason.is_entry_failure());
+/// assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
+/// // Numbers the crate does not know are kept, never a panic.
+/// assert_eq!(ExitReason::from_raw(0x1234).basic(), BasicExitReason::Unknown(0x1234));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
@@ -374,7 +391,9 @@ impl<'exit> ExitHead<'exit> {
     }
 
     /// The second phase: reads the remaining exit-information fields and returns the full
-    /// snapshot (the same as [`ExitInfo::read`] would have returned).
+    /// snapshot (the same as [`ExitInfo::read`] would have returned). Always inlined: it runs
+    /// once per exit, and a call would copy the whole snapshot out.
+    #[inline(always)]
     pub fn complete(
         self,
         vmcs: &impl VmcsAccess,
@@ -446,6 +465,27 @@ impl<'exit> From<&ExitInfo<'exit>> for ExitHead<'exit> {
 ///
 /// Borrows the exit's [`VmExit`] token, so it cannot outlive the next VM entry (which consumes
 /// the token): a snapshot of one exit is never mistaken for the next.
+///
+/// ```
+/// use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoParts, ExitQualification};
+/// use hvkit_vmx_core::vmcs::SoftVmcs;
+///
+/// // On hardware: `ExitInfo::read(&active_vmcs, &exit, options)?` right after `run`. Here a
+/// // software VMCS supplies the exit token and the values come from parts.
+/// let mut vmcs = SoftVmcs::new();
+/// let exit = vmcs.complete_exit();
+/// let info = ExitInfo::from_parts(&exit, ExitInfoParts {
+///     reason: 48,              // EPT violation
+///     qualification: 0x182,    // write (bit 1), linear address valid and translated (7, 8)
+///     guest_physical_address: Some(0xFEE0_0000),
+///     ..ExitInfoParts::default()
+/// });
+/// assert_eq!(info.reason.basic(), BasicExitReason::EptViolation);
+/// let ExitQualification::EptViolation(ept) = info.decoded_qualification() else {
+///     unreachable!("reason 48 decodes as an EPT violation")
+/// };
+/// assert!(ept.write() && !ept.read() && ept.translated_access());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExitInfo<'exit> {
     /// Exit reason (0x4402).
@@ -518,8 +558,54 @@ impl<'exit> ExitInfo<'exit> {
     }
 }
 
+/// `defmt::Format` without the borrow of the exit token (which carries no data).
+#[cfg(feature = "defmt")]
+impl defmt::Format for VmExit {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(f, "VmExit");
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitHead<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitHead {{ reason: {}, interruption_info: {} }}",
+            self.reason,
+            self.interruption_info
+        );
+    }
+}
+
+#[cfg(feature = "defmt")]
+impl defmt::Format for ExitInfo<'_> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "ExitInfo {{ reason: {}, qualification: {=u64:#x}, interruption_info: {}, \
+             interruption_error_code: {=u32:#x}, idt_vectoring_info: {}, \
+             idt_vectoring_error_code: {=u32:#x}, instruction_length: {=u32}, \
+             instruction_info: {=u32:#x}, guest_linear_address: {}, \
+             guest_physical_address: {}, original_event_data: {} }}",
+            self.reason,
+            self.qualification,
+            self.interruption_info,
+            self.interruption_error_code,
+            self.idt_vectoring_info,
+            self.idt_vectoring_error_code,
+            self.instruction_length,
+            self.instruction_info,
+            self.guest_linear_address,
+            self.guest_physical_address,
+            self.original_event_data
+        );
+    }
+}
+
 /// Raw values for [`ExitInfo::from_parts`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[allow(missing_docs, reason = "each field mirrors the ExitInfo field of the same name")]
 pub struct ExitInfoParts {
     pub reason: u32,
@@ -651,11 +737,11 @@ mod tests {
     #[test]
     fn every_facts_number_is_named_and_gaps_stay_unknown() {
         let named: std::vec::Vec<u16> = BasicExitReason::ALL.iter().map(|r| r.number()).collect();
-        let mut expected: std::vec::Vec<u16> = (0..=79).collect();
+        let mut expected: std::vec::Vec<u16> = (0..=81).collect();
         expected.retain(|n| ![35, 38, 42].contains(n));
         expected.extend([84, 85]);
         assert_eq!(named, expected);
-        for gap in [35, 38, 42, 80, 81, 82, 83, 86, 0xFFFF] {
+        for gap in [35, 38, 42, 82, 83, 86, 0xFFFF] {
             assert_eq!(BasicExitReason::from_number(gap), BasicExitReason::Unknown(gap));
             assert_eq!(BasicExitReason::from_number(gap).number(), gap);
         }
@@ -664,6 +750,12 @@ mod tests {
         assert_eq!(BasicExitReason::from_number(48), BasicExitReason::EptViolation);
         assert_eq!(BasicExitReason::from_number(75), BasicExitReason::Notify);
         assert_eq!(BasicExitReason::from_number(85), BasicExitReason::WrmsrnsImmediate);
+        // USER_MSR: 80 and 81 (the numbers Bochs and Xen use).
+        assert_eq!(BasicExitReason::from_number(79), BasicExitReason::Wrmsrlist);
+        assert_eq!(BasicExitReason::from_number(80), BasicExitReason::Urdmsr);
+        assert_eq!(BasicExitReason::from_number(81), BasicExitReason::Uwrmsr);
+        assert_eq!(BasicExitReason::Urdmsr.number(), 80);
+        assert_eq!(BasicExitReason::Uwrmsr.number(), 81);
     }
 
     #[test]
@@ -680,7 +772,7 @@ mod tests {
 
     #[test]
     fn exit_reason_flags() {
-        // RIG.md: bad link pointer -> 0x80000021.
+        // Recorded from Bochs 2.7 corei7_skylake_x: a bad VMCS link pointer -> 0x80000021.
         let reason = ExitReason::from_raw(0x8000_0021);
         assert!(reason.is_entry_failure());
         assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);

@@ -275,6 +275,19 @@ impl<W: Width, A: Access> fmt::Debug for Field<W, A> {
     }
 }
 
+#[cfg(feature = "defmt")]
+impl<W: Width, A: Access> defmt::Format for Field<W, A> {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Field({=u32:#06x}, {}{=str})",
+            self.encoding,
+            W::WIDTH,
+            if A::READ_ONLY { ", read-only" } else { "" }
+        );
+    }
+}
+
 /// One catalog entry: a field's SDM name, encoding, width and access.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]

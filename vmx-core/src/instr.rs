@@ -81,6 +81,7 @@ pub enum InvvpidType {
 
 /// The 128-bit INVEPT descriptor: bits 63:0 EPTP, bits 127:64 reserved (0).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C, align(16))]
 pub struct InveptDescriptor {
     /// The EPT pointer whose mappings are invalidated (ignored for all-context).
@@ -98,6 +99,7 @@ impl InveptDescriptor {
 /// The 128-bit INVVPID descriptor: bits 15:0 VPID, bits 63:16 reserved (0), bits 127:64 linear
 /// address.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C, align(16))]
 pub struct InvvpidDescriptor {
     vpid: u64,

@@ -218,17 +218,20 @@ const EXIT_INFORMATION_COUNT: usize = {
     count
 };
 
-/// The catalog indices of those fields, so that a simulated exit visits only them.
+/// The catalog indices of those fields, so that a simulated exit visits only them (`u8`: they
+/// index the per-field tables without a bounds check).
 #[allow(
     clippy::indexing_slicing,
-    reason = "const evaluation: an out-of-range index fails the build"
+    clippy::cast_possible_truncation,
+    reason = "const evaluation: an out-of-range index fails the build; SLOT_TABLE asserts the \
+              catalog fits u8"
 )]
-const EXIT_INFORMATION_SLOTS: [usize; EXIT_INFORMATION_COUNT] = {
+const EXIT_INFORMATION_SLOTS: [u8; EXIT_INFORMATION_COUNT] = {
     let mut slots = [0; EXIT_INFORMATION_COUNT];
     let (mut index, mut next) = (0, 0);
     while index < CATALOG_LEN {
         if rewritten_at_exit(&field::ALL[index]) {
-            slots[next] = index;
+            slots[next] = index as u8;
             next += 1;
         }
         index += 1;
@@ -349,9 +352,10 @@ impl SoftVmcs {
     /// failing VMX instructions do, so it keeps its value.
     pub fn complete_exit(&mut self) -> VmExit {
         for &index in &EXIT_INFORMATION_SLOTS {
-            let fresh = self.set_for_this_exit.get_mut(index).map(core::mem::take);
-            if fresh == Some(false)
-                && let Some(value) = self.values.get_mut(index)
+            let index = usize::from(index);
+            if let (Some(fresh), Some(value)) =
+                (self.set_for_this_exit.get_mut(index), self.values.get_mut(index))
+                && !core::mem::take(fresh)
             {
                 *value = 0;
             }
@@ -366,17 +370,20 @@ impl SoftVmcs {
 
     /// The catalog index of a supported encoding (full, or high access of a 64-bit field).
     ///
-    /// Every reason to refuse is OR-ed into one word and tested once: a fuzzer instruments
-    /// each compare, and this runs on every access.
+    /// The reasons to refuse that depend on the encoding alone are OR-ed into one word (one
+    /// compare, which folds away for a constant encoding once inlined); support is tested as
+    /// the stored `bool` itself. A fuzzer instruments each integer compare, and this runs on
+    /// every access.
     #[inline]
     fn index(&self, encoding: u32) -> Option<usize> {
         let index = usize::from(SLOT_TABLE.get(slot_key(encoding)).copied().unwrap_or(NO_FIELD));
-        let supported = self.supported.get(index).copied().unwrap_or(false);
         let high_access = HAS_HIGH_ACCESS.get(index).copied().unwrap_or(0);
-        let refused = (encoding & RESERVED_ENCODING_BITS)
-            | (encoding & 1 & !high_access)
-            | u32::from(!supported);
-        (refused == 0).then_some(index)
+        let malformed = (encoding & RESERVED_ENCODING_BITS) | (encoding & 1 & !high_access);
+        if malformed == 0 && self.supported.get(index).copied().unwrap_or(false) {
+            Some(index)
+        } else {
+            None
+        }
     }
 
     /// [`index`](Self::index) with the field's catalog entry.
@@ -398,6 +405,9 @@ impl SoftVmcs {
 }
 
 impl VmcsAccess for SoftVmcs {
+    // Inlined into callers (also across crates): with a constant encoding the lookup folds to
+    // one table entry, which keeps simulated exits cheap for tests and fuzzers.
+    #[inline]
     fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
         let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
         if encoding == field::VM_INSTRUCTION_ERROR.encoding() {
@@ -408,6 +418,7 @@ impl VmcsAccess for SoftVmcs {
         Ok(value >> (32 * (encoding & 1)))
     }
 
+    #[inline]
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         let index = self.index(encoding).ok_or_else(|| self.unsupported())?;
         if READ_ONLY_FIELD.get(index).copied().unwrap_or(true) {
@@ -428,6 +439,7 @@ impl VmcsAccess for SoftVmcs {
 /// The guest's general-purpose registers, saved and restored around VM entries by
 /// [`ActiveVmcs::run`] (RSP and RIP live in the VMCS guest-state area).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(C)]
 #[allow(missing_docs, reason = "one field per register, named after it")]
 pub struct GuestRegisters {
@@ -506,6 +518,7 @@ pub struct VmxRoot {
 /// "Software Use of Virtual-Machine Control Structures"). HOST_* fields that differ between
 /// processors (TR, GDTR and IDTR bases, GS base) must be rewritten after the move.
 #[derive(Debug, PartialEq, Eq)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ClearVmcs {
     address: u64,
 }
@@ -568,6 +581,18 @@ pub struct Vmcs {
     _per_cpu: PhantomData<*mut ()>,
 }
 
+#[cfg(feature = "defmt")]
+impl defmt::Format for Vmcs {
+    fn format(&self, f: defmt::Formatter<'_>) {
+        defmt::write!(
+            f,
+            "Vmcs {{ address: {=u64:#x}, launched: {=bool} }}",
+            self.address,
+            self.launched
+        );
+    }
+}
+
 impl Vmcs {
     /// The physical address of the region.
     pub const fn physical_address(&self) -> u64 {
@@ -582,6 +607,10 @@ impl Vmcs {
 
     /// After VMCLEAR: the launch state is clear (SDM Vol. 3C 31.3 "VMCLEAR") and the region
     /// holds no host RSP the runner wrote for this processor's stack any more.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "called by the VMCLEAR paths, which are x86_64-only")
+    )]
     fn cleared(&mut self) {
         self.launched = false;
         self.host_rsp = 0;
@@ -654,6 +683,10 @@ impl VmxRoot {
         self.current = NO_CURRENT_VMCS;
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     fn adopt_with(
         &mut self,
         vmcs: ClearVmcs,
@@ -666,6 +699,10 @@ impl VmxRoot {
         Ok(Vmcs { address: vmcs.address, launched: false, host_rsp: 0, _per_cpu: PhantomData })
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     fn clear_with(
         &mut self,
         vmcs: &mut Vmcs,
@@ -679,6 +716,10 @@ impl VmxRoot {
         Ok(())
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     #[inline(always)]
     fn activate_with<'a>(
         &'a mut self,
@@ -1123,7 +1164,7 @@ mod tests {
             .map(|info| info.encoding)
             .collect();
         let visited: std::vec::Vec<u32> =
-            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[index].encoding).collect();
+            EXIT_INFORMATION_SLOTS.iter().map(|&index| ALL[usize::from(index)].encoding).collect();
         assert_eq!(visited, expected);
         for encoding in [0x4402, 0x6400, 0x4408, 0x440A, 0x440C, 0x2400, 0x2404] {
             assert!(visited.contains(&encoding), "{encoding:#x}");

@@ -412,7 +412,9 @@ impl<'a> Setup<'a> {
         let primary = caps.primary_controls();
         let unrestricted_guest = vmx.ept
             && vmx.controls.primary.contains(PrimaryControls::ACTIVATE_SECONDARY_CONTROLS)
-            && caps.secondary_controls().is_some_and(|allowed| allowed.allows(7));
+            && caps
+                .secondary_controls()
+                .is_some_and(|allowed| allowed.allows(SecondaryControls::UNRESTRICTED_GUEST));
         #[allow(unused_unsafe, reason = "__cpuid_count is unsafe on older compilers")]
         // SAFETY: CPUID has no side effects.
         let (leaf1, leaf7) =
@@ -427,14 +429,14 @@ impl<'a> Setup<'a> {
             caps: EntryCapabilities {
                 no_error_code_consistency_check: caps.basic.no_error_code_consistency_check(),
                 zero_length_injection: caps.misc.zero_length_injection(),
-                monitor_trap_flag: primary.allows(27),
+                monitor_trap_flag: primary.allows(PrimaryControls::MONITOR_TRAP_FLAG),
                 nested_exception: caps.basic.nested_exception(),
                 sgx: leaf7.ebx & (1 << 2) != 0,
                 ..EntryCapabilities::STRICT
             },
-            preemption_timer: pin.allows(6),
+            preemption_timer: pin.allows(PinBasedControls::ACTIVATE_PREEMPTION_TIMER),
             unrestricted_guest,
-            mtf: primary.allows(27),
+            mtf: primary.allows(PrimaryControls::MONITOR_TRAP_FLAG),
             sgx: leaf7.ebx & (1 << 2) != 0,
             platform,
             guest_rip: hvkit_entry_diff_guest as *const () as u64,
@@ -684,7 +686,11 @@ fn skip_reason(case: &Case, setup: &Setup<'_>) -> Option<Skip> {
     // A control can take the case's setting when its allowed-1 bit permits 1 and its allowed-0
     // bit does not force 1 (SDM Appendix A.3).
     let settable = |allowed: AllowedControls, bit: u32, on: bool| {
-        if on { allowed.allows(bit) } else { allowed.must_be_one & (1 << bit) == 0 }
+        if on {
+            allowed.may_be_one & (1 << bit) != 0
+        } else {
+            allowed.must_be_one & (1 << bit) == 0
+        }
     };
     let pin = setup.vmx.caps.pin_controls();
     let primary = setup.vmx.caps.primary_controls();

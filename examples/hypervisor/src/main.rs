@@ -24,7 +24,6 @@ mod vmx;
 
 use hvkit_nmi_reinject::{GuestEventQueue, InjectionContext};
 use hvkit_vmx_core::VmFail;
-use hvkit_vmx_core::controls::ExitControls;
 use hvkit_vmx_core::vmcs::{GuestRegisters, VmxRoot};
 use port::status;
 use vcpu::Vcpu;
@@ -123,9 +122,6 @@ fn new_vcpu(
         queue: GuestEventQueue::new(),
         // The guest does not use FRED, so no event data travels with its events.
         context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
-        acknowledge_on_exit: vmx
-            .controls
-            .exit
-            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
     })
 }

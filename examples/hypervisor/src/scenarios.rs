@@ -158,8 +158,11 @@ impl<'a> Scenarios<'a> {
                 self.phase = snapshot();
             }
             guest::call::NMI_BEGIN | guest::call::STRESS_BEGIN => {
-                self.strategies.current =
-                    if first == 0 { Strategy::DirectCall } else { Strategy::SelfNmi };
+                self.strategies.select(if first == 0 {
+                    Strategy::DirectCall
+                } else {
+                    Strategy::SelfNmi
+                });
                 self.phase = snapshot();
                 if command == guest::call::STRESS_BEGIN {
                     apic::start_timer(20_000);
@@ -204,7 +207,7 @@ impl<'a> Scenarios<'a> {
                         events,
                     },
                 });
-                self.strategies.current = Strategy::DirectCall;
+                self.strategies.select(Strategy::DirectCall);
                 self.phase = snapshot();
             }
             guest::call::FORWARD_NMIS => {

@@ -26,7 +26,6 @@ use hvkit_nmi_reinject::{
     InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
-use hvkit_vmx_core::controls::ExitControls;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
@@ -364,10 +363,7 @@ pub fn enable_on_this_cpu() -> bool {
         registers: GuestRegisters::default(),
         queue: GuestEventQueue::new(),
         context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
-        acknowledge_on_exit: vmx
-            .controls
-            .exit
-            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
     };
     // SAFETY: slot `index` is this CPU's.
     unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vcpu }) };

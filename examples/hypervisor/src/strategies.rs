@@ -6,6 +6,7 @@ use hvkit_nmi_reinject::{
     FredDirectCall, FredEretsToSelf, IdtDirectCall, IdtEntry, IretToSelf, IrqDelivery,
     NmiUnblocker, PollingApic, Redeliver, RedeliveryError, SelfNmi,
 };
+use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
 
 /// Which strategy re-delivers host events.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -33,7 +34,10 @@ type HandlerTable = fn(u8) -> Option<IdtEntry>;
 
 /// Every strategy, and which one is in use.
 pub struct Strategies {
-    pub current: Strategy,
+    current: Strategy,
+    /// Which strategy object runs, decided when the strategy or the host mode changes: one
+    /// compare on the exit path.
+    route: Route,
     direct: IdtDirectCall<HandlerTable>,
     fred_direct: FredDirectCall,
     self_nmi: HostSelfNmi,
@@ -55,7 +59,25 @@ fn self_nmi(unblocker: Unblocker) -> HostSelfNmi {
     SelfNmi::new(sender, unblocker, spin, &host::HOST_NMI_HANDLED, 1_000_000)
 }
 
+/// The strategy object that re-delivers.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Route {
+    IdtDirect,
+    FredDirect,
+    SelfNmi,
+}
+
 impl Strategies {
+    /// Uses `strategy` from now on.
+    pub fn select(&mut self, strategy: Strategy) {
+        self.current = strategy;
+        self.route = match (strategy, self.fred) {
+            (Strategy::DirectCall, false) => Route::IdtDirect,
+            (Strategy::DirectCall, true) => Route::FredDirect,
+            (Strategy::SelfNmi, _) => Route::SelfNmi,
+        };
+    }
+
     /// The IDT strategies, direct call first.
     pub fn new() -> Self {
         // SAFETY: the host NMI entry is a non-IST gate that preserves every register and ends
@@ -72,6 +94,7 @@ impl Strategies {
         let unblocker = Unblocker::Iret(unsafe { IretToSelf::new() });
         Self {
             current: Strategy::DirectCall,
+            route: Route::IdtDirect,
             direct,
             fred_direct,
             self_nmi: self_nmi(unblocker),
@@ -85,6 +108,7 @@ impl Strategies {
         // SAFETY: the host is now in FRED mode (CR4.FRED = 1, CPL 0) with this red zone.
         self.self_nmi = self_nmi(Unblocker::Erets(unsafe { FredEretsToSelf::new(red_zone) }));
         self.fred = true;
+        self.select(self.current);
     }
 
     /// The name the report uses.
@@ -114,19 +138,33 @@ impl Strategies {
 }
 
 impl Redeliver for Strategies {
+    #[inline(always)]
     fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
-        match (self.current, self.fred) {
-            (Strategy::DirectCall, false) => self.direct.redeliver_nmi(),
-            (Strategy::DirectCall, true) => self.fred_direct.redeliver_nmi(),
-            (Strategy::SelfNmi, _) => self.self_nmi.redeliver_nmi(),
+        match self.route {
+            Route::IdtDirect => self.direct.redeliver_nmi(),
+            Route::FredDirect => self.fred_direct.redeliver_nmi(),
+            Route::SelfNmi => self.self_nmi.redeliver_nmi(),
         }
     }
 
+    #[inline(always)]
+    fn redeliver_nmi_with_sources(
+        &mut self,
+        sources: NmiSourceBitmap,
+    ) -> Result<(), RedeliveryError> {
+        match self.route {
+            Route::IdtDirect => self.direct.redeliver_nmi_with_sources(sources),
+            Route::FredDirect => self.fred_direct.redeliver_nmi_with_sources(sources),
+            Route::SelfNmi => self.self_nmi.redeliver_nmi_with_sources(sources),
+        }
+    }
+
+    #[inline(always)]
     fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
-        match (self.current, self.fred) {
-            (Strategy::DirectCall, false) => self.direct.redeliver_irq(vector),
-            (Strategy::DirectCall, true) => self.fred_direct.redeliver_irq(vector),
-            (Strategy::SelfNmi, _) => self.self_nmi.redeliver_irq(vector),
+        match self.route {
+            Route::IdtDirect => self.direct.redeliver_irq(vector),
+            Route::FredDirect => self.fred_direct.redeliver_irq(vector),
+            Route::SelfNmi => self.self_nmi.redeliver_irq(vector),
         }
     }
 }

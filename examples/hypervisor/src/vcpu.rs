@@ -16,13 +16,19 @@
 
 use hvkit_nmi_reinject::{
     EventState, ExitError, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
-    InjectError, InjectionContext, IrqDelivery, Redeliver, handle_host_event, inject,
-    reinject_idt_vectoring,
+    InjectError, InjectionContext, IrqDelivery, Redeliver, handle_host_event_with_nmi_sources,
+    inject, reinject_idt_vectoring,
 };
 use hvkit_vmx_core::exit::{ExitHead, ExitInfo, ExitInfoOptions, VmExit};
+use hvkit_vmx_core::nmi_source::NmiSourceBitmap;
 use hvkit_vmx_core::vmcs::VmcsAccess as _;
 use hvkit_vmx_core::vmcs::{ActiveVmcs, GuestRegisters, Vmcs, VmxRoot};
 use hvkit_vmx_core::{VmFail, field};
+
+/// The "acknowledge interrupt on exit" VM-exit control: `vmx::enable` requests it and
+/// `controls::adjust` fails on a CPU that cannot set it, so every VMCS here has it (a constant
+/// keeps its test off the exit path).
+pub const ACKNOWLEDGE_ON_EXIT: bool = true;
 
 /// One virtual CPU. Owned by the logical processor that runs it (a `Vmcs` is `!Send`).
 pub struct Vcpu {
@@ -34,8 +40,9 @@ pub struct Vcpu {
     pub queue: GuestEventQueue,
     /// What the VMCS controls allow injecting, derived once from the capabilities and controls.
     pub context: InjectionContext,
-    /// The "acknowledge interrupt on exit" VM-exit control, as written to the VMCS.
-    pub acknowledge_on_exit: bool,
+    /// NMI-source reporting (CPUID.(7,1):EAX[20]): NMI exits carry the source bitmap in their
+    /// qualification, and re-delivery forwards it.
+    pub nmi_sources: bool,
 }
 
 /// What the VMM decided about one exit.
@@ -117,7 +124,7 @@ impl core::fmt::Display for Fatal {
 impl Vcpu {
     /// Runs the guest until the handler or a VMX instruction stops it.
     pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
-        let Self { vmcs, registers, queue, context, acknowledge_on_exit } = self;
+        let Self { vmcs, registers, queue, context, nmi_sources } = self;
         let mut vmcs = match root.activate(vmcs) {
             Ok(active) => active,
             Err(fail) => return fail.into(),
@@ -136,7 +143,17 @@ impl Vcpu {
                 Ok(head) => head,
                 Err(fail) => return fail.into(),
             };
-            let outcome = handle_host_event(handler.strategy(), head, *acknowledge_on_exit);
+            let sources = if *nmi_sources {
+                match vmcs.read(field::EXIT_QUALIFICATION) {
+                    Ok(qualification) => NmiSourceBitmap::from_exit_qualification(qualification),
+                    Err(fail) => return fail.into(),
+                }
+            } else {
+                NmiSourceBitmap::EMPTY
+            };
+            let strategy = handler.strategy();
+            let outcome =
+                handle_host_event_with_nmi_sources(strategy, head, ACKNOWLEDGE_ON_EXIT, sources);
             if let Err(error) = outcome
                 && ExitError::from(error).host_event_state() == Some(EventState::InFlight)
                 && !handler.settle()

@@ -141,7 +141,9 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
     // SAFETY: CR0/CR4 fixed bits hold, feature control allows VMXON, the region is identity-mapped.
     let root = unsafe { VmxRoot::enable(vmxon) }.map_err(|_| "VMXON failed")?;
 
-    let ept_possible = caps.secondary_controls().is_some_and(|allowed| allowed.allows(1))
+    let ept_possible = caps
+        .secondary_controls()
+        .is_some_and(|allowed| allowed.allows(SecondaryControls::ENABLE_EPT))
         && caps.ept_vpid.is_some_and(|ept| {
             ept.contains(
                 hvkit_vmx_core::caps::EptVpidCapabilities::PAGE_WALK_4

@@ -5,6 +5,7 @@
 #![forbid(unsafe_code)]
 
 use super::BasicExitReason;
+use crate::caps::EptVpidCapabilities;
 
 macro_rules! raw_newtype {
     ($(#[$doc:meta])* $name:ident: $ty:ty) => {
@@ -185,9 +186,124 @@ impl EptViolation {
     pub const fn translated_access(self) -> bool {
         self.bit(8)
     }
+    /// Bit 9 (advanced VM-exit information): the linear address is a user-mode address
+    /// (`false`: supervisor-mode). Defined only when bits 7 and 8 are set and the processor
+    /// reports advanced VM-exit information for EPT violations; see
+    /// [`linear_address_attributes`](Self::linear_address_attributes).
+    pub const fn user_mode_linear_address(self) -> bool {
+        self.bit(9)
+    }
+    /// Bit 10 (advanced VM-exit information): the linear address translates to a read/write
+    /// page (`false`: read-only). Defined under the same conditions as bit 9.
+    pub const fn writable_linear_address(self) -> bool {
+        self.bit(10)
+    }
+    /// Bit 11 (advanced VM-exit information): the linear address translates to an
+    /// execute-disabled page (`false`: executable). Defined under the same conditions as bit 9.
+    pub const fn execute_disabled_linear_address(self) -> bool {
+        self.bit(11)
+    }
     /// Bit 12: NMI unblocking due to IRET.
     pub const fn nmi_unblocking_due_to_iret(self) -> bool {
         self.bit(12)
+    }
+    /// Bit 13: the access was a shadow-stack access (CET).
+    pub const fn shadow_stack_access(self) -> bool {
+        self.bit(13)
+    }
+    /// Bit 14: with the supervisor shadow-stack control enabled (EPTP bit 7; offered when
+    /// [`EptVpidCapabilities::SUPERVISOR_SHADOW_STACK`] is set), the supervisor shadow-stack bit
+    /// (bit 60) of the EPT entry that maps the page; 0 otherwise.
+    pub const fn supervisor_shadow_stack_page(self) -> bool {
+        self.bit(14)
+    }
+
+    /// Bits 9-11, when they are defined: bits 7 and 8 set (the access was to the translation
+    /// of a linear address) and `capabilities` reporting advanced VM-exit information for EPT
+    /// violations (IA32_VMX_EPT_VPID_CAP bit 22). `None` otherwise, whatever the bits hold.
+    pub const fn linear_address_attributes(
+        self,
+        capabilities: EptVpidCapabilities,
+    ) -> Option<LinearAddressAttributes> {
+        if !capabilities.contains(EptVpidCapabilities::ADVANCED_EXIT_INFORMATION)
+            || !self.guest_linear_address_valid()
+            || !self.translated_access()
+        {
+            return None;
+        }
+        Some(LinearAddressAttributes {
+            user_mode: self.user_mode_linear_address(),
+            writable: self.writable_linear_address(),
+            execute_disabled: self.execute_disabled_linear_address(),
+        })
+    }
+}
+
+/// What the guest's paging structures say about the linear address of an EPT violation (bits
+/// 9-11 of the qualification, "advanced VM-exit information for EPT violations").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub struct LinearAddressAttributes {
+    /// Bit 9: user-mode address (U/S = 1 at every level); `false`: supervisor-mode.
+    pub user_mode: bool,
+    /// Bit 10: read/write page; `false`: read-only.
+    pub writable: bool,
+    /// Bit 11: execute-disabled page; `false`: executable.
+    pub execute_disabled: bool,
+}
+
+raw_newtype! {
+    /// Exit qualification for NOTIFY VM exits (reason 75; SDM Vol. 3C "Exit Qualification for
+    /// NOTIFY VM Exits").
+    Notify: u64
+}
+
+impl Notify {
+    /// Bit 0: the VM context is invalid: the guest state in the VMCS is corrupted and the
+    /// guest cannot be resumed (a hypervisor stops the guest).
+    pub const fn vm_context_invalid(self) -> bool {
+        self.bit(0)
+    }
+    /// Bit 12: NMI unblocking due to IRET (the exit happened while an IRET unblocked NMIs:
+    /// with virtual NMIs, set blocking by NMI again before the next entry).
+    pub const fn nmi_unblocking_due_to_iret(self) -> bool {
+        self.bit(12)
+    }
+}
+
+/// Why a VM entry failed while loading guest state (the exit qualification of basic reason 33,
+/// SDM Vol. 3C "VM-Entry Failures During or After Loading Guest State").
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[cfg_attr(feature = "defmt", derive(defmt::Format))]
+pub enum EntryFailureCode {
+    /// 0: no further information (the default).
+    Default,
+    /// 2: a problem loading the PDPTRs.
+    PdpteLoad,
+    /// 3: an NMI injection into a guest that blocks events through the STI-blocking bit of
+    /// the interruptibility state.
+    NmiInjection,
+    /// 4: an invalid VMCS link pointer.
+    VmcsLinkPointer,
+    /// Any other value (1 is not used; the rest are undefined), kept.
+    Unknown(u64),
+}
+
+raw_newtype! {
+    /// Exit qualification for VM-entry failures due to invalid guest state (basic reason 33).
+    InvalidGuestState: u64
+}
+
+impl InvalidGuestState {
+    /// The failure code (all 64 bits; unknown values are kept).
+    pub const fn code(self) -> EntryFailureCode {
+        match self.0 {
+            0 => EntryFailureCode::Default,
+            2 => EntryFailureCode::PdpteLoad,
+            3 => EntryFailureCode::NmiInjection,
+            4 => EntryFailureCode::VmcsLinkPointer,
+            other => EntryFailureCode::Unknown(other),
+        }
     }
 }
 
@@ -400,6 +516,7 @@ impl DescriptorTableInfo {
 /// An exit qualification decoded according to the basic exit reason.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
+#[non_exhaustive]
 pub enum ExitQualification {
     /// Reason 28.
     CrAccess(CrAccess),
@@ -413,6 +530,10 @@ pub enum ExitQualification {
     ApicAccess(ApicAccess),
     /// Reason 9.
     TaskSwitch(TaskSwitch),
+    /// Reason 75.
+    Notify(Notify),
+    /// Reason 33 (VM-entry failure due to invalid guest state).
+    InvalidGuestState(InvalidGuestState),
     /// Any other reason: the raw qualification (its meaning depends on the reason; for
     /// exception exits it is [`DebugExceptions`] for #DB and the faulting address for #PF).
     Raw(u64),
@@ -428,6 +549,10 @@ impl ExitQualification {
             BasicExitReason::EptViolation => Self::EptViolation(EptViolation(raw)),
             BasicExitReason::ApicAccess => Self::ApicAccess(ApicAccess(raw)),
             BasicExitReason::TaskSwitch => Self::TaskSwitch(TaskSwitch(raw)),
+            BasicExitReason::Notify => Self::Notify(Notify(raw)),
+            BasicExitReason::EntryFailureInvalidGuestState => {
+                Self::InvalidGuestState(InvalidGuestState(raw))
+            }
             _ => Self::Raw(raw),
         }
     }
@@ -441,6 +566,8 @@ impl ExitQualification {
             Self::EptViolation(q) => q.raw(),
             Self::ApicAccess(q) => q.raw(),
             Self::TaskSwitch(q) => q.raw(),
+            Self::Notify(q) => q.raw(),
+            Self::InvalidGuestState(q) => q.raw(),
             Self::Raw(raw) => raw,
         }
     }
@@ -490,7 +617,7 @@ mod tests {
     #[test]
     fn ept_violation_each_bit() {
         type Getter = fn(EptViolation) -> bool;
-        let checks: [(u32, Getter); 10] = [
+        let checks: [(u32, Getter); 15] = [
             (0, EptViolation::read),
             (1, EptViolation::write),
             (2, EptViolation::instruction_fetch),
@@ -500,7 +627,12 @@ mod tests {
             (6, EptViolation::user_mode_executable),
             (7, EptViolation::guest_linear_address_valid),
             (8, EptViolation::translated_access),
+            (9, EptViolation::user_mode_linear_address),
+            (10, EptViolation::writable_linear_address),
+            (11, EptViolation::execute_disabled_linear_address),
             (12, EptViolation::nmi_unblocking_due_to_iret),
+            (13, EptViolation::shadow_stack_access),
+            (14, EptViolation::supervisor_shadow_stack_page),
         ];
         for (bit, getter) in checks {
             for other in 0..64 {
@@ -680,9 +812,101 @@ mod tests {
             ExitQualification::TaskSwitch(TaskSwitch::from_raw(raw))
         );
         assert_eq!(
+            ExitQualification::decode(BasicExitReason::Notify, raw),
+            ExitQualification::Notify(Notify::from_raw(raw))
+        );
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::EntryFailureInvalidGuestState, raw),
+            ExitQualification::InvalidGuestState(InvalidGuestState::from_raw(raw))
+        );
+        assert_eq!(
             ExitQualification::decode(BasicExitReason::ExceptionOrNmi, raw),
             ExitQualification::Raw(raw)
         );
+        // Reason 34 (MSR loading) is not reason 33: its qualification is an entry index.
+        assert_eq!(
+            ExitQualification::decode(BasicExitReason::EntryFailureMsrLoading, raw),
+            ExitQualification::Raw(raw)
+        );
+    }
+
+    #[test]
+    fn ept_violation_linear_address_attributes_need_bits_7_8_and_the_capability() {
+        let advanced = EptVpidCapabilities::ADVANCED_EXIT_INFORMATION;
+        // Bits 7, 8, 9 and 11: user-mode, read-only, execute-disabled.
+        let q = EptViolation::from_raw(0b1011_1000_0000);
+        assert_eq!(
+            q.linear_address_attributes(advanced),
+            Some(LinearAddressAttributes {
+                user_mode: true,
+                writable: false,
+                execute_disabled: true
+            })
+        );
+        // Each attribute from its own bit.
+        let base = 0b1_1000_0000; // bits 7 and 8
+        for (bit, expected) in [
+            (
+                9,
+                LinearAddressAttributes {
+                    user_mode: true,
+                    writable: false,
+                    execute_disabled: false,
+                },
+            ),
+            (
+                10,
+                LinearAddressAttributes {
+                    user_mode: false,
+                    writable: true,
+                    execute_disabled: false,
+                },
+            ),
+            (
+                11,
+                LinearAddressAttributes {
+                    user_mode: false,
+                    writable: false,
+                    execute_disabled: true,
+                },
+            ),
+        ] {
+            let q = EptViolation::from_raw(base | 1 << bit);
+            assert_eq!(q.linear_address_attributes(advanced), Some(expected), "bit {bit}");
+        }
+        // Undefined without the capability, without bit 7 or without bit 8 (an access to a
+        // paging-structure entry).
+        let all = EptViolation::from_raw(0xF80);
+        assert_eq!(all.linear_address_attributes(EptVpidCapabilities::empty()), None);
+        let other_caps = EptVpidCapabilities::all().difference(advanced);
+        assert_eq!(all.linear_address_attributes(other_caps), None);
+        assert_eq!(EptViolation::from_raw(0xE80).linear_address_attributes(advanced), None);
+        assert_eq!(EptViolation::from_raw(0xF00).linear_address_attributes(advanced), None);
+        assert!(all.linear_address_attributes(EptVpidCapabilities::all()).is_some());
+    }
+
+    #[test]
+    fn notify_bits_0_and_12() {
+        for other in 0..64 {
+            let q = Notify::from_raw(1 << other);
+            assert_eq!(q.vm_context_invalid(), other == 0, "bit {other}");
+            assert_eq!(q.nmi_unblocking_due_to_iret(), other == 12, "bit {other}");
+            assert_eq!(q.raw(), 1 << other);
+        }
+        let both = Notify::from_raw(0x1001);
+        assert!(both.vm_context_invalid() && both.nmi_unblocking_due_to_iret());
+    }
+
+    #[test]
+    fn invalid_guest_state_codes_and_unknown_values_kept() {
+        let code = |raw| InvalidGuestState::from_raw(raw).code();
+        assert_eq!(code(0), EntryFailureCode::Default);
+        assert_eq!(code(2), EntryFailureCode::PdpteLoad);
+        assert_eq!(code(3), EntryFailureCode::NmiInjection);
+        assert_eq!(code(4), EntryFailureCode::VmcsLinkPointer);
+        for unknown in [1, 5, 6, 0x100, 1 << 32 | 2, u64::MAX] {
+            assert_eq!(code(unknown), EntryFailureCode::Unknown(unknown), "{unknown:#x}");
+        }
     }
 
     #[test]

@@ -27,8 +27,8 @@ use hvkit_vmx_core::controls::AllowedControls;
 use hvkit_vmx_core::entry_check::EntryCapabilities;
 use hvkit_vmx_core::event::InterruptionInfo;
 use hvkit_vmx_core::exit::{ExitInfo, ExitInfoOptions};
-use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+use hvkit_vmx_core::{VmFail, field};
 
 /// Reads fuzz bytes; 0 once exhausted.
 struct Input<'a> {
@@ -83,13 +83,83 @@ struct Exit {
 
 const HOST_TIMER_VECTOR: u8 = 0xEC;
 
-/// Every VMCS field, compared one by one (the error-path invariant).
-fn assert_vmcs_unchanged(before: &SoftVmcs, after: &SoftVmcs, call: &str) {
-    for info in field::ALL {
-        let (old, new) = (before.read_raw(info.encoding), after.read_raw(info.encoding));
-        assert_eq!(old, new, "{call} returned an error but changed {} ({:#x})", info.name, {
-            info.encoding
-        });
+/// How many writes one library call may make through [`Logged`] (the calls under test make
+/// a handful).
+const LOG_LEN: usize = 32;
+
+/// The VMCS as the library sees it during one call that may fail: every write first records
+/// the value the field had, so that "an error leaves every VMCS field as it was" is checked
+/// on the fields the call wrote (writes and the VM-instruction error field are the only ways
+/// a call through [`VmcsAccess`] changes a VMCS) without copying the whole VMCS before each
+/// call and comparing all of it afterwards.
+struct Logged<'a> {
+    vmcs: &'a mut SoftVmcs,
+    /// (encoding, value before the write) of each write, in order.
+    log: [(u32, u64); LOG_LEN],
+    len: usize,
+    /// More writes than `LOG_LEN`: the check cannot vouch for the call.
+    overflowed: bool,
+    instruction_error: u32,
+}
+
+impl<'a> Logged<'a> {
+    fn new(vmcs: &'a mut SoftVmcs) -> Self {
+        let instruction_error = vmcs.last_instruction_error();
+        Self { vmcs, log: [(0, 0); LOG_LEN], len: 0, overflowed: false, instruction_error }
+    }
+
+    /// The error-path invariant: every field written holds its value from before the call
+    /// again (the first record of a field has that value), and the VM-instruction error
+    /// field is unchanged.
+    fn assert_unchanged(&self, call: &str) {
+        assert!(!self.overflowed, "{call}: more than {LOG_LEN} VMCS writes in one call");
+        let log = self.log.get(..self.len).unwrap_or_default();
+        for (at, &(encoding, before)) in log.iter().enumerate() {
+            if log.iter().take(at).any(|&(earlier, _)| earlier == encoding) {
+                continue;
+            }
+            let now = self.vmcs.read_raw(encoding).ok();
+            assert_eq!(
+                now,
+                Some(before),
+                "{call} returned an error but changed {}",
+                field_name(encoding)
+            );
+        }
+        assert_eq!(
+            self.vmcs.last_instruction_error(),
+            self.instruction_error,
+            "{call} returned an error but changed the VM-instruction error field"
+        );
+    }
+}
+
+impl VmcsAccess for Logged<'_> {
+    fn read_raw(&self, encoding: u32) -> Result<u64, VmFail> {
+        self.vmcs.read_raw(encoding)
+    }
+
+    fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
+        if self.vmcs.supports(encoding) {
+            let before = self.vmcs.read_raw(encoding).unwrap_or(0);
+            match self.log.get_mut(self.len) {
+                Some(slot) => {
+                    *slot = (encoding, before);
+                    self.len += 1;
+                }
+                None => self.overflowed = true,
+            }
+        }
+        self.vmcs.write_raw(encoding, value)
+    }
+}
+
+/// The catalog name of an encoding (for failure messages).
+fn field_name(encoding: u32) -> String {
+    match field::ALL.iter().find(|info| info.encoding == encoding & !1) {
+        Some(info) if encoding & 1 != 0 => format!("{} (high) ({encoding:#x})", info.name),
+        Some(info) => format!("{} ({encoding:#x})", info.name),
+        None => format!("{encoding:#x}"),
     }
 }
 
@@ -539,10 +609,10 @@ impl Machine {
             instruction_length: event.length,
             event_data: self.config.fred.then_some(event.data),
         };
-        let before = self.vmcs.clone();
-        match inject(&mut self.vmcs, &guest_event, &self.context) {
+        let mut vmcs = Logged::new(&mut self.vmcs);
+        match inject(&mut vmcs, &guest_event, &self.context) {
             Ok(()) => self.expect_hypervisor = Some(event),
-            Err(_) => assert_vmcs_unchanged(&before, &self.vmcs, "inject"),
+            Err(_) => vmcs.assert_unchanged("inject"),
         }
     }
 
@@ -593,11 +663,11 @@ impl Machine {
         }
 
         // Re-injection and NMI-blocking restore.
-        let before = self.vmcs.clone();
-        match reinject_idt_vectoring(&mut self.vmcs, &info, &self.context) {
+        let mut vmcs = Logged::new(&mut self.vmcs);
+        match reinject_idt_vectoring(&mut vmcs, &info, &self.context) {
             Ok(_) => {}
             Err(error) => {
-                assert_vmcs_unchanged(&before, &self.vmcs, "reinject_idt_vectoring");
+                vmcs.assert_unchanged("reinject_idt_vectoring");
                 assert!(
                     matches!(
                         error,
@@ -632,9 +702,10 @@ impl Machine {
             self.owed_irqs.insert(vector);
         }
 
-        let (vmcs_before, queue_before) = (self.vmcs.clone(), self.queue);
-        if let Err(error) = self.queue.prepare_entry(&mut self.vmcs, &self.context) {
-            assert_vmcs_unchanged(&vmcs_before, &self.vmcs, "prepare_entry");
+        let queue_before = self.queue;
+        let mut vmcs = Logged::new(&mut self.vmcs);
+        if let Err(error) = self.queue.prepare_entry(&mut vmcs, &self.context) {
+            vmcs.assert_unchanged("prepare_entry");
             assert_eq!(queue_before, self.queue, "prepare_entry failed but changed the queue");
             panic!(
                 "round {index}: prepare_entry failed where it should defer: {error:?} \
@@ -730,4 +801,50 @@ fn run_with(data: &[u8], portable_sti_setting: bool) {
         assert_eq!(machine.queue.pending_nmis(), 0, "the library still owes NMIs the model merged");
     }
     assert_eq!(machine.queue.highest_irq(), None, "the library still owes an interrupt");
+}
+
+#[cfg(test)]
+mod logged_tests {
+    use super::*;
+
+    #[test]
+    #[should_panic(expected = "changed GUEST_INTERRUPTIBILITY_STATE")]
+    fn error_path_check_sees_a_field_the_call_changed() {
+        let mut vmcs = SoftVmcs::new();
+        let mut logged = Logged::new(&mut vmcs);
+        let _ = logged.write(field::GUEST_INTERRUPTIBILITY_STATE, 8);
+        logged.assert_unchanged("call");
+    }
+
+    #[test]
+    #[should_panic(expected = "changed GUEST_RFLAGS")]
+    fn error_path_check_compares_with_the_value_before_the_first_write() {
+        let mut vmcs = SoftVmcs::new();
+        let _ = vmcs.write(field::GUEST_RFLAGS, 0x202);
+        let mut logged = Logged::new(&mut vmcs);
+        let _ = logged.write(field::GUEST_RFLAGS, 0x2);
+        let _ = logged.write(field::GUEST_RFLAGS, 0x46);
+        logged.assert_unchanged("call");
+    }
+
+    #[test]
+    #[should_panic(expected = "changed the VM-instruction error field")]
+    fn error_path_check_sees_a_failed_write_that_set_the_instruction_error() {
+        let mut vmcs = SoftVmcs::new();
+        let mut logged = Logged::new(&mut vmcs);
+        let _ = logged.write_raw(field::EXIT_REASON.encoding(), 1);
+        logged.assert_unchanged("call");
+    }
+
+    #[test]
+    fn error_path_check_accepts_fields_written_back_to_their_value() {
+        let mut vmcs = SoftVmcs::new();
+        let _ = vmcs.write(field::GUEST_RFLAGS, 0x202);
+        let mut logged = Logged::new(&mut vmcs);
+        let _ = logged.write(field::GUEST_RFLAGS, 0x2);
+        let _ = logged.write(field::GUEST_RFLAGS, 0x202);
+        let _ = logged.write(field::GUEST_ACTIVITY_STATE, 0);
+        logged.assert_unchanged("call");
+        assert_eq!(logged.len, 3);
+    }
 }
