@@ -224,18 +224,14 @@ pub struct Build {
     started: Instant,
 }
 
-/// Starts the nightly `cargo fuzz build` in the background: all cores but one (leaving one to
-/// the foreground phase) unless CARGO_BUILD_JOBS says otherwise, at a lower priority (`nice`),
-/// logging to target/fuzz-smoke/build.log.
+/// Starts the nightly `cargo fuzz build` in the background at a lower priority (`nice -n 10`:
+/// it takes the cores the foreground phase leaves idle and yields the others), logging to
+/// target/fuzz-smoke/build.log.
 pub fn start_build() -> Result<Build> {
     let logs = root().join("target/fuzz-smoke");
     fs::create_dir_all(&logs).map_err(|e| Failure(format!("creating {}: {e}", logs.display())))?;
     let log_path = logs.join("build.log");
-    let mut build = cargo_fuzz("build");
-    if std::env::var_os("CARGO_BUILD_JOBS").is_none() {
-        let cores = std::thread::available_parallelism().map_or(1, usize::from);
-        build.env("CARGO_BUILD_JOBS", cores.saturating_sub(1).max(1).to_string());
-    }
+    let build = cargo_fuzz("build");
     let mut command =
         if util::probe(Command::new("nice").arg("true")) { niced(&build) } else { build };
     let log = fs::File::create(&log_path)
