@@ -84,8 +84,8 @@ struct Exit {
 const HOST_TIMER_VECTOR: u8 = 0xEC;
 
 /// How many writes one library call may make through [`Logged`] (the calls under test make
-/// a handful).
-const LOG_LEN: usize = 32;
+/// a handful; the library's own rollback keeps six).
+const LOG_LEN: usize = 16;
 
 /// The VMCS as the library sees it during one call that may fail: every write first records
 /// the value the field had, so that "an error leaves every VMCS field as it was" is checked
@@ -94,8 +94,10 @@ const LOG_LEN: usize = 32;
 /// call and comparing all of it afterwards.
 struct Logged<'a> {
     vmcs: &'a mut SoftVmcs,
-    /// (encoding, value before the write) of each write, in order.
-    log: [(u32, u64); LOG_LEN],
+    /// Encoding and value before the write of each write, in order (two plain arrays: set up
+    /// for every call, they cost a short memset).
+    encodings: [u32; LOG_LEN],
+    before: [u64; LOG_LEN],
     len: usize,
     /// More writes than `LOG_LEN`: the check cannot vouch for the call.
     overflowed: bool,
@@ -105,7 +107,14 @@ struct Logged<'a> {
 impl<'a> Logged<'a> {
     fn new(vmcs: &'a mut SoftVmcs) -> Self {
         let instruction_error = vmcs.last_instruction_error();
-        Self { vmcs, log: [(0, 0); LOG_LEN], len: 0, overflowed: false, instruction_error }
+        Self {
+            vmcs,
+            encodings: [0; LOG_LEN],
+            before: [0; LOG_LEN],
+            len: 0,
+            overflowed: false,
+            instruction_error,
+        }
     }
 
     /// The error-path invariant: every field written holds its value from before the call
@@ -113,9 +122,9 @@ impl<'a> Logged<'a> {
     /// field is unchanged.
     fn assert_unchanged(&self, call: &str) {
         assert!(!self.overflowed, "{call}: more than {LOG_LEN} VMCS writes in one call");
-        let log = self.log.get(..self.len).unwrap_or_default();
-        for (at, &(encoding, before)) in log.iter().enumerate() {
-            if log.iter().take(at).any(|&(earlier, _)| earlier == encoding) {
+        let encodings = self.encodings.get(..self.len).unwrap_or_default();
+        for (at, (&encoding, &before)) in encodings.iter().zip(&self.before).enumerate() {
+            if encodings.iter().take(at).any(|&earlier| earlier == encoding) {
                 continue;
             }
             let now = self.vmcs.read_raw(encoding).ok();
@@ -142,12 +151,12 @@ impl VmcsAccess for Logged<'_> {
     fn write_raw(&mut self, encoding: u32, value: u64) -> Result<(), VmFail> {
         if self.vmcs.supports(encoding) {
             let before = self.vmcs.read_raw(encoding).unwrap_or(0);
-            match self.log.get_mut(self.len) {
-                Some(slot) => {
-                    *slot = (encoding, before);
+            match (self.encodings.get_mut(self.len), self.before.get_mut(self.len)) {
+                (Some(encoding_slot), Some(before_slot)) => {
+                    (*encoding_slot, *before_slot) = (encoding, before);
                     self.len += 1;
                 }
-                None => self.overflowed = true,
+                _ => self.overflowed = true,
             }
         }
         self.vmcs.write_raw(encoding, value)
