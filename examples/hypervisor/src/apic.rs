@@ -32,11 +32,14 @@ macro_rules! with_apic {
     }};
 }
 
-/// This CPU's xAPIC handle (xAPIC mode only: the VMX scenarios use it).
-pub fn get() -> &'static mut XApic<MmioRegisters> {
-    // SAFETY: the handle belongs to this CPU and is used only by it (module docs).
+/// Runs `f` on this CPU's xAPIC handle (xAPIC mode only: the VMX scenarios use it). The
+/// handle is lent for the call only, so no two `&mut` to it can be alive at once.
+#[inline(always)]
+fn with_xapic<R>(f: impl FnOnce(&mut XApic<MmioRegisters>) -> R) -> R {
+    // SAFETY: the handle belongs to this CPU and is used only by it (module docs); the borrow
+    // ends with `f`.
     match unsafe { &mut *percpu::current().apic.get() } {
-        ApicHandle::XApic(apic) => apic,
+        ApicHandle::XApic(apic) => f(apic),
         _ => {
             crate::println!("HVKIT error: xAPIC handle used outside xAPIC mode");
             crate::port::exit(crate::port::status::PANIC)
@@ -163,15 +166,15 @@ impl LocalApic for ThisApic {
     const MODE: hvkit_apic::Mode = hvkit_apic::Mode::XApic;
 
     fn read(&self, offset: u32) -> u32 {
-        get().read(offset)
+        with_xapic(|apic| apic.read(offset))
     }
 
     fn write(&mut self, offset: u32, value: u32) {
-        get().write(offset, value);
+        with_xapic(|apic| apic.write(offset, value));
     }
 
     fn id(&self) -> u32 {
-        get().id()
+        with_xapic(|apic| apic.id())
     }
 
     fn send_ipi(
@@ -180,7 +183,7 @@ impl LocalApic for ThisApic {
         max_polls: u32,
         delay: &mut impl hvkit_apic::Delay,
     ) -> Result<(), hvkit_apic::IpiError> {
-        get().send_ipi(ipi, max_polls, delay)
+        with_xapic(|apic| apic.send_ipi(ipi, max_polls, delay))
     }
 
     fn send_self_ipi(
@@ -189,7 +192,7 @@ impl LocalApic for ThisApic {
         max_polls: u32,
         delay: &mut impl hvkit_apic::Delay,
     ) -> Result<(), hvkit_apic::IpiError> {
-        get().send_self_ipi(vector, max_polls, delay)
+        with_xapic(|apic| apic.send_self_ipi(vector, max_polls, delay))
     }
 }
 

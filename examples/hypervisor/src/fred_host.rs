@@ -277,7 +277,7 @@ pub fn nmi_source_check(fred_mode: bool) -> NmiSourceOutcome {
     }
     HOST_NMI_SOURCES_SEEN.store(0, Ordering::SeqCst);
     let before = HOST_NMI_HANDLED.load(Ordering::SeqCst);
-    let apic = crate::apic::get();
+    let mut apic = crate::apic::ThisApic;
     let own = Target::To(Destination::Physical(apic.id()));
     let mut expected = 0u16;
     let mut sent = 0u64;

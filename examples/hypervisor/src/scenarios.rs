@@ -130,10 +130,8 @@ impl<'a> Scenarios<'a> {
                 self.phase.host_direct_ticks += drain_host_interrupts();
                 let now = snapshot();
                 let handled = now.host_timer - self.phase.host_timer;
-                let apic = apic::get();
-                use hvkit_apic::LocalApic as _;
-                let clean = !apic.is_in_service(host::TIMER_VECTOR)
-                    && !apic.is_requested(host::TIMER_VECTOR);
+                let clean = !apic::is_in_service(host::TIMER_VECTOR)
+                    && !apic::is_requested(host::TIMER_VECTOR);
                 report(Line {
                     name: if self.strategies.fred() { "fred-timer-irq" } else { "timer-irq" },
                     strategy: self.strategies.name(),
