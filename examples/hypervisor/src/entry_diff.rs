@@ -30,6 +30,7 @@
 //! [`DEVIATIONS`] and counted as explained; every other disagreement fails the scenario.
 //! Combinations that cannot be run are skipped and counted with their reason ([`Skip`]).
 
+use crate::memory::HwCell;
 use crate::println;
 use crate::report::{Extra, Line, report};
 use crate::vmx::Vmx;
@@ -48,7 +49,7 @@ use hvkit_vmx_core::vmcs::{
     ActiveVmcs, ClearVmcs, EntryExitHooks, GuestRegisters, Vmcs, VmcsAccess, VmxRoot,
 };
 
-static mut DIFF_VMCS: VmcsRegion = VmcsRegion::new(0);
+static DIFF_VMCS: HwCell<VmcsRegion> = HwCell::new(VmcsRegion::new(0));
 
 core::arch::global_asm!(
     r#"
@@ -352,10 +353,11 @@ pub fn run(root: &mut VmxRoot, vmx: &Vmx, guest_stack_top: u64, guest_idt: u64, 
     let mut setup = Setup::read(vmx, guest_stack_top, guest_idt, eptp);
     let mut tally = Tally::default();
     let revision = vmx.caps.basic.revision_id();
-    // SAFETY: single CPU, called once; the region is a static only this module uses.
+    // SAFETY: the bootstrap processor's differential VMCS, written once before use; nothing
+    // else refers to it.
     let address = unsafe {
-        DIFF_VMCS = VmcsRegion::new(revision);
-        core::ptr::addr_of!(DIFF_VMCS) as u64
+        DIFF_VMCS.get().write(VmcsRegion::new(revision));
+        DIFF_VMCS.address()
     };
     // SAFETY: 1. a 4 KiB-aligned, identity-mapped VMCS region with this CPU's revision id;
     // 2. a static used only here, by the processor; 3. this is the only value naming it (`run`

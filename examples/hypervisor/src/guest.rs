@@ -2,6 +2,7 @@
 //! IDT inside a 2 MiB area that EPT maps with 4 KiB pages (so the hypervisor can take single
 //! pages away for the IDT-vectoring and IRET scenarios).
 
+use crate::memory::HwCell;
 use core::sync::atomic::{AtomicU64, Ordering};
 
 /// Hypercall numbers (VMCALL with RAX = command, RBX/RCX = arguments; results in RAX/RBX).
@@ -66,8 +67,8 @@ pub struct GuestArea {
 }
 
 /// The guest area.
-pub static mut AREA: GuestArea =
-    GuestArea { idt: [0; 512], stack: [0; 15 * 4096], rest: [0; 2097152 - 16 * 4096] };
+pub static AREA: HwCell<GuestArea> =
+    HwCell::new(GuestArea { idt: [0; 512], stack: [0; 15 * 4096], rest: [0; 2097152 - 16 * 4096] });
 
 /// Guest NMI handler runs.
 pub static GUEST_NMI_COUNT: AtomicU64 = AtomicU64::new(0);
@@ -164,7 +165,7 @@ unsafe extern "C" {
 
 /// Base of the guest area.
 pub fn area() -> u64 {
-    core::ptr::addr_of!(AREA) as u64
+    AREA.address()
 }
 
 /// The guest IDT (first page of the area).
@@ -179,8 +180,9 @@ pub fn stack_top() -> u64 {
 
 /// Fills the guest IDT: every vector faults to the hypervisor except #DB, NMI and 0x40.
 pub fn init() {
-    // SAFETY: single CPU, before the guest runs.
-    let table = unsafe { &mut (*core::ptr::addr_of_mut!(AREA)).idt };
+    // SAFETY: the bootstrap processor, once, before any guest runs (the APs' guests, which
+    // point their IDTR here too, start later).
+    let table = unsafe { &mut (*AREA.get()).idt };
     for vector in 0..256usize {
         let handler = match vector {
             1 => guest_db_entry as *const () as u64,

@@ -12,6 +12,7 @@ mod fred_host;
 mod guest;
 mod host;
 mod hostside;
+mod memory;
 mod percpu;
 mod port;
 mod report;

@@ -1,6 +1,7 @@
 //! VMX bring-up: detection with a message per missing prerequisite, VMXON, VMCS, EPT.
 
 use crate::host;
+use crate::memory::HwCell;
 use crate::println;
 use hvkit_vmx_core::VmFail;
 use hvkit_vmx_core::caps::{FeatureControl, HardwareMsrs, VmxCapabilities, VmxonReadiness, msr};
@@ -14,8 +15,8 @@ use hvkit_vmx_core::fred_state::{FredMsrState, HardwareFredMsrs};
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
 use hvkit_vmx_core::vmcs::{ActiveVmcs, ClearVmcs, VmcsAccess, VmxRoot};
 
-static mut VMXON_REGION: VmxonRegion = VmxonRegion::new(0);
-static mut VMCS_REGION: VmcsRegion = VmcsRegion::new(0);
+static VMXON_REGION: HwCell<VmxonRegion> = HwCell::new(VmxonRegion::new(0));
+static VMCS_REGION: HwCell<VmcsRegion> = HwCell::new(VmcsRegion::new(0));
 /// Set once [`guest_vmcs`] has handed out [`VMCS_REGION`].
 static VMCS_TAKEN: core::sync::atomic::AtomicBool = core::sync::atomic::AtomicBool::new(false);
 /// Set by [`enable`] when the controls enable EPT; [`invept_all`] does nothing while clear.
@@ -30,7 +31,8 @@ struct Ept {
     pt: [u64; 512],
 }
 
-static mut EPT: Ept = Ept { pml4: [0; 512], pdpt: [0; 512], pd: [[0; 512]; 4], pt: [0; 512] };
+static EPT: HwCell<Ept> =
+    HwCell::new(Ept { pml4: [0; 512], pdpt: [0; 512], pd: [[0; 512]; 4], pt: [0; 512] });
 
 const EPT_RWX: u64 = 0x7;
 const EPT_WB: u64 = 6 << 3;
@@ -133,10 +135,11 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
     unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
 
     let revision = caps.basic.revision_id();
-    // SAFETY: single CPU, called once; the region is a static only VMX uses.
+    // SAFETY: the bootstrap processor's region, written once before its VMXON (the APs have
+    // their own); nothing else refers to it.
     let vmxon = unsafe {
-        VMXON_REGION = VmxonRegion::new(revision);
-        core::ptr::addr_of!(VMXON_REGION) as u64
+        VMXON_REGION.get().write(VmxonRegion::new(revision));
+        VMXON_REGION.address()
     };
     // SAFETY: CR0/CR4 fixed bits hold, feature control allows VMXON, the region is identity-mapped.
     let root = unsafe { VmxRoot::enable(vmxon) }.map_err(|_| "VMXON failed")?;
@@ -195,10 +198,10 @@ pub fn guest_vmcs(vmx: &Vmx) -> ClearVmcs {
     if VMCS_TAKEN.swap(true, core::sync::atomic::Ordering::SeqCst) {
         crate::port::exit(crate::port::status::PANIC)
     }
-    // SAFETY: single CPU; the flag above makes this the only reference to the region.
+    // SAFETY: the bootstrap processor's region; the flag above makes this the only use.
     let address = unsafe {
-        VMCS_REGION = VmcsRegion::new(vmx.caps.basic.revision_id());
-        core::ptr::addr_of!(VMCS_REGION) as u64
+        VMCS_REGION.get().write(VmcsRegion::new(vmx.caps.basic.revision_id()));
+        VMCS_REGION.address()
     };
     // SAFETY: 1. a 4 KiB-aligned, identity-mapped VMCS region with this CPU's revision id;
     // 2. a static that only the processor uses from here on; 3. handed out once (the flag);
@@ -209,9 +212,10 @@ pub fn guest_vmcs(vmx: &Vmx) -> ClearVmcs {
 /// Builds the identity EPT; returns the EPTP. The 2 MiB region at `area` uses 4 KiB pages.
 pub fn build_ept(area: u64) -> u64 {
     let area_index = (area >> 21) as usize;
-    // SAFETY: single CPU; the EPT is only read by the CPU after VM entry.
+    // SAFETY: built once by the bootstrap processor before any guest runs (the APs' guests
+    // share it later); the processors only read it after VM entry.
     unsafe {
-        let ept = &mut *core::ptr::addr_of_mut!(EPT);
+        let ept = &mut *EPT.get();
         ept.pml4[0] = core::ptr::addr_of!(ept.pdpt) as u64 | EPT_RWX;
         for (index, pd) in ept.pd.iter_mut().enumerate() {
             ept.pdpt[index] = pd.as_ptr() as u64 | EPT_RWX;
@@ -231,9 +235,11 @@ pub fn build_ept(area: u64) -> u64 {
 /// Sets the EPT permissions of the 4 KiB page at `address` inside the guest area.
 pub fn set_page_access(area: u64, address: u64, rwx: u64) {
     let index = ((address - area) >> 12) as usize & 511;
-    // SAFETY: single CPU; invalidated by the caller with INVEPT.
+    // SAFETY: only the bootstrap processor changes the EPT (one entry of its guest area's page
+    // table), during its own guest's scenarios, which run after the APs' guests have stopped;
+    // the caller invalidates with INVEPT.
     unsafe {
-        let ept = &mut *core::ptr::addr_of_mut!(EPT);
+        let ept = &mut *EPT.get();
         ept.pt[index] = (ept.pt[index] & !7) | (rwx & 7);
     }
 }
