@@ -1,18 +1,6 @@
-//! The exit handler to copy: one virtual CPU (its VMCS, guest registers and guest event queue)
-//! and the exit sequence in the order the hvkit crates expect. Everything else in this example
-//! (scenarios, counters, reports) is the [`ExitHandler`] in `scenarios.rs`.
-//!
-//! Per exit:
-//! 1. `ActiveVmcs::run` enters the guest and returns the exit token;
-//! 2. `ExitHead::read`: only what host re-delivery needs (exit reason, interruption information);
-//! 3. `handle_host_event`: the host NMI or interrupt the exit consumed runs its host handler,
-//!    first, before anything else can unblock NMIs or enable interrupts;
-//! 4. `ExitHead::complete`: the rest of the exit information;
-//! 5. the VMM handles the exit ([`ExitHandler::handle`]);
-//! 6. `reinject_idt_vectoring`: a guest event whose delivery the exit interrupted is retried;
-//! 7. an exception the VMM reflects is injected (`inject`), then `GuestEventQueue::prepare_entry`
-//!    injects what the guest is owed or opens the window it waits for;
-//! 8. back to 1 with the exit token (VMRESUME).
+//! The exit handler to copy: a virtual CPU and the exit sequence in the order the hvkit crates
+//! expect (numbered in `Vcpu::run`). The VMM's own part (here scenarios, counters and reports,
+//! in `scenarios.rs`) is an [`ExitHandler`].
 
 use hvkit_nmi_reinject::{
     EventState, ExitError, GuestEvent, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
@@ -25,9 +13,8 @@ use hvkit_vmx_core::vmcs::VmcsAccess as _;
 use hvkit_vmx_core::vmcs::{ActiveVmcs, GuestRegisters, Vmcs, VmxRoot};
 use hvkit_vmx_core::{VmFail, field};
 
-/// The "acknowledge interrupt on exit" VM-exit control: `vmx::enable` requests it and
-/// `controls::adjust` fails on a CPU that cannot set it, so every VMCS here has it (a constant
-/// keeps its test off the exit path).
+/// "Acknowledge interrupt on exit": `vmx::enable` requests it and `controls::adjust` fails
+/// without it, so every VMCS here has it (a constant keeps the test off the exit path).
 pub const ACKNOWLEDGE_ON_EXIT: bool = true;
 
 /// One virtual CPU. Owned by the logical processor that runs it (a `Vmcs` is `!Send`).
@@ -91,12 +78,10 @@ pub struct Guest<'a, 'root> {
     pub queue: &'a mut GuestEventQueue,
 }
 
-/// Why a vCPU stopped: an exit step failed, or the VMM gave up.
+/// Why a vCPU stopped: a library step failed (through the one `ExitError`), or the VMM gave up.
 #[derive(Debug)]
 pub enum Fatal {
-    /// A library step failed (VM entry, VMREAD/VMWRITE, re-delivery, injection, ...).
     Step(ExitError),
-    /// The VMM gave up on an exit.
     Vmm(&'static str),
 }
 
@@ -131,14 +116,15 @@ impl Vcpu {
         };
         let mut previous: Option<VmExit> = None;
         loop {
-            // 1. SAFETY: the VMCS holds a complete host and guest state (vmx::setup_vmcs);
-            // interrupts are disabled; EPT confines the guest.
+            // 1. Enter (VMLAUNCH or VMRESUME). SAFETY: the VMCS holds a complete host and guest
+            // state (vmx::setup_vmcs); interrupts are disabled; EPT confines the guest.
             let exit = match unsafe { vmcs.run(registers, previous.take()) } {
                 Ok(exit) => exit,
                 Err(fail) => return fail.into(),
             };
             let exit_tsc = crate::cpu::rdtsc();
-            // 2-3. The hot path: only what re-delivery needs, then the host event, first.
+            // 2. Read only what re-delivery needs; 3. re-deliver the host NMI or interrupt the
+            // exit consumed, first, before anything can unblock NMIs or enable interrupts.
             let head = match ExitHead::read(&vmcs, &exit) {
                 Ok(head) => head,
                 Err(fail) => return fail.into(),
@@ -172,7 +158,9 @@ impl Vcpu {
     }
 }
 
-/// Steps 4-7 of one exit.
+/// Steps 4 to 7: the rest of the exit information; the VMM's handling; re-injection of a guest
+/// event whose delivery the exit interrupted; a reflected exception, then what the guest is owed
+/// (or the window it waits for).
 #[inline(never)]
 fn finish_exit(
     guest: Guest<'_, '_>,
