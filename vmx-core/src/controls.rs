@@ -551,6 +551,14 @@ pub struct AdjustedControls {
 }
 
 impl AdjustedControls {
+    /// The "acknowledge interrupt on exit" VM-exit control (bit 15) as adjusted: the value to
+    /// give `hvkit_nmi_reinject::handle_host_event` for every exit of a VMCS written with these
+    /// controls (SDM Vol. 3C 25.7.1: with it set, an external-interrupt exit acknowledges the
+    /// interrupt and stores its vector in the exit interruption information).
+    pub const fn acknowledges_interrupt_on_exit(&self) -> bool {
+        self.exit.contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT)
+    }
+
     /// VM entry loads the guest FRED state and VM exit saves it and loads the host's: entry
     /// bit 23, exit bit 31 and secondary exit bits 0 and 1 all set.
     pub const fn fred_state(&self) -> bool {
@@ -730,6 +738,34 @@ mod tests {
         assert_eq!(adjusted.primary.bits(), 0x0400_6172);
         assert_eq!(adjusted.exit.bits(), 0x0003_6FFB);
         assert_eq!(adjusted.entry.bits(), 0x13FB);
+    }
+
+    #[test]
+    fn acknowledge_on_exit_is_read_from_exit_control_bit_15() {
+        let caps = VmxCapabilities::read(&RecordedMsrs(SKYLAKE_X)).unwrap();
+        assert!(!adjust(&caps, &minimal()).unwrap().acknowledges_interrupt_on_exit());
+        let request = ControlRequest {
+            exit: minimal().exit | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+            ..minimal()
+        };
+        let adjusted = adjust(&caps, &request).unwrap();
+        assert_eq!(adjusted.exit.bits() & (1 << 15), 1 << 15);
+        assert!(adjusted.acknowledges_interrupt_on_exit());
+        // Another exit control with bit 15 clear does not count.
+        let other =
+            AdjustedControls { exit: ExitControls::from_bits_retain(!(1 << 15)), ..adjusted };
+        assert!(!other.acknowledges_interrupt_on_exit());
+    }
+
+    #[test]
+    fn exit_info_options_read_original_event_data_where_basic_bit_58_is_set() {
+        use crate::exit::ExitInfoOptions;
+        // Bochs 2.7 corei7_skylake_x: IA32_VMX_BASIC = 0x00D8_1000_0000_002B, bit 58 clear.
+        let skylake = VmxCapabilities::read(&RecordedMsrs(SKYLAKE_X)).unwrap();
+        assert!(!ExitInfoOptions::from_capabilities(&skylake).original_event_data);
+        // Upstream Bochs wildcat_lake: IA32_VMX_BASIC = 0x04D8_1000_0000_0004, bit 58 set.
+        let wildcat = VmxCapabilities::read(&RecordedMsrs(WILDCAT_LAKE)).unwrap();
+        assert!(ExitInfoOptions::from_capabilities(&wildcat).original_event_data);
     }
 
     #[test]

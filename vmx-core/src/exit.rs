@@ -349,6 +349,14 @@ pub struct ExitInfoOptions {
     pub original_event_data: bool,
 }
 
+impl ExitInfoOptions {
+    /// The options for a processor with these capabilities: ORIGINAL_EVENT_DATA is read where
+    /// IA32_VMX_BASIC\[58\] (nested-exception support) reports it.
+    pub const fn from_capabilities(caps: &crate::caps::VmxCapabilities) -> Self {
+        Self { original_event_data: caps.basic.nested_exception() }
+    }
+}
+
 /// The first phase of reading an exit: what host-event re-delivery needs (the exit reason and
 /// the VM-exit interruption information), read with two VMREADs right after the exit.
 ///

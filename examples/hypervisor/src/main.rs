@@ -85,6 +85,11 @@ extern "C" fn kernel_main() -> ! {
         rsi: u64::from(apic_id),
         ..GuestRegisters::default()
     };
+    // vcpu.rs relies on it (ACKNOWLEDGE_ON_EXIT); `adjust` already refused a CPU without it.
+    if !vmx.controls.acknowledges_interrupt_on_exit() {
+        println!("HVKIT error: the adjusted controls lack acknowledge interrupt on exit");
+        port::exit(status::FAIL)
+    }
     let mut vcpu = match new_vcpu(&mut root, &vmx, eptp, registers) {
         Ok(vcpu) => vcpu,
         Err(fail) => {
@@ -127,5 +132,6 @@ fn new_vcpu(
         // The guest does not use FRED, so no event data travels with its events.
         context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
         nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
+        exit_options: hvkit_vmx_core::exit::ExitInfoOptions::from_capabilities(&vmx.caps),
     })
 }

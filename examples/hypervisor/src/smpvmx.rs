@@ -364,6 +364,7 @@ pub fn enable_on_this_cpu() -> bool {
         queue: GuestEventQueue::new(),
         context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
         nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
+        exit_options: hvkit_vmx_core::exit::ExitInfoOptions::from_capabilities(&vmx.caps),
     };
     // SAFETY: slot `index` is this CPU's.
     unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vcpu }) };

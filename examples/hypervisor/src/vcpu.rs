@@ -30,6 +30,8 @@ pub struct Vcpu {
     /// NMI-source reporting (CPUID.(7,1):EAX[20]): NMI exits carry the source bitmap in their
     /// qualification, and re-delivery forwards it.
     pub nmi_sources: bool,
+    /// Which optional exit-information fields this processor has.
+    pub exit_options: ExitInfoOptions,
 }
 
 /// What the VMM decided about one exit.
@@ -109,7 +111,7 @@ impl core::fmt::Display for Fatal {
 impl Vcpu {
     /// Runs the guest until the handler or a VMX instruction stops it.
     pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
-        let Self { vmcs, registers, queue, context, nmi_sources } = self;
+        let Self { vmcs, registers, queue, context, nmi_sources, exit_options } = self;
         let mut vmcs = match root.activate(vmcs) {
             Ok(active) => active,
             Err(fail) => return fail.into(),
@@ -150,7 +152,9 @@ impl Vcpu {
             handler.host_event(outcome, exit_tsc);
             // 4-7. Out of line, so the hot path above keeps its registers.
             let guest = Guest { vmcs: &mut vmcs, registers, queue };
-            if let Err(fatal) = finish_exit(guest, context, &exit, head, exit_tsc, handler) {
+            if let Err(fatal) =
+                finish_exit(guest, context, *exit_options, &exit, head, exit_tsc, handler)
+            {
                 return fatal;
             }
             previous = Some(exit);
@@ -165,12 +169,13 @@ impl Vcpu {
 fn finish_exit(
     guest: Guest<'_, '_>,
     context: &InjectionContext,
+    exit_options: ExitInfoOptions,
     exit: &VmExit,
     head: ExitHead<'_>,
     exit_tsc: u64,
     handler: &mut impl ExitHandler,
 ) -> Result<(), Fatal> {
-    let info = head.complete(guest.vmcs, ExitInfoOptions::default())?;
+    let info = head.complete(guest.vmcs, exit_options)?;
     let Guest { vmcs, registers, queue } = guest;
     let resume = handler.handle(Guest { vmcs, registers, queue }, &info, exit)?;
     if resume.advance_rip {
