@@ -148,6 +148,25 @@ impl fmt::Display for IpiError {
 impl core::error::Error for IpiError {}
 
 /// A valid IPI request.
+///
+/// Built only through constructors that cannot express an invalid request (a fixed vector
+/// below 16, an NMI with the "self" shorthand); [`encode`](Self::encode) gives the ICR value.
+///
+/// ```
+/// use hvkit_apic::{Destination, FixedTarget, Ipi, IpiError, Mode, Target};
+///
+/// // A fixed self-IPI with vector 0x40: shorthand 01 (bits 19:18), level assert (bit 14).
+/// let ipi = Ipi::fixed(0x40, FixedTarget::ToSelf)?;
+/// assert_eq!(ipi.encode(Mode::X2Apic)?, 0x0004_4040);
+/// // An NMI (delivery mode 100) to APIC ID 3; xAPIC puts the destination in bits 63:56.
+/// let nmi = Ipi::nmi(Target::To(Destination::Physical(3)));
+/// assert_eq!(nmi.encode(Mode::XApic)?, 0x0300_0000_0000_4400);
+/// // Vectors 0-15 are reserved for fixed IPIs; xAPIC destinations are 8 bits.
+/// assert_eq!(Ipi::fixed(15, FixedTarget::ToSelf), Err(IpiError::ReservedVector { vector: 15 }));
+/// let far = Ipi::nmi(Target::To(Destination::Physical(0x100)));
+/// assert_eq!(far.encode(Mode::XApic), Err(IpiError::DestinationOutOfRange { destination: 0x100 }));
+/// # Ok::<(), IpiError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct Ipi {
@@ -388,7 +407,7 @@ mod tests {
                 .encode(Mode::XApic),
             Ok(0x0300_0000_0000_4040)
         );
-        // NMI: delivery mode 100 in 10:8, level assert: 0x4400 (RIG.md self-NMI).
+        // NMI: delivery mode 100 in 10:8, level assert: 0x4400 (the self-NMI ICR value recorded from Bochs 2.7).
         assert_eq!(low(Ipi::nmi(Target::To(Destination::Physical(3)))), 0x4400);
         assert_eq!(low(Ipi::smi(Target::To(Destination::Physical(0)))), 0x4200);
         assert_eq!(low(Ipi::init(Target::To(Destination::Physical(0)))), 0x4500);

@@ -13,6 +13,7 @@
 //! frame, its alignment and red zone, and the caller's stack and callee-saved registers. ERETS
 //! itself needs CPL 0 with CR4.FRED and is not executed by this project's CI.
 
+#[cfg(target_arch = "x86_64")]
 use crate::entry::Dispatcher;
 use crate::frame::{EventType, SsSlot};
 use core::fmt;

@@ -2,6 +2,14 @@
 //! instruction reference for ERETS, ERETU and LKGS) so that any assembler accepts them; a test
 //! checks the bytes against
 //! both the specification and LLVM's own encoding of the mnemonics.
+#![cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(
+        unused_macros,
+        unused_imports,
+        reason = "the byte encodings are used by x86_64 assembly only"
+    )
+)]
 
 /// ERETS: F2 0F 01 CA.
 macro_rules! erets_bytes {

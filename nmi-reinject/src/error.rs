@@ -155,7 +155,8 @@ pub enum ExitError {
     Vmcs(VmFail),
     /// The exit's host event could not be classified or re-delivered.
     HostEvent(HostEventError),
-    /// A host NMI or interrupt re-delivery failed (outside [`handle_host_event`](crate::handle_host_event)).
+    /// A host NMI or interrupt re-delivery failed outside
+    /// [`handle_host_event`](crate::handle_host_event).
     Redelivery(RedeliveryError),
     /// A guest event was not injected or re-injected; the VMCS is as before the call.
     Inject(InjectError),

@@ -3,8 +3,9 @@
 //! Between the VM exit and [`handle_host_event`] nothing may run that can fault, trap, execute
 //! IRET or enable interrupts: an IRET (from any exception handler) would unblock NMIs while the
 //! host NMI is still undelivered, and enabling interrupts first would let interrupts overtake
-//! the NMI (shared/FACTS.md section 1; Linux KVM commit 11df586d774f). Reading the exit
-//! information with VMREAD is fine. The order is: host NMI first, then the acknowledged
+//! the NMI (a VM exit caused by an NMI leaves NMIs blocked until the next IRET, SDM Vol. 3C
+//! chapter "VM Exits"; Linux KVM commit 11df586d774f). Reading the exit information with VMREAD
+//! is fine. The order is: host NMI first, then the acknowledged
 //! interrupt, then guest-side work.
 //!
 //! Both functions need only the first phase of the exit information
@@ -107,6 +108,39 @@ pub fn classify<'exit>(
 /// Re-delivers the host event of this exit (at most one per exit: an exit is caused either by an
 /// NMI or by an interrupt). Call it first in the exit handler. `info` is an [`ExitHead`] (the
 /// first phase of the exit read, enough for this) or a `&ExitInfo`.
+///
+/// ```
+/// use hvkit_nmi_reinject::{
+///     HostEvent, IrqDelivery, Redeliver, RedeliveryError, handle_host_event,
+/// };
+/// use hvkit_vmx_core::exit::ExitHead;
+/// use hvkit_vmx_core::vmcs::SoftVmcs;
+///
+/// /// A stand-in for `IdtDirectCall` / `FredDirectCall` / `SelfNmi`.
+/// #[derive(Default)]
+/// struct Counting { nmis: u32, irqs: u32 }
+/// impl Redeliver for Counting {
+///     fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
+///         self.nmis += 1;
+///         Ok(())
+///     }
+///     fn redeliver_irq(&mut self, _vector: u8) -> Result<IrqDelivery, RedeliveryError> {
+///         self.irqs += 1;
+///         Ok(IrqDelivery::Handled)
+///     }
+/// }
+///
+/// let mut vmcs = SoftVmcs::new();
+/// let exit = vmcs.complete_exit();
+/// let mut host = Counting::default();
+/// // An external-interrupt exit (reason 1) that acknowledged vector 0x41.
+/// let head = ExitHead::from_parts(&exit, 1, 0x8000_0041);
+/// let (event, delivery) = handle_host_event(&mut host, head, true)?;
+/// assert_eq!(event, HostEvent::AcknowledgedIrq(0x41));
+/// assert_eq!(delivery, Some(IrqDelivery::Handled));
+/// assert_eq!((host.nmis, host.irqs), (0, 1));
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
 #[inline]
 pub fn handle_host_event<'exit, R: Redeliver>(
     strategy: &mut R,

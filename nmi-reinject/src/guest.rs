@@ -26,6 +26,15 @@ use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::VmcsAccess;
 
 /// An event to inject at the next VM entry.
+///
+/// ```
+/// use hvkit_nmi_reinject::GuestEvent;
+/// use hvkit_vmx_core::event::InterruptionType;
+///
+/// let timer = GuestEvent::external_interrupt(0x20);
+/// assert_eq!(timer.info.raw(), 0x8000_0020); // valid, type 0, vector 0x20
+/// assert_eq!(GuestEvent::nmi().info.event_type(), InterruptionType::Nmi);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEvent {
@@ -405,17 +414,60 @@ pub struct GuestFixups {
 ///   arrive. That case returns [`InjectError::NmiBlockingWithNmiPending`]; the caller
 ///   injected too early.
 ///
+/// ```
+/// use hvkit_nmi_reinject::{GuestEvent, InjectionContext, reinject_idt_vectoring};
+/// use hvkit_vmx_core::entry_check::EntryCapabilities;
+/// use hvkit_vmx_core::exit::{ExitInfo, ExitInfoParts};
+/// use hvkit_vmx_core::field;
+/// use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+///
+/// let context = InjectionContext {
+///     capabilities: EntryCapabilities::STRICT,
+///     virtual_nmis: true,
+///     unrestricted_guest: false,
+///     primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+///     injected_event_data: false,
+/// };
+/// let mut vmcs = SoftVmcs::new();
+/// vmcs.write(field::GUEST_CR0, 0x8000_0031)?;
+/// vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+/// let exit = vmcs.complete_exit();
+/// // An EPT violation while the guest's interrupt 0x30 was being delivered.
+/// let info = ExitInfo::from_parts(&exit, ExitInfoParts {
+///     reason: 48,
+///     idt_vectoring_info: 0x8000_0030,
+///     ..ExitInfoParts::default()
+/// });
+/// let fixups = reinject_idt_vectoring(&mut vmcs, &info, &context)?;
+/// assert_eq!(fixups.reinjected, Some(GuestEvent::external_interrupt(0x30)));
+/// assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?, 0x8000_0030);
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
+///
 /// On error the VMCS is as before.
+#[inline(always)]
 pub fn reinject_idt_vectoring(
     vmcs: &mut impl VmcsAccess,
     info: &ExitInfo<'_>,
     context: &InjectionContext,
 ) -> Result<GuestFixups, InjectError> {
     let restore = nmi_unblocked_by_iret(info, context.virtual_nmis);
-    // Nothing to do on most exits: decided before building any event.
+    // Nothing to do on most exits: decided inline, before building any event; the rest is out
+    // of line so that every call site stays small.
     if !restore && !info.idt_vectoring_info.is_valid() {
         return Ok(GuestFixups::default());
     }
+    reinject_idt_vectoring_slow(vmcs, info, context, restore)
+}
+
+/// [`reinject_idt_vectoring`] when there is something to do.
+#[inline(never)]
+fn reinject_idt_vectoring_slow(
+    vmcs: &mut impl VmcsAccess,
+    info: &ExitInfo<'_>,
+    context: &InjectionContext,
+    restore: bool,
+) -> Result<GuestFixups, InjectError> {
     let event = idt_vectoring_event(info, context.capabilities.nested_exception);
     let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
     let mut guest = guest_event_state(vmcs, context)?;
@@ -469,6 +521,34 @@ pub enum NmiQueued {
 ///   when it has one in service (blocking by NMI set, or an NMI injection already pending);
 ///   the excess merges and is counted in [`merged_nmis`](Self::merged_nmis). This is KVM's
 ///   rule as well.
+///
+/// ```
+/// use hvkit_nmi_reinject::{EntryDecision, GuestEvent, GuestEventQueue, InjectionContext, NmiQueued};
+/// use hvkit_vmx_core::entry_check::EntryCapabilities;
+/// use hvkit_vmx_core::field;
+/// use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
+///
+/// let context = InjectionContext {
+///     capabilities: EntryCapabilities::STRICT,
+///     virtual_nmis: true,
+///     unrestricted_guest: false,
+///     primary_controls: InjectionContext::ANY_PRIMARY_CONTROLS,
+///     injected_event_data: false,
+/// };
+/// // A protected-mode guest with interrupts enabled and nothing blocking.
+/// let mut vmcs = SoftVmcs::new();
+/// vmcs.write(field::GUEST_CR0, 0x8000_0031)?;
+/// vmcs.write(field::GUEST_RFLAGS, 0x202)?;
+///
+/// let mut queue = GuestEventQueue::new();
+/// queue.queue_irq(0x30);
+/// assert_eq!(queue.queue_nmi(), NmiQueued::Owed);
+/// // Before each entry: the NMI goes first; the interrupt waits for the next entry.
+/// assert_eq!(queue.prepare_entry(&mut vmcs, &context)?, EntryDecision::Injected(GuestEvent::nmi()));
+/// assert_eq!(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?, 0x8000_0202);
+/// assert_eq!(queue.highest_irq(), Some(0x30));
+/// # Ok::<(), hvkit_nmi_reinject::ExitError>(())
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct GuestEventQueue {
@@ -584,17 +664,29 @@ impl GuestEventQueue {
     ///
     /// Owed NMIs beyond one merge while the guest has an NMI in service (see the type).
     /// On error the VMCS and the queue are as before.
+    #[inline(always)]
     pub fn prepare_entry(
         &mut self,
         vmcs: &mut impl VmcsAccess,
         context: &InjectionContext,
     ) -> Result<EntryDecision, InjectError> {
-        // The common case: nothing owed and the windows already clear: no VMCS access at all.
-        // (The words are OR-ed: comparing the array with `[0; 4]` becomes a call to `bcmp`.)
+        // The common case, inline: nothing owed and the windows already clear: no VMCS access
+        // at all. (The words are OR-ed: comparing the array with `[0; 4]` becomes a call to
+        // `bcmp`.) The rest is out of line so that every call site stays small.
         let [irqs0, irqs1, irqs2, irqs3] = self.pending_irqs;
         if self.windows_clear && self.pending_nmis == 0 && (irqs0 | irqs1 | irqs2 | irqs3) == 0 {
             return Ok(EntryDecision::Idle);
         }
+        self.prepare_entry_slow(vmcs, context)
+    }
+
+    /// [`prepare_entry`](Self::prepare_entry) when something is owed or a window is set.
+    #[inline(never)]
+    fn prepare_entry_slow(
+        &mut self,
+        vmcs: &mut impl VmcsAccess,
+        context: &InjectionContext,
+    ) -> Result<EntryDecision, InjectError> {
         let pending = InterruptionInfo::from_raw(vmcs.read(field::VM_ENTRY_INTERRUPTION_INFO)?);
         let guest = guest_event_state(vmcs, context)?;
         let blocking = guest.interruptibility;

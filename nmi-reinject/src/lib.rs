@@ -55,6 +55,107 @@
 //! assert_eq!(classify(&nmi_exit, true), Ok(HostEvent::Nmi));
 //! ```
 //!
+//! # Example: a complete exit handler
+//!
+//! A per-vCPU struct that owns its VMCS, and the exit loop with the four steps above; every
+//! step's error goes through `?` into [`ExitError`]. The only `unsafe` is the VM entry itself
+//! (setting up VMX operation and the VMCS region is shown in hvkit-vmx-core's "Hardware
+//! setup").
+//!
+//! ```no_run
+//! use hvkit_nmi_reinject::{
+//!     ExitError, GuestEventQueue, InjectionContext, Redeliver, handle_host_event,
+//!     reinject_idt_vectoring,
+//! };
+//! use hvkit_vmx_core::caps::VmxCapabilities;
+//! use hvkit_vmx_core::controls::{AdjustedControls, ExitControls};
+//! use hvkit_vmx_core::exit::{BasicExitReason, ExitHead, ExitInfoOptions, VmExit};
+//! use hvkit_vmx_core::field;
+//! use hvkit_vmx_core::vmcs::{ClearVmcs, GuestRegisters, VmcsAccess, Vmcs, VmxRoot};
+//!
+//! /// One virtual CPU: its VMCS (launch state included), registers and owed guest events.
+//! struct Vcpu {
+//!     vmcs: Vmcs,
+//!     registers: GuestRegisters,
+//!     events: GuestEventQueue,
+//!     context: InjectionContext,
+//!     acknowledge_on_exit: bool,
+//!     exit_options: ExitInfoOptions,
+//!     /// The exit being handled (`None` before the first entry).
+//!     exit: Option<VmExit>,
+//! }
+//!
+//! impl Vcpu {
+//!     /// Takes a VMCS region into use on this CPU and writes the adjusted controls (host and
+//!     /// guest state are written the same way, through `VmcsAccess::write`).
+//!     fn new(
+//!         root: &mut VmxRoot,
+//!         region: ClearVmcs,
+//!         caps: &VmxCapabilities,
+//!         controls: &AdjustedControls,
+//!     ) -> Result<Self, ExitError> {
+//!         let mut vmcs = root.adopt(region)?; // VMCLEAR
+//!         controls.write(&mut root.activate(&mut vmcs)?)?; // VMPTRLD, VMWRITEs
+//!         Ok(Self {
+//!             vmcs,
+//!             registers: GuestRegisters::default(),
+//!             events: GuestEventQueue::new(),
+//!             context: InjectionContext::from_capabilities(caps, controls, false),
+//!             acknowledge_on_exit: controls
+//!                 .exit
+//!                 .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+//!             exit_options: ExitInfoOptions {
+//!                 original_event_data: caps.basic.nested_exception(),
+//!             },
+//!             exit: None,
+//!         })
+//!     }
+//!
+//!     /// Runs the guest until it executes HLT. `host` re-delivers host NMIs and interrupts
+//!     /// (an `IdtDirectCall`, `FredDirectCall` or `SelfNmi`).
+//!     fn run_until_hlt(
+//!         &mut self,
+//!         root: &mut VmxRoot,
+//!         host: &mut impl Redeliver,
+//!     ) -> Result<(), ExitError> {
+//!         loop {
+//!             let mut vmcs = root.activate(&mut self.vmcs)?;
+//!             // SAFETY: `new` and the caller's setup wrote a valid host and guest state for
+//!             // this CPU, interrupts are disabled, and EPT confines the guest.
+//!             let exit = unsafe { vmcs.run(&mut self.registers, self.exit.take()) }?;
+//!
+//!             // 1. The host event first: two VMREADs, then re-delivery (nothing before it may
+//!             //    fault, IRET or enable interrupts).
+//!             let head = ExitHead::read(&vmcs, &exit)?;
+//!             handle_host_event(host, head, self.acknowledge_on_exit)?;
+//!
+//!             // 2. The rest of the exit information, then the exit itself.
+//!             let info = head.complete(&vmcs, self.exit_options)?;
+//!             let halted = info.reason.basic() == BasicExitReason::Hlt;
+//!             if halted {
+//!                 let rip = vmcs.read(field::GUEST_RIP)?;
+//!                 vmcs.write(field::GUEST_RIP, rip + u64::from(info.instruction_length))?;
+//!             }
+//!
+//!             // 3. Re-inject an event whose delivery the exit interrupted, and restore
+//!             //    blocking by NMI after "NMI unblocking due to IRET".
+//!             reinject_idt_vectoring(&mut vmcs, &info, &self.context)?;
+//!             // 4. Inject what the guest is owed, or ask for the window to do so.
+//!             self.events.prepare_entry(&mut vmcs, &self.context)?;
+//!
+//!             self.exit = Some(exit); // the next entry ends this exit
+//!             if halted {
+//!                 return Ok(());
+//!             }
+//!         }
+//!     }
+//! }
+//! ```
+//!
+//! On `Err`, [`ExitError::host_event_state`] says whether a host NMI is still in flight
+//! (then do not enter the guest again before it was handled, for example with
+//! [`SelfNmi::poll_in_flight`]); the VMCS and the queue are as before the failing step.
+//!
 //! # Features
 //!
 //! - `defmt`: derives `defmt::Format` for the public types.

@@ -180,6 +180,10 @@ impl<F: Fn(u8) -> Option<IdtEntry>> HandlerTable for F {
 /// stack, **not** the IDT's NMI gate if that gate uses an IST stack: called directly, an IST
 /// handler would run on the wrong stack (a real bug fixed in Linux, commit a217a6593cec).
 /// [`idt_entry_stub!`](crate::idt_entry_stub) builds such entries around Rust handlers.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct IdtDirectCall<T: HandlerTable> {
     nmi_entry: IdtEntry,
@@ -232,6 +236,10 @@ impl<T: HandlerTable> Redeliver for IdtDirectCall<T> {
 
 /// Direct call on FRED hosts: hvkit-fred's software delivery builds the FRED frame (NMI bit set
 /// for NMIs) and returns with ERETS.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct FredDirectCall {
     dispatcher: hvkit_fred::Dispatcher,
@@ -319,6 +327,10 @@ impl NmiUnblocker for IretToSelf {
 }
 
 /// ERETS-to-self with the NMI bit set, which unblocks NMIs on FRED hosts.
+#[cfg_attr(
+    not(target_arch = "x86_64"),
+    allow(dead_code, reason = "read by the x86_64-only delivery assembly")
+)]
 #[derive(Debug, Clone, Copy)]
 pub struct FredEretsToSelf {
     red_zone_bytes: u64,
@@ -396,12 +408,27 @@ impl<A: LocalApic> LocalApicPort for PollingApic<A> {
 /// Self-NMI re-delivery (what Xen did): send an NMI to the own APIC, unblock NMIs, and wait —
 /// with a bound — until the host NMI handler has counted it.
 ///
-/// Hazards this type handles (shared/FACTS.md section 1): delivery is asynchronous, so `Ok` is
+/// Hazards this type handles (SDM Vol. 3A "Handling Multiple NMIs"; a VM exit caused by an NMI
+/// leaves NMIs blocked until the next IRET, SDM Vol. 3C chapter "VM Exits"): delivery is asynchronous, so `Ok` is
 /// returned only after `handled` moved; the wait is bounded and a timeout says the NMI is still
 /// in flight (do not re-enter the guest: it would take NMI exits in a loop). Hazards it cannot
 /// remove: NMIs that arrive meanwhile may merge with or overtake the re-sent one (NMIs may be
 /// handled out of order, as on bare metal); an IRET executed by an interrupt handler before the
 /// unblock would unblock NMIs early, so call it first, with interrupts disabled.
+///
+/// **Merging (a count this strategy loses, by design).** A processor holds at most one NMI pending
+/// while NMIs are blocked (SDM Vol. 3A "Handling Multiple NMIs"; two NMIs that arrive while one is
+/// blocked are one). The VM exit of an NMI leaves NMIs blocked, so a second host NMI that arrives
+/// between that exit and the unblock (another CPU's IPI, a watchdog) is latched; the self-NMI this
+/// strategy sends then finds the latch full and merges with it: the host handler runs once for two
+/// NMIs. The handled-counter still moves, so `Ok` is returned and nothing detects the merge from
+/// inside the strategy. A host whose NMI handler must see every NMI (NMI-based profiling, counted
+/// backtrace requests) should use a direct call ([`IdtDirectCall`], [`FredDirectCall`]): it runs
+/// the handler for the exit's NMI before the unblock, and the latched one is delivered after it,
+/// twice in all. Handlers that poll all their NMI sources on each invocation (the usual design,
+/// since NMIs also merge on bare metal) lose nothing. The example hypervisor's `multiple-nmi`
+/// scenario shows both: two NMIs sent to a CPU in its guest are handled twice with the direct call
+/// and once (`merged=1`) with this strategy.
 ///
 /// Interrupts: the vector is re-sent as a fixed self-IPI and then EOI'd ([`IrqDelivery::Requeued`]):
 /// the host takes it when it enables interrupts, after any higher-priority pending ones (the

@@ -99,7 +99,9 @@ fn host_events_are_redelivered_exactly_once() {
     }
 }
 
-/// Independent model of shared/FACTS.md section 6.
+/// Independent model of when "NMI unblocking due to IRET" applies (SDM Vol. 3C "Information
+/// for VM Exits Due to Vectored Events" and the EPT-violation, PML-full and NOTIFY
+/// qualifications).
 fn expected_nmi_unblocking(
     reason: u32,
     interruption: u32,

@@ -282,6 +282,18 @@ impl defmt::Format for EptVpidCapabilities {
 }
 
 /// IA32_FEATURE_CONTROL (MSR 0x3A).
+///
+/// ```
+/// use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness};
+///
+/// // Firmware left the MSR unlocked: enable VMX outside SMX and lock it before VMXON.
+/// let unlocked = FeatureControl(0);
+/// assert_eq!(unlocked.vmxon_readiness(), VmxonReadiness::NeedsEnabling);
+/// assert_eq!(unlocked.enabling_value(), 0b101); // lock (bit 0) | VMX outside SMX (bit 2)
+/// assert_eq!(FeatureControl(0b101).vmxon_readiness(), VmxonReadiness::Ready);
+/// // Locked with VMX off: VMXON would raise #GP; only the firmware can change it.
+/// assert_eq!(FeatureControl(0b001).vmxon_readiness(), VmxonReadiness::DisabledByFirmware);
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FeatureControl(pub u64);
@@ -373,6 +385,22 @@ impl fmt::Display for FixedBitError {
 
 /// The fixed bits of CR0 or CR4: bits set in `fixed0` must be 1, bits clear in `fixed1` must
 /// be 0.
+///
+/// ```
+/// use hvkit_vmx_core::caps::{ControlRegister, FixedBitError, FixedBits};
+///
+/// // IA32_VMX_CR4_FIXED0/1 as Bochs 2.7 corei7_skylake_x reports them: VMXE (bit 13) must be 1.
+/// let cr4 = FixedBits { register: ControlRegister::Cr4, fixed0: 0x2000, fixed1: 0x0037_27FF };
+/// let current = 0x0000_06F0; // PAE, PGE, OSFXSR ... without VMXE
+/// assert!(cr4.check(current).is_err());
+/// let for_vmxon = cr4.adjust(current);
+/// assert_eq!(for_vmxon, 0x0000_26F0);
+/// assert_eq!(cr4.check(for_vmxon), Ok(()));
+/// // A bit the processor does not allow (bit 23 is 0 in FIXED1) is named.
+/// let error = cr4.check(for_vmxon | 1 << 23).unwrap_err();
+/// assert_eq!((error.bit, error.must_be), (23, false));
+/// # let _: FixedBitError = error;
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct FixedBits {

@@ -474,6 +474,26 @@ fn adjust_64(set: ControlSet, allowed: Option<u64>, needed: u64) -> Result<u64, 
 /// What a hypervisor needs from each control set. The activation bits (primary bits 17 and 31,
 /// exit bit 31) are added automatically when the tertiary, secondary or secondary-exit set is
 /// non-empty.
+///
+/// ```
+/// use hvkit_vmx_core::controls::{
+///     ControlRequest, EntryControls, ExitControls, PinBasedControls, SecondaryExitControls,
+/// };
+///
+/// // NMI exiting with virtual NMIs, a 64-bit host that acknowledges interrupts on exit, a
+/// // 64-bit guest, FRED state switched on entry and exit.
+/// let request = ControlRequest {
+///     pin: PinBasedControls::NMI_EXITING | PinBasedControls::VIRTUAL_NMIS,
+///     exit: ExitControls::HOST_ADDRESS_SPACE_SIZE | ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT,
+///     entry: EntryControls::IA32E_MODE_GUEST,
+///     ..ControlRequest::default()
+/// }
+/// .with_fred_state();
+/// assert!(request.entry.contains(EntryControls::LOAD_FRED));
+/// assert!(request.secondary_exit.contains(SecondaryExitControls::SAVE_FRED));
+/// // `controls::adjust(&caps, &request)?` then gives the values the processor allows (see the
+/// // crate example), and `AdjustedControls::write` writes them.
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 pub struct ControlRequest {
@@ -652,7 +672,7 @@ mod tests {
     use super::*;
     use crate::caps::{RecordedMsrs, VmxCapabilities, msr};
 
-    /// Bochs 2.7 corei7_skylake_x, recorded in shared/RIG.md.
+    /// Recorded from Bochs 2.7 corei7_skylake_x.
     pub(crate) const SKYLAKE_X: &[(u32, u64)] = &[
         (msr::IA32_FEATURE_CONTROL, 0x5),
         (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
@@ -671,7 +691,7 @@ mod tests {
         (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
     ];
 
-    /// Upstream Bochs wildcat_lake (FRED build), recorded in shared/RIG.md.
+    /// Recorded from an upstream Bochs build with FRED (cpu model wildcat_lake).
     pub(crate) const WILDCAT_LAKE: &[(u32, u64)] = &[
         (msr::IA32_VMX_BASIC, 0x04D8_1000_0000_0004),
         (msr::IA32_VMX_PINBASED_CTLS, 0x0000_00FF_0000_0016),
@@ -688,7 +708,7 @@ mod tests {
         (msr::IA32_VMX_TRUE_EXIT_CTLS, 0xC07F_FFFF_0003_6DFB),
         (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
         // Secondary, tertiary and EXIT_CTLS2 values were not recorded: modelled as offering
-        // nothing, which is what the FRED load/save checks need (RIG.md: not offered).
+        // nothing, which is what the FRED load/save checks need (not offered by that Bochs model).
         (msr::IA32_VMX_PROCBASED_CTLS2, 0),
         (msr::IA32_VMX_PROCBASED_CTLS3, 0),
         (msr::IA32_VMX_EXIT_CTLS2, 0),
@@ -757,7 +777,7 @@ mod tests {
         assert_eq!(adjusted.pin.bits(), 0x16 | 0x28);
         assert_eq!(adjusted.primary.bits(), 0x0440_6172);
         assert_eq!(adjusted.exit.bits(), 0x0003_EFFB);
-        // Skylake in RIG.md has no PROCBASED_CTLS2 recorded: asking for EPT fails on the
+        // The recorded Bochs 2.7 Skylake has no PROCBASED_CTLS2: asking for EPT fails on the
         // secondary set, not silently.
         let mut request = minimal();
         request.secondary = SecondaryControls::ENABLE_EPT;

@@ -1,5 +1,5 @@
 //! VMX instruction failures: `VMfailInvalid` and `VMfailValid` with the VM-instruction error
-//! number (SDM Vol. 3C, "VM Instruction Error Numbers"; shared/FACTS.md section 11).
+//! number (SDM Vol. 3C, "VM Instruction Error Numbers").
 #![forbid(unsafe_code)]
 
 use core::fmt;
@@ -159,7 +159,7 @@ impl core::error::Error for crate::event::InterruptionInfoError {}
 mod tests {
     use super::*;
 
-    /// The numbers of shared/FACTS.md section 11, checked one by one.
+    /// The numbers of the SDM table "VM Instruction Error Numbers", checked one by one.
     #[test]
     fn numbers_match_the_sdm_table() {
         let expected: &[(u32, VmInstructionError)] = &[

@@ -122,6 +122,23 @@ pub mod vector {
 /// Bits: 7:0 vector, 10:8 type, 11 error code valid / deliver error code, 12 NMI unblocking
 /// due to IRET (exit information only), 13 nested exception (FRED, type 3 only), 30:14
 /// reserved, 31 valid. Decoding keeps every bit, including reserved ones.
+///
+/// ```
+/// use hvkit_vmx_core::event::{InterruptionInfo, InterruptionInfoError, InterruptionType};
+///
+/// // A #GP (hardware exception 13) with an error code, as VM-entry interruption information.
+/// let gp = InterruptionInfo::try_new(InterruptionType::HardwareException, 13)?.with_error_code(true);
+/// assert_eq!(gp.raw(), 0x8000_0B0D);
+/// // Decoding an exit's field: any value, reserved bits kept.
+/// let exit = InterruptionInfo::from_raw(0x8000_0202);
+/// assert!(exit.is_valid() && exit.is_nmi() && exit.vector() == 2);
+/// // Combinations no field may hold are refused.
+/// assert_eq!(
+///     InterruptionInfo::try_new(InterruptionType::Nmi, 3),
+///     Err(InterruptionInfoError::NmiVectorNot2 { vector: 3 })
+/// );
+/// # Ok::<(), InterruptionInfoError>(())
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
@@ -398,7 +415,11 @@ mod tests {
 
     #[test]
     fn each_field_sits_on_its_sdm_bits() {
-        assert_eq!(InterruptionInfo::nmi().raw(), 0x8000_0202, "RIG.md: NMI exit info");
+        assert_eq!(
+            InterruptionInfo::nmi().raw(),
+            0x8000_0202,
+            "NMI exit information as recorded from Bochs 2.7"
+        );
         assert_eq!(InterruptionInfo::external_interrupt(0x30).raw(), 0x8000_0030);
         assert_eq!(InterruptionInfo::hardware_exception(14).raw(), 0x8000_030E);
         let zero = InterruptionInfo::from_raw(0);

@@ -249,6 +249,17 @@ basic_exit_reasons! {
 }
 
 /// The exit-reason field (0x4402): basic reason in bits 15:0 plus flags. Any value decodes.
+///
+/// ```
+/// use hvkit_vmx_core::exit::{BasicExitReason, ExitReason};
+///
+/// // A VM entry that failed on guest state: bit 31 set, basic reason 33.
+/// let reason = ExitReason::from_raw(0x8000_0021);
+/// assert!(reason.is_entry_failure());
+/// assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);
+/// // Numbers the crate does not know are kept, never a panic.
+/// assert_eq!(ExitReason::from_raw(0x1234).basic(), BasicExitReason::Unknown(0x1234));
+/// ```
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 #[cfg_attr(feature = "defmt", derive(defmt::Format))]
 #[repr(transparent)]
@@ -380,7 +391,9 @@ impl<'exit> ExitHead<'exit> {
     }
 
     /// The second phase: reads the remaining exit-information fields and returns the full
-    /// snapshot (the same as [`ExitInfo::read`] would have returned).
+    /// snapshot (the same as [`ExitInfo::read`] would have returned). Always inlined: it runs
+    /// once per exit, and a call would copy the whole snapshot out.
+    #[inline(always)]
     pub fn complete(
         self,
         vmcs: &impl VmcsAccess,
@@ -452,6 +465,27 @@ impl<'exit> From<&ExitInfo<'exit>> for ExitHead<'exit> {
 ///
 /// Borrows the exit's [`VmExit`] token, so it cannot outlive the next VM entry (which consumes
 /// the token): a snapshot of one exit is never mistaken for the next.
+///
+/// ```
+/// use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, ExitInfoParts, ExitQualification};
+/// use hvkit_vmx_core::vmcs::SoftVmcs;
+///
+/// // On hardware: `ExitInfo::read(&active_vmcs, &exit, options)?` right after `run`. Here a
+/// // software VMCS supplies the exit token and the values come from parts.
+/// let mut vmcs = SoftVmcs::new();
+/// let exit = vmcs.complete_exit();
+/// let info = ExitInfo::from_parts(&exit, ExitInfoParts {
+///     reason: 48,              // EPT violation
+///     qualification: 0x182,    // write (bit 1), linear address valid and translated (7, 8)
+///     guest_physical_address: Some(0xFEE0_0000),
+///     ..ExitInfoParts::default()
+/// });
+/// assert_eq!(info.reason.basic(), BasicExitReason::EptViolation);
+/// let ExitQualification::EptViolation(ept) = info.decoded_qualification() else {
+///     unreachable!("reason 48 decodes as an EPT violation")
+/// };
+/// assert!(ept.write() && !ept.read() && ept.translated_access());
+/// ```
 #[derive(Clone, PartialEq, Eq)]
 pub struct ExitInfo<'exit> {
     /// Exit reason (0x4402).
@@ -716,7 +750,7 @@ mod tests {
         assert_eq!(BasicExitReason::from_number(48), BasicExitReason::EptViolation);
         assert_eq!(BasicExitReason::from_number(75), BasicExitReason::Notify);
         assert_eq!(BasicExitReason::from_number(85), BasicExitReason::WrmsrnsImmediate);
-        // USER_MSR: 80 and 81 (SDM Vol. 3D Appendix C; Bochs and Xen use the same numbers).
+        // USER_MSR: 80 and 81 (the numbers Bochs and Xen use).
         assert_eq!(BasicExitReason::from_number(79), BasicExitReason::Wrmsrlist);
         assert_eq!(BasicExitReason::from_number(80), BasicExitReason::Urdmsr);
         assert_eq!(BasicExitReason::from_number(81), BasicExitReason::Uwrmsr);
@@ -738,7 +772,7 @@ mod tests {
 
     #[test]
     fn exit_reason_flags() {
-        // RIG.md: bad link pointer -> 0x80000021.
+        // Recorded from Bochs 2.7 corei7_skylake_x: a bad VMCS link pointer -> 0x80000021.
         let reason = ExitReason::from_raw(0x8000_0021);
         assert!(reason.is_entry_failure());
         assert_eq!(reason.basic(), BasicExitReason::EntryFailureInvalidGuestState);

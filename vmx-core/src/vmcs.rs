@@ -608,6 +608,10 @@ impl Vmcs {
 
     /// After VMCLEAR: the launch state is clear (SDM Vol. 3C 31.3 "VMCLEAR") and the region
     /// holds no host RSP the runner wrote for this processor's stack any more.
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "called by the VMCLEAR paths, which are x86_64-only")
+    )]
     fn cleared(&mut self) {
         self.launched = false;
         self.host_rsp = 0;
@@ -680,6 +684,10 @@ impl VmxRoot {
         self.current = NO_CURRENT_VMCS;
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     fn adopt_with(
         &mut self,
         vmcs: ClearVmcs,
@@ -692,6 +700,10 @@ impl VmxRoot {
         Ok(Vmcs { address: vmcs.address, launched: false, host_rsp: 0, _per_cpu: PhantomData })
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     fn clear_with(
         &mut self,
         vmcs: &mut Vmcs,
@@ -705,6 +717,10 @@ impl VmxRoot {
         Ok(())
     }
 
+    #[cfg_attr(
+        not(target_arch = "x86_64"),
+        allow(dead_code, reason = "the core of an x86_64-only VMCLEAR/VMPTRLD path")
+    )]
     #[inline(always)]
     fn activate_with<'a>(
         &'a mut self,

@@ -585,6 +585,7 @@ fn check_suite_run(label: &str, outcome: &Outcome, cpus: u32, failures: &mut Vec
     table(label, outcome);
     let mut problems = report::problems(&outcome.report);
     problems.extend(report::smp_problems(&outcome.report, cpus));
+    problems.extend(report::smp_vmx_problems(&outcome.report, cpus));
     if outcome.timed_out {
         problems.push("timed out".to_string());
     }

@@ -187,6 +187,64 @@ pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
     problems
 }
 
+/// The scenarios with the target CPU in its guest, each per application processor and per
+/// re-delivery strategy (runs with VMX only).
+const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
+
+/// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP,
+/// strategy and APIC mode (x2APIC unless its run was skipped), and the storm a line per CPU and strategy (whether they passed is
+/// [`problems`]' business). A one-CPU run must say why it
+/// skipped them.
+pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
+    let mut problems = Vec::new();
+    if cpus < 2 {
+        if !report
+            .scenarios
+            .iter()
+            .any(|s| s.get("name") == "smp-guest" && s.get("result") == "SKIP")
+        {
+            problems.push("one CPU: no smp-guest SKIP line".to_string());
+        }
+        return problems;
+    }
+    let x2apic_skipped = report.scenarios.iter().any(|scenario| {
+        scenario.get("name") == "host-side-x2apic" && scenario.get("result") == "SKIP"
+    });
+    let modes: &[&str] = if x2apic_skipped { &["xapic"] } else { &["xapic", "x2apic"] };
+    for mode in modes {
+        for target in 1..cpus {
+            for name in GUEST_SIDE {
+                for strategy in ["direct-call", "self-nmi"] {
+                    let found = report.scenarios.iter().any(|scenario| {
+                        scenario.get("name") == name
+                            && scenario.get("strategy") == strategy
+                            && scenario.get("apic") == *mode
+                            && scenario.get("target") == target.to_string()
+                    });
+                    if !found {
+                        problems.push(format!(
+                            "no {name}/{strategy} line for cpu {target} in {mode} mode"
+                        ));
+                    }
+                }
+            }
+        }
+    }
+    for cpu in 0..cpus {
+        for strategy in ["direct-call", "self-nmi"] {
+            let found = report.scenarios.iter().any(|scenario| {
+                scenario.get("name") == "storm-smp"
+                    && scenario.get("strategy") == strategy
+                    && scenario.get("cpu") == cpu.to_string()
+            });
+            if !found {
+                problems.push(format!("no storm-smp/{strategy} line for cpu {cpu}"));
+            }
+        }
+    }
+    problems
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,6 +341,52 @@ HVKIT EXIT status=3\n";
                 .iter()
                 .any(|p| p.contains("cpu 0 in x2apic mode"))
         );
+    }
+
+    #[test]
+    fn smp_vmx_problems_need_every_guest_line_per_ap_and_strategy() {
+        let mut text = String::from(
+            "HVKIT SCENARIO name=host-side-x2apic strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"no x2APIC\"\n",
+        );
+        for name in GUEST_SIDE {
+            for strategy in ["direct-call", "self-nmi"] {
+                text.push_str(&format!(
+                    "HVKIT SCENARIO name={name} strategy={strategy} apic=xapic cpu=0 target=1 sent=2 exits=1 handled=1 eois=0 merged=1 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
+        for cpu in 0..2 {
+            for strategy in ["direct-call", "self-nmi"] {
+                text.push_str(&format!(
+                    "HVKIT SCENARIO name=storm-smp strategy={strategy} apic=xapic cpu={cpu} target={cpu} sent=10000 exits=0 handled=10000 eois=0 merged=0 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
+        assert_eq!(smp_vmx_problems(&parse(&text), 2), Vec::<String>::new());
+        let no_storm = text.replace("name=storm-smp strategy=self-nmi apic=xapic cpu=1", "name=x");
+        assert!(
+            smp_vmx_problems(&parse(&no_storm), 2)
+                .iter()
+                .any(|p| p.contains("no storm-smp/self-nmi line for cpu 1"))
+        );
+        assert!(smp_vmx_problems(&parse(&text), 3).iter().any(|p| p.contains("cpu 2")));
+        let missing =
+            text.replace("name=pending-nmi strategy=self-nmi", "name=other strategy=self-nmi");
+        assert!(
+            smp_vmx_problems(&parse(&missing), 2)
+                .iter()
+                .any(|p| p.contains("no pending-nmi/self-nmi line for cpu 1 in xapic mode"))
+        );
+        // With x2APIC offered, the guest lines are needed in both modes.
+        let both = text.replace("name=host-side-x2apic", "name=other");
+        assert!(
+            smp_vmx_problems(&parse(&both), 2)
+                .iter()
+                .any(|p| p.contains("no guest-cross-nmi/direct-call line for cpu 1 in x2apic mode"))
+        );
+        assert!(!smp_vmx_problems(&parse(""), 1).is_empty(), "one CPU must say why it skipped");
+        let skipped = "HVKIT SCENARIO name=smp-guest strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"one CPU\"\n";
+        assert_eq!(smp_vmx_problems(&parse(skipped), 1), Vec::<String>::new());
     }
 
     #[test]

@@ -192,3 +192,44 @@ impl LocalApic for ThisApic {
         get().send_self_ipi(vector, max_polls, delay)
     }
 }
+
+/// This CPU's local APIC in whichever mode it is in now (xAPIC or x2APIC), as a [`LocalApic`]
+/// value that owns nothing, for the application processors' self-NMI strategy (their guest
+/// scenarios run in both modes). `MODE` names the boot mode; each access follows the mode
+/// this CPU's handle is in.
+#[derive(Debug, Clone, Copy)]
+pub struct ThisApicAnyMode;
+
+impl LocalApic for ThisApicAnyMode {
+    const MODE: hvkit_apic::Mode = hvkit_apic::Mode::XApic;
+
+    fn read(&self, offset: u32) -> u32 {
+        with_apic!(|apic| apic.read(offset))
+    }
+
+    fn write(&mut self, offset: u32, value: u32) {
+        with_apic!(|apic| apic.write(offset, value))
+    }
+
+    fn id(&self) -> u32 {
+        with_apic!(|apic| apic.id())
+    }
+
+    fn send_ipi(
+        &mut self,
+        ipi: &hvkit_apic::Ipi,
+        max_polls: u32,
+        delay: &mut impl hvkit_apic::Delay,
+    ) -> Result<(), hvkit_apic::IpiError> {
+        with_apic!(|apic| apic.send_ipi(ipi, max_polls, delay))
+    }
+
+    fn send_self_ipi(
+        &mut self,
+        vector: u8,
+        max_polls: u32,
+        delay: &mut impl hvkit_apic::Delay,
+    ) -> Result<(), hvkit_apic::IpiError> {
+        with_apic!(|apic| apic.send_self_ipi(vector, max_polls, delay))
+    }
+}

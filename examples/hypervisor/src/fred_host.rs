@@ -36,6 +36,12 @@ extern "C" fn fred_dispatch(
         (hvkit_fred::EventType::ExternalInterrupt, crate::host::TEST_IPI_VECTOR) => {
             crate::host::host_ipi();
         }
+        (hvkit_fred::EventType::ExternalInterrupt, vector)
+            if (crate::host::STORM_VECTOR_BASE..crate::host::STORM_VECTOR_BASE + 16)
+                .contains(&vector) =>
+        {
+            crate::host::host_storm();
+        }
         (hvkit_fred::EventType::ExternalInterrupt, crate::host::WAKE_VECTOR) => {
             crate::apic::eoi();
         }

@@ -19,6 +19,9 @@ pub const TIMER_VECTOR: u8 = 0x30;
 /// The host vector of the fixed IPIs the SMP scenarios send: priority class 5 (vector bits
 /// 7:4, SDM Vol. 3A 12.8.3 "Interrupt, Task, and Processor Priority"), above the timer's class 3.
 pub const TEST_IPI_VECTOR: u8 = 0x50;
+/// The storm's fixed IPIs: vector `STORM_VECTOR_BASE + sender index` (one vector per sender,
+/// so IPIs from different senders never share an IRR bit), priority class 6.
+pub const STORM_VECTOR_BASE: u8 = 0x60;
 /// The host vector that wakes an idle (halted) CPU for a command.
 pub const WAKE_VECTOR: u8 = 0x51;
 /// The host spurious-interrupt vector.
@@ -154,6 +157,36 @@ host_wake_entry:
     iretq
 
     .balign 16
+    .global host_storm_entry
+host_storm_entry:
+    push rax
+    push rcx
+    push rdx
+    push rsi
+    push rdi
+    push r8
+    push r9
+    push r10
+    push r11
+    mov rax, rsp
+    and rsp, -16
+    push rax
+    push rax
+    call {storm}
+    pop rax
+    mov rsp, rax
+    pop r11
+    pop r10
+    pop r9
+    pop r8
+    pop rdi
+    pop rsi
+    pop rdx
+    pop rcx
+    pop rax
+    iretq
+
+    .balign 16
     .global host_spurious_entry
 host_spurious_entry:
     iretq
@@ -174,6 +207,7 @@ host_exception_common:
     nmi_held = const crate::percpu::offset::NMI_HELD,
     ipi = sym host_ipi,
     wake = sym host_wake,
+    storm = sym host_storm,
     timer_tsc = sym HOST_TIMER_TSC,
     timer = sym host_timer,
     exception = sym host_exception,
@@ -206,6 +240,7 @@ unsafe extern "C" {
     fn host_spurious_entry();
     fn host_ipi_entry();
     fn host_wake_entry();
+    fn host_storm_entry();
 }
 
 /// The host NMI entry: non-IST, safe for direct calls on the current stack.
@@ -235,6 +270,28 @@ pub(crate) extern "C" fn host_timer() {
 /// The wake-up IPI handler: an idle application processor halts with interrupts enabled and
 /// this IPI ends the HLT; the handler only sends the EOI.
 extern "C" fn host_wake() {
+    crate::apic::eoi();
+}
+
+/// The storm-IPI entry (vectors [`STORM_VECTOR_BASE`] + sender index).
+pub fn storm_entry() -> u64 {
+    host_storm_entry as *const () as u64
+}
+
+/// The storm-IPI handler: finds which sender's vector is in service (interrupts stay disabled
+/// in the handler, so exactly one of them is), counts it on this CPU and sends one EOI.
+pub(crate) extern "C" fn host_storm() {
+    let cpu = crate::percpu::current();
+    let sender = (0..crate::percpu::MAX_CPUS as u8)
+        .find(|&sender| crate::apic::is_in_service(STORM_VECTOR_BASE + sender));
+    match sender.and_then(|sender| cpu.storm_handled.get(usize::from(sender))) {
+        Some(counter) => {
+            counter.fetch_add(1, Ordering::SeqCst);
+        }
+        None => {
+            cpu.ipi_not_in_service.fetch_add(1, Ordering::SeqCst);
+        }
+    }
     crate::apic::eoi();
 }
 
@@ -351,6 +408,9 @@ pub fn init() {
     set_gate(TIMER_VECTOR, timer_entry());
     set_gate(TEST_IPI_VECTOR, ipi_entry());
     set_gate(WAKE_VECTOR, host_wake_entry as *const () as u64);
+    for sender in 0..crate::percpu::MAX_CPUS as u8 {
+        set_gate(STORM_VECTOR_BASE + sender, storm_entry());
+    }
     set_gate(SPURIOUS_VECTOR, host_spurious_entry as *const () as u64);
     load_idt();
 }

@@ -95,12 +95,13 @@ extern "C" fn kernel_main() -> ! {
 const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,fred-timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi,fred-eretu,fred-msr-isolation,nmi-source,guest-cross-nmi,multiple-nmi,pending-nmi,guest-cross-ipi";
 
 /// The bootstrap processor's VMX scenarios are done: every AP in VMX operation with its own
-/// guest (CPU 0 sends to them from its host), then the host-side scenarios again in x2APIC
-/// mode (the bootstrap processor's guest sends itself NMIs through the xAPIC page, so x2APIC
-/// comes last).
+/// guest (CPU 0 sends to them from its host), then the host-side and the AP guest scenarios
+/// again in x2APIC mode (the bootstrap processor's guest sends itself NMIs through the xAPIC
+/// page, so x2APIC comes last).
 fn after_vmx_scenarios() {
     smpvmx::run();
     hostside::run_x2apic();
+    smpvmx::run_x2apic();
 }
 
 /// Makes the example's one vCPU: takes the VMCS region into use on this CPU (VMCLEAR), makes

@@ -46,6 +46,8 @@ pub struct PerCpu {
     pub ipi_eois: AtomicU64,
     /// Test-IPI handler runs that found their vector not in service (must stay 0).
     pub ipi_not_in_service: AtomicU64,
+    /// Storm IPIs handled on this CPU, by sender index.
+    pub storm_handled: [AtomicU64; MAX_CPUS],
     /// While non-zero, the host NMI handler waits (NMIs blocked) until it is cleared.
     pub nmi_hold: AtomicU64,
     /// 1 while the host NMI handler waits for `nmi_hold` to clear.
@@ -94,6 +96,7 @@ impl PerCpu {
             ipi_handled: AtomicU64::new(0),
             ipi_eois: AtomicU64::new(0),
             ipi_not_in_service: AtomicU64::new(0),
+            storm_handled: [const { AtomicU64::new(0) }; MAX_CPUS],
             nmi_hold: AtomicU64::new(0),
             nmi_held: AtomicU64::new(0),
             index: AtomicU32::new(0),

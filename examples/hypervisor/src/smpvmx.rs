@@ -26,7 +26,6 @@ use hvkit_nmi_reinject::{
     InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
-use hvkit_vmx_core::controls::ExitControls;
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
@@ -80,7 +79,8 @@ fn context() -> Option<&'static vmx::Vmx> {
     unsafe { pointer.as_ref() }
 }
 
-/// A guest's control block (RDI in the guest), written by the guest and the host.
+/// A guest's control block (RDI in the guest), written by the guest and the host. The guest
+/// code uses the offsets in [`control`].
 #[repr(C)]
 pub struct GuestControl {
     /// The guest sets it to 1 once it runs.
@@ -89,6 +89,50 @@ pub struct GuestControl {
     stop: AtomicU64,
     /// The guest's loop count (it moves only while the guest runs).
     heartbeat: AtomicU64,
+    /// Non-zero: the guest sends storm IPIs to its targets in turn.
+    storm: AtomicU64,
+    /// The xAPIC page's address (EPT maps it through to the local APIC).
+    apic_base: AtomicU64,
+    /// How many entries of `targets` are in use.
+    target_count: AtomicU64,
+    /// Sends whose confirmation did not come within `confirm_polls`.
+    timeouts: AtomicU64,
+    /// Polls of a confirmation counter before a send counts as timed out.
+    confirm_polls: AtomicU64,
+    /// The storm's targets.
+    targets: [StormTarget; MAX_CPUS],
+}
+
+/// One storm target of a guest.
+#[repr(C)]
+pub struct StormTarget {
+    /// ICR high: the target's APIC ID in bits 31:24.
+    icr_high: AtomicU64,
+    /// Address of the target's handled counter for this sender's vector.
+    confirm: AtomicU64,
+    /// IPIs sent to this target.
+    sent: AtomicU64,
+    /// ICR low: fixed, physical, edge, vector = storm base + sender index.
+    icr_low: AtomicU64,
+}
+
+/// Byte offsets in [`GuestControl`] and [`StormTarget`] for the guest code.
+mod control {
+    use super::{GuestControl, StormTarget};
+    use core::mem::offset_of;
+    pub const STOP: usize = offset_of!(GuestControl, stop);
+    pub const HEARTBEAT: usize = offset_of!(GuestControl, heartbeat);
+    pub const STORM: usize = offset_of!(GuestControl, storm);
+    pub const APIC_BASE: usize = offset_of!(GuestControl, apic_base);
+    pub const TARGET_COUNT: usize = offset_of!(GuestControl, target_count);
+    pub const TIMEOUTS: usize = offset_of!(GuestControl, timeouts);
+    pub const CONFIRM_POLLS: usize = offset_of!(GuestControl, confirm_polls);
+    pub const TARGETS: usize = offset_of!(GuestControl, targets);
+    pub const TARGET_SIZE: usize = core::mem::size_of::<StormTarget>();
+    pub const ICR_HIGH: usize = offset_of!(StormTarget, icr_high);
+    pub const CONFIRM: usize = offset_of!(StormTarget, confirm);
+    pub const SENT: usize = offset_of!(StormTarget, sent);
+    pub const ICR_LOW: usize = offset_of!(StormTarget, icr_low);
 }
 
 /// Exit counts of one guest run, published by the AP when the run ends.
@@ -113,11 +157,26 @@ impl RunCounts {
     }
 }
 
+const fn storm_target() -> StormTarget {
+    StormTarget {
+        icr_high: AtomicU64::new(0),
+        confirm: AtomicU64::new(0),
+        sent: AtomicU64::new(0),
+        icr_low: AtomicU64::new(0),
+    }
+}
+
 static CONTROLS: [GuestControl; MAX_CPUS] = [const {
     GuestControl {
         running: AtomicU64::new(0),
         stop: AtomicU64::new(0),
         heartbeat: AtomicU64::new(0),
+        storm: AtomicU64::new(0),
+        apic_base: AtomicU64::new(0),
+        target_count: AtomicU64::new(0),
+        timeouts: AtomicU64::new(0),
+        confirm_polls: AtomicU64::new(0),
+        targets: [const { storm_target() }; MAX_CPUS],
     }
 }; MAX_CPUS];
 static COUNTS: [RunCounts; MAX_CPUS] = [const { RunCounts::new() }; MAX_CPUS];
@@ -149,19 +208,76 @@ core::arch::global_asm!(
     .balign 16
     .global smp_guest_main
 smp_guest_main:
-    /* RDI = this guest's control block: say it runs, then PAUSE (counting the loops) until
-       told to stop. */
+    /* RDI = this guest's control block: say it runs, then loop (counting the loops) until
+       told to stop; in storm mode each loop sends one fixed IPI to the next target through
+       the xAPIC ICR and waits (bounded) for the target's handler count to move. */
     mov qword ptr [rdi], 1
+    xor ecx, ecx
 2:
     pause
-    inc qword ptr [rdi + 16]
-    cmp qword ptr [rdi + 8], 0
+    inc qword ptr [rdi + {heartbeat}]
+    cmp qword ptr [rdi + {stop}], 0
+    jne 9f
+    cmp qword ptr [rdi + {storm}], 0
     je 2b
+    mov rax, [rdi + {target_count}]
+    test rax, rax
+    je 2b
+    cmp rcx, rax
+    jb 3f
+    xor ecx, ecx
+3:
+    mov rsi, rcx
+    imul rsi, rsi, {target_size}
+    lea rsi, [rdi + rsi + {targets}]
+    mov r8, [rsi + {confirm}]
+    mov r9, [r8]
+    mov r10, [rdi + {apic_base}]
+    mov rax, [rsi + {icr_high}]
+    mov dword ptr [r10 + 0x310], eax
+    mov rax, [rsi + {icr_low}]
+    mov dword ptr [r10 + 0x300], eax
+    /* Delivery status (ICR bit 12) back to idle, bounded. */
+    mov edx, 100000
+4:
+    test dword ptr [r10 + 0x300], 0x1000
+    jz 5f
+    pause
+    dec edx
+    jnz 4b
+5:
+    inc qword ptr [rsi + {sent}]
+    mov rdx, [rdi + {confirm_polls}]
+6:
+    cmp [r8], r9
+    jne 7f
+    pause
+    inc qword ptr [rdi + {heartbeat}]
+    dec rdx
+    jnz 6b
+    inc qword ptr [rdi + {timeouts}]
+7:
+    inc rcx
+    jmp 2b
+9:
     mov eax, {stop_call}
     vmcall
     jmp 2b
 "#,
     stop_call = const STOP_CALL,
+    heartbeat = const control::HEARTBEAT,
+    stop = const control::STOP,
+    storm = const control::STORM,
+    target_count = const control::TARGET_COUNT,
+    target_size = const control::TARGET_SIZE,
+    targets = const control::TARGETS,
+    confirm = const control::CONFIRM,
+    apic_base = const control::APIC_BASE,
+    icr_high = const control::ICR_HIGH,
+    icr_low = const control::ICR_LOW,
+    sent = const control::SENT,
+    confirm_polls = const control::CONFIRM_POLLS,
+    timeouts = const control::TIMEOUTS,
 );
 
 unsafe extern "C" {
@@ -247,10 +363,7 @@ pub fn enable_on_this_cpu() -> bool {
         registers: GuestRegisters::default(),
         queue: GuestEventQueue::new(),
         context: InjectionContext::from_capabilities(&vmx.caps, &vmx.controls, false),
-        acknowledge_on_exit: vmx
-            .controls
-            .exit
-            .contains(ExitControls::ACKNOWLEDGE_INTERRUPT_ON_EXIT),
+        nmi_sources: hvkit_vmx_core::nmi_source::supported(hvkit_fred::config::cpuid_7_1_eax()),
     };
     // SAFETY: slot `index` is this CPU's.
     unsafe { *AP_VMX[index].0.get() = Some(ApVmx { root, vcpu }) };
@@ -262,6 +375,10 @@ fn guest_stack_top(index: usize) -> u64 {
     (unsafe { core::ptr::addr_of!(GUEST_STACKS[index]) } as u64) + 4096 - 8
 }
 
+fn is_storm_vector(vector: u8) -> bool {
+    (host::STORM_VECTOR_BASE..host::STORM_VECTOR_BASE + MAX_CPUS as u8).contains(&vector)
+}
+
 fn timer_or_ipi_handler(vector: u8) -> Option<IdtEntry> {
     match vector {
         // SAFETY: the host timer and test-IPI entries save every register they use, run on the
@@ -269,6 +386,10 @@ fn timer_or_ipi_handler(vector: u8) -> Option<IdtEntry> {
         host::TIMER_VECTOR => Some(unsafe { IdtEntry::from_address(host::timer_entry()) }),
         // SAFETY: as above.
         host::TEST_IPI_VECTOR => Some(unsafe { IdtEntry::from_address(host::ipi_entry()) }),
+        vector if is_storm_vector(vector) => {
+            // SAFETY: as above (the storm entry is built like the test-IPI entry).
+            Some(unsafe { IdtEntry::from_address(host::storm_entry()) })
+        }
         _ => None,
     }
 }
@@ -279,7 +400,7 @@ type HandlerTable = fn(u8) -> Option<IdtEntry>;
 struct ApStrategy {
     current: Strategy,
     direct: IdtDirectCall<HandlerTable>,
-    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApic>, IretToSelf, fn()>,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, IretToSelf, fn()>,
 }
 
 impl Redeliver for ApStrategy {
@@ -326,10 +447,13 @@ impl ExitHandler for ApHandler {
         match outcome {
             Ok((HostEvent::AcknowledgedIrq(vector), Some(IrqDelivery::Requeued))) => {
                 // The interrupt waits in the IRR again: let the host take it before re-entry.
-                let counter = if vector == host::TEST_IPI_VECTOR {
-                    &self.cpu.ipi_handled
-                } else {
-                    &self.cpu.timer_handled
+                let counter = match vector {
+                    host::TEST_IPI_VECTOR => &self.cpu.ipi_handled,
+                    vector if is_storm_vector(vector) => {
+                        let sender = usize::from(vector - host::STORM_VECTOR_BASE);
+                        self.cpu.storm_handled.get(sender).unwrap_or(&self.cpu.timer_handled)
+                    }
+                    _ => &self.cpu.timer_handled,
                 };
                 let before = counter.load(Ordering::SeqCst);
                 let taken = (0..100_000).any(|_| {
@@ -421,7 +545,7 @@ pub fn run_guest(strategy: Strategy) {
     let nmi_entry = unsafe { IdtEntry::from_address(host::nmi_entry()) };
     // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
-    let sender = PollingApic { apic: apic::ThisApic, max_polls: apic::MAX_POLLS };
+    let sender = PollingApic { apic: apic::ThisApicAnyMode, max_polls: apic::MAX_POLLS };
     // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
     let unblocker = unsafe { IretToSelf::new() };
     let spin: fn() = core::hint::spin_loop;
@@ -690,6 +814,205 @@ fn cross_ipi(target: usize, strategy: Strategy) {
     });
 }
 
+/// Events each CPU sends per strategy in the storm.
+const STORM_EVENTS: u64 = 10_000;
+
+/// Polls a storm sender makes of the target's counter before its IPI counts as timed out.
+const STORM_CONFIRM_POLLS: u64 = 2_000_000;
+
+/// Waits until `counter` moves away from `before`, opening one-instruction interrupt windows
+/// meanwhile (so that this CPU takes the storm IPIs sent to it).
+fn wait_with_windows(counter: &AtomicU64, before: u64) -> bool {
+    (0..5_000_000u32).any(|_| {
+        // SAFETY: the host IDT (or FRED) handlers are set up; interrupts are off again after.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+        counter.load(Ordering::SeqCst) != before
+    })
+}
+
+/// Everything CPU `index` has handled so far (NMIs, test IPIs, storm IPIs).
+fn handled_total(index: usize) -> u64 {
+    percpu::cpu(index).map_or(0, |cpu| {
+        cpu.nmi_handled.load(Ordering::SeqCst)
+            + cpu.ipi_handled.load(Ordering::SeqCst)
+            + cpu.storm_handled.iter().map(|count| count.load(Ordering::SeqCst)).sum::<u64>()
+    })
+}
+
+/// The storm: every AP runs its guest, which sends fixed IPIs (its own vector) to every other
+/// CPU in turn through the xAPIC ICR, each confirmed by the target's count before the next;
+/// CPU 0 sends NMIs and test IPIs to every AP in turn, each confirmed before the next, and
+/// takes the guests' IPIs in interrupt windows. Until every CPU has sent [`STORM_EVENTS`].
+///
+/// Exact account (nothing may merge here): fixed IPIs merge only in one IRR bit, and each
+/// sender has its own vector with at most one IPI in flight; NMIs merge only when two are
+/// held while NMIs are blocked, and each AP gets NMIs from CPU 0 alone, one in flight. So every
+/// CPU's handled count must equal what was sent to it (`merged=0`).
+fn storm(targets: &[bool; MAX_CPUS], strategy: Strategy) {
+    let apic_base = apic::base_address();
+    let online = |index: usize| index == 0 || targets.get(index).copied().unwrap_or(false);
+    for sender in (1..MAX_CPUS).filter(|&index| online(index)) {
+        let control = &CONTROLS[sender];
+        control.storm.store(0, Ordering::SeqCst);
+        control.timeouts.store(0, Ordering::SeqCst);
+        control.apic_base.store(apic_base, Ordering::SeqCst);
+        control.confirm_polls.store(STORM_CONFIRM_POLLS, Ordering::SeqCst);
+        let mut count = 0;
+        for target in (0..MAX_CPUS).filter(|&index| index != sender && online(index)) {
+            let (Some(cpu), Some(entry)) = (percpu::cpu(target), control.targets.get(count)) else {
+                continue;
+            };
+            let Some(confirm) = cpu.storm_handled.get(sender) else { continue };
+            let apic_id = cpu.apic_id.load(Ordering::SeqCst);
+            let vector = host::STORM_VECTOR_BASE + sender as u8;
+            let Ok(icr) = Ipi::fixed(vector, FixedTarget::To(Destination::Physical(apic_id)))
+                .and_then(|ipi| ipi.encode(hvkit_apic::Mode::XApic))
+            else {
+                continue;
+            };
+            entry.icr_high.store(icr >> 32, Ordering::SeqCst);
+            entry.icr_low.store(icr & 0xFFFF_FFFF, Ordering::SeqCst);
+            entry.confirm.store(confirm as *const AtomicU64 as u64, Ordering::SeqCst);
+            entry.sent.store(0, Ordering::SeqCst);
+            count += 1;
+        }
+        control.target_count.store(count as u64, Ordering::SeqCst);
+    }
+    let mut handled0 = [0u64; MAX_CPUS];
+    for (index, slot) in handled0.iter_mut().enumerate() {
+        *slot = handled_total(index);
+    }
+    let not_in_service0: u64 = (0..MAX_CPUS)
+        .filter_map(percpu::cpu)
+        .map(|cpu| cpu.ipi_not_in_service.load(Ordering::SeqCst))
+        .sum();
+    let mut runs: [Option<Run>; MAX_CPUS] = [const { None }; MAX_CPUS];
+    for (index, run) in runs.iter_mut().enumerate().skip(1).filter(|(index, _)| online(*index)) {
+        *run = Run::start(index, strategy);
+        if run.is_none() {
+            return;
+        }
+    }
+    for index in (1..MAX_CPUS).filter(|&index| online(index)) {
+        CONTROLS[index].storm.store(1, Ordering::SeqCst);
+    }
+    let mut sent_to = [0u64; MAX_CPUS];
+    let mut cpu0_sent = 0u64;
+    let mut failures = 0u64;
+    let guests_sent = |index: usize| -> u64 {
+        CONTROLS[index].targets.iter().map(|entry| entry.sent.load(Ordering::SeqCst)).sum()
+    };
+    for _round in 0..3 * STORM_EVENTS {
+        let guests_done = (1..MAX_CPUS)
+            .filter(|&index| online(index))
+            .all(|index| guests_sent(index) >= STORM_EVENTS);
+        if cpu0_sent >= STORM_EVENTS && guests_done {
+            break;
+        }
+        if cpu0_sent >= STORM_EVENTS {
+            // CPU 0 has sent its share: only take the guests' IPIs until they have too.
+            for _ in 0..1000 {
+                // SAFETY: as in `wait_with_windows`.
+                unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+            }
+            continue;
+        }
+        for target in (1..MAX_CPUS).filter(|&index| online(index)) {
+            let (Some(cpu), Some(nmi)) = (percpu::cpu(target), nmi_to(target)) else { continue };
+            let destination = Destination::Physical(cpu.apic_id.load(Ordering::SeqCst));
+            let Ok(fixed) = Ipi::fixed(host::TEST_IPI_VECTOR, FixedTarget::To(destination)) else {
+                continue;
+            };
+            for (ipi, counter) in [(nmi, &cpu.nmi_handled), (fixed, &cpu.ipi_eois)] {
+                let before = counter.load(Ordering::SeqCst);
+                if apic::send(&ipi).is_err() {
+                    failures += 1;
+                    continue;
+                }
+                cpu0_sent += 1;
+                if let Some(slot) = sent_to.get_mut(target) {
+                    *slot += 1;
+                }
+                if !wait_with_windows(counter, before) {
+                    failures += 1;
+                }
+            }
+        }
+    }
+    for index in (1..MAX_CPUS).filter(|&index| online(index)) {
+        CONTROLS[index].storm.store(0, Ordering::SeqCst);
+    }
+    // The guests finish their last confirmation wait; CPU 0 takes what is sent to it.
+    for _ in 0..200_000 {
+        // SAFETY: as in `wait_with_windows`.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    }
+    let mut finished = true;
+    for run in runs.iter_mut() {
+        if let Some(run) = run.take() {
+            finished &= run.finish();
+        }
+    }
+    for _ in 0..1000 {
+        // SAFETY: as above.
+        unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
+    }
+    // What each guest sent to each target.
+    let mut timeouts = 0;
+    for sender in (1..MAX_CPUS).filter(|&index| online(index)) {
+        let control = &CONTROLS[sender];
+        timeouts += control.timeouts.load(Ordering::SeqCst);
+        for entry in
+            control.targets.iter().take(control.target_count.load(Ordering::SeqCst) as usize)
+        {
+            let confirm = entry.confirm.load(Ordering::SeqCst);
+            if let Some(target) = (0..MAX_CPUS).find(|&target| {
+                percpu::cpu(target)
+                    .and_then(|cpu| cpu.storm_handled.get(sender))
+                    .is_some_and(|counter| counter as *const AtomicU64 as u64 == confirm)
+            }) && let Some(slot) = sent_to.get_mut(target)
+            {
+                *slot += entry.sent.load(Ordering::SeqCst);
+            }
+        }
+    }
+    let not_in_service: u64 = (0..MAX_CPUS)
+        .filter_map(percpu::cpu)
+        .map(|cpu| cpu.ipi_not_in_service.load(Ordering::SeqCst))
+        .sum::<u64>()
+        - not_in_service0;
+    for index in (0..MAX_CPUS).filter(|&index| online(index)) {
+        let handled = handled_total(index) - handled0.get(index).copied().unwrap_or(0);
+        let sent_by = if index == 0 { cpu0_sent } else { guests_sent(index) };
+        let counts = &COUNTS[index];
+        let exits = if index == 0 {
+            0
+        } else {
+            counts.nmi_exits.load(Ordering::SeqCst) + counts.irq_exits.load(Ordering::SeqCst)
+        };
+        let errors = if index == 0 { 0 } else { counts.errors.load(Ordering::SeqCst) };
+        let sent = sent_to.get(index).copied().unwrap_or(0);
+        let lost = sent.saturating_sub(handled);
+        let duplicated = handled.saturating_sub(sent);
+        let pass = finished
+            && lost == 0
+            && duplicated == 0
+            && sent_by >= STORM_EVENTS
+            && failures == 0
+            && timeouts == 0
+            && not_in_service == 0
+            && errors == 0;
+        println!(
+            "HVKIT SCENARIO name=storm-smp strategy={} apic={} cpu={index} target={index} in_guest={} sent_by_cpu={sent_by} sent={sent} exits={exits} handled={handled} eois=0 merged=0 lost={lost} duplicated={duplicated} insns_per_event=0 timeouts={timeouts} send_failures={failures} result={}",
+            strategy.name(),
+            apic::mode_name(),
+            u32::from(index != 0),
+            if pass { "PASS" } else { "FAIL" }
+        );
+        crate::report::tally(pass, lost, duplicated);
+    }
+}
+
 /// Puts every AP in VMX operation and runs the guest scenarios against each (CPU 0 sends from
 /// its host; the target is in its guest). Call on the bootstrap processor in xAPIC mode.
 pub fn run() {
@@ -711,6 +1034,38 @@ pub fn run() {
             "smp-guest",
             "no application processor in VMX operation (one CPU, or VMXON failed on the APs)",
         );
+        return;
+    }
+    for (target, _) in targets.iter().enumerate().filter(|(_, ok)| **ok) {
+        for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
+            cross_nmi(target, strategy);
+            multiple_nmi(target, strategy);
+            pending_nmi(target, strategy);
+            cross_ipi(target, strategy);
+        }
+    }
+    for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
+        storm(&targets, strategy);
+    }
+    // SAFETY: only the bootstrap processor writes it, before the APs' guests run again.
+    unsafe { *TARGETS.0.get() = targets };
+}
+
+/// The APs in VMX operation (set by [`run`]), for [`run_x2apic`].
+struct Targets(core::cell::UnsafeCell<[bool; MAX_CPUS]>);
+
+// SAFETY: written and read only by the bootstrap processor.
+unsafe impl Sync for Targets {}
+
+static TARGETS: Targets = Targets(core::cell::UnsafeCell::new([false; MAX_CPUS]));
+
+/// The guest scenarios again with every CPU in x2APIC mode (after `hostside::run_x2apic`
+/// switched them): CPU 0 sends through the x2APIC ICR, the targets' self-NMI strategy sends
+/// through theirs. The storm stays in xAPIC mode (its guests write the xAPIC ICR page).
+pub fn run_x2apic() {
+    // SAFETY: see `TARGETS`.
+    let targets = unsafe { *TARGETS.0.get() };
+    if context().is_none() || !percpu::current().x2apic.load(Ordering::SeqCst) {
         return;
     }
     for (target, _) in targets.iter().enumerate().filter(|(_, ok)| **ok) {
