@@ -260,8 +260,9 @@ const fn rewritten_at_exit(info: &FieldInfo) -> bool {
 ///   and [`SoftVmcs::complete_exit`].
 ///
 /// It models storage and access rules only: it does not run VM-entry checks (see
-/// [`entry_check`](crate::entry_check)) or guests.
-#[derive(Debug, Clone)]
+/// [`entry_check`](crate::entry_check)) or guests. Two are equal when every field, the
+/// supported set and the pending exit information are.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SoftVmcs {
     /// By catalog index (entries past the catalog stay 0).
     values: [u64; TABLE_LEN],
