@@ -97,96 +97,6 @@ host_timer_entry:
     iretq
 
     .balign 16
-    .global host_ipi_entry
-host_ipi_entry:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    mov rax, rsp
-    and rsp, -16
-    push rax
-    push rax
-    call {ipi}
-    pop rax
-    mov rsp, rax
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
-    iretq
-
-    .balign 16
-    .global host_wake_entry
-host_wake_entry:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    mov rax, rsp
-    and rsp, -16
-    push rax
-    push rax
-    call {wake}
-    pop rax
-    mov rsp, rax
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
-    iretq
-
-    .balign 16
-    .global host_storm_entry
-host_storm_entry:
-    push rax
-    push rcx
-    push rdx
-    push rsi
-    push rdi
-    push r8
-    push r9
-    push r10
-    push r11
-    mov rax, rsp
-    and rsp, -16
-    push rax
-    push rax
-    call {storm}
-    pop rax
-    mov rsp, rax
-    pop r11
-    pop r10
-    pop r9
-    pop r8
-    pop rdi
-    pop rsi
-    pop rdx
-    pop rcx
-    pop rax
-    iretq
-
-    .balign 16
     .global host_spurious_entry
 host_spurious_entry:
     iretq
@@ -205,9 +115,6 @@ host_exception_common:
     nmi_per_cpu = const crate::percpu::offset::NMI_HANDLED,
     nmi_hold = const crate::percpu::offset::NMI_HOLD,
     nmi_held = const crate::percpu::offset::NMI_HELD,
-    ipi = sym host_ipi,
-    wake = sym host_wake,
-    storm = sym host_storm,
     timer_tsc = sym HOST_TIMER_TSC,
     timer = sym host_timer,
     exception = sym host_exception,
@@ -238,9 +145,6 @@ unsafe extern "C" {
     fn host_nmi_entry();
     fn host_timer_entry();
     fn host_spurious_entry();
-    fn host_ipi_entry();
-    fn host_wake_entry();
-    fn host_storm_entry();
 }
 
 /// The host NMI entry: non-IST, safe for direct calls on the current stack.
@@ -253,9 +157,41 @@ pub fn timer_entry() -> u64 {
     host_timer_entry as *const () as u64
 }
 
+/// The entries of the SMP scenarios' interrupts, made by hvkit-nmi-reinject's stub macro
+/// (caller-saved registers saved, handler called with the frame, IRETQ): usable in an IDT gate
+/// and for the direct call alike.
+mod stubs {
+    use hvkit_nmi_reinject::{InterruptFrame, idt_entry_stub};
+
+    extern "C" fn ipi(_frame: &InterruptFrame) {
+        super::host_ipi();
+    }
+
+    extern "C" fn wake(_frame: &InterruptFrame) {
+        super::host_wake();
+    }
+
+    extern "C" fn storm(_frame: &InterruptFrame) {
+        super::host_storm();
+    }
+
+    idt_entry_stub! {
+        /// Vector [`TEST_IPI_VECTOR`](super::TEST_IPI_VECTOR).
+        pub fn ipi_entry => ipi
+    }
+    idt_entry_stub! {
+        /// Vector [`WAKE_VECTOR`](super::WAKE_VECTOR).
+        pub fn wake_entry => wake
+    }
+    idt_entry_stub! {
+        /// Vectors [`STORM_VECTOR_BASE`](super::STORM_VECTOR_BASE) + sender index.
+        pub fn storm_entry => storm
+    }
+}
+
 /// The host test-IPI entry (vector [`TEST_IPI_VECTOR`]).
 pub fn ipi_entry() -> u64 {
-    host_ipi_entry as *const () as u64
+    stubs::ipi_entry().address()
 }
 
 pub(crate) extern "C" fn host_timer() {
@@ -269,18 +205,18 @@ pub(crate) extern "C" fn host_timer() {
 
 /// The wake-up IPI handler: an idle application processor halts with interrupts enabled and
 /// this IPI ends the HLT; the handler only sends the EOI.
-extern "C" fn host_wake() {
+fn host_wake() {
     crate::apic::eoi();
 }
 
 /// The storm-IPI entry (vectors [`STORM_VECTOR_BASE`] + sender index).
 pub fn storm_entry() -> u64 {
-    host_storm_entry as *const () as u64
+    stubs::storm_entry().address()
 }
 
 /// The storm-IPI handler: finds which sender's vector is in service (interrupts stay disabled
 /// in the handler, so exactly one of them is), counts it on this CPU and sends one EOI.
-pub(crate) extern "C" fn host_storm() {
+pub(crate) fn host_storm() {
     let cpu = crate::percpu::current();
     let sender = (0..crate::percpu::MAX_CPUS as u8)
         .find(|&sender| crate::apic::is_in_service(STORM_VECTOR_BASE + sender));
@@ -298,7 +234,7 @@ pub(crate) extern "C" fn host_storm() {
 /// The test-IPI handler: counts the run on this CPU, checks that its vector is in service
 /// (a fixed interrupt is in the ISR from acceptance until the EOI, SDM Vol. 3A 12.8.4
 /// "Interrupt Acceptance for Fixed Interrupts") and sends one EOI.
-pub(crate) extern "C" fn host_ipi() {
+pub(crate) fn host_ipi() {
     let cpu = crate::percpu::current();
     cpu.ipi_handled.fetch_add(1, Ordering::SeqCst);
     if !crate::apic::is_in_service(TEST_IPI_VECTOR) {
@@ -407,7 +343,7 @@ pub fn init() {
     set_gate(2, nmi_entry());
     set_gate(TIMER_VECTOR, timer_entry());
     set_gate(TEST_IPI_VECTOR, ipi_entry());
-    set_gate(WAKE_VECTOR, host_wake_entry as *const () as u64);
+    set_gate(WAKE_VECTOR, stubs::wake_entry().address());
     for sender in 0..crate::percpu::MAX_CPUS as u8 {
         set_gate(STORM_VECTOR_BASE + sender, storm_entry());
     }
