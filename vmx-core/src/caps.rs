@@ -61,6 +61,40 @@ pub trait CapabilityMsrs {
     fn read_msr(&self, msr: u32) -> Option<u64>;
 }
 
+/// Capability MSRs recorded from emulators, to test configuration code (capability reading,
+/// control adjustment, derived contexts) without hardware, through [`RecordedMsrs`].
+pub mod recorded {
+    use super::msr;
+
+    /// Bochs 2.7 (Debian 12) `corei7_skylake_x`: IA32_FEATURE_CONTROL, the basic, control,
+    /// miscellaneous and fixed-bit MSRs and the TRUE controls, as that model reports them (no
+    /// secondary controls were recorded).
+    ///
+    /// ```
+    /// use hvkit_vmx_core::caps::{RecordedMsrs, VmxCapabilities, recorded};
+    /// let caps = VmxCapabilities::read(&RecordedMsrs(recorded::BOCHS_2_7_SKYLAKE_X)).unwrap();
+    /// assert_eq!(caps.basic.revision_id(), 0x2B);
+    /// assert!(caps.basic.true_controls());
+    /// ```
+    pub const BOCHS_2_7_SKYLAKE_X: &[(u32, u64)] = &[
+        (msr::IA32_FEATURE_CONTROL, 0x5),
+        (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
+        (msr::IA32_VMX_PINBASED_CTLS, 0x0000_007F_0000_0016),
+        (msr::IA32_VMX_PROCBASED_CTLS, 0xF7F9_FFFE_0401_E172),
+        (msr::IA32_VMX_EXIT_CTLS, 0x007F_FFFF_0003_6DFF),
+        (msr::IA32_VMX_ENTRY_CTLS, 0x0000_FFFF_0000_11FF),
+        (msr::IA32_VMX_MISC, 0x0000_0000_6004_01E0),
+        (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
+        (msr::IA32_VMX_CR0_FIXED1, 0xFFFF_FFFF),
+        (msr::IA32_VMX_CR4_FIXED0, 0x2000),
+        (msr::IA32_VMX_CR4_FIXED1, 0x0037_27FF),
+        (msr::IA32_VMX_TRUE_PINBASED_CTLS, 0x0000_007F_0000_0016),
+        (msr::IA32_VMX_TRUE_PROCBASED_CTLS, 0xF7F9_FFFE_0400_6172),
+        (msr::IA32_VMX_TRUE_EXIT_CTLS, 0x007F_FFFF_0003_6DFB),
+        (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
+    ];
+}
+
 /// Recorded MSR values, for tests and tools: `(msr, value)` pairs.
 #[derive(Debug, Clone, Copy)]
 pub struct RecordedMsrs<'a>(pub &'a [(u32, u64)]);

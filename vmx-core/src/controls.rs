@@ -681,23 +681,7 @@ mod tests {
     use crate::caps::{RecordedMsrs, VmxCapabilities, msr};
 
     /// Recorded from Bochs 2.7 corei7_skylake_x.
-    pub(crate) const SKYLAKE_X: &[(u32, u64)] = &[
-        (msr::IA32_FEATURE_CONTROL, 0x5),
-        (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
-        (msr::IA32_VMX_PINBASED_CTLS, 0x0000_007F_0000_0016),
-        (msr::IA32_VMX_PROCBASED_CTLS, 0xF7F9_FFFE_0401_E172),
-        (msr::IA32_VMX_EXIT_CTLS, 0x007F_FFFF_0003_6DFF),
-        (msr::IA32_VMX_ENTRY_CTLS, 0x0000_FFFF_0000_11FF),
-        (msr::IA32_VMX_MISC, 0x0000_0000_6004_01E0),
-        (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
-        (msr::IA32_VMX_CR0_FIXED1, 0xFFFF_FFFF),
-        (msr::IA32_VMX_CR4_FIXED0, 0x2000),
-        (msr::IA32_VMX_CR4_FIXED1, 0x0037_27FF),
-        (msr::IA32_VMX_TRUE_PINBASED_CTLS, 0x0000_007F_0000_0016),
-        (msr::IA32_VMX_TRUE_PROCBASED_CTLS, 0xF7F9_FFFE_0400_6172),
-        (msr::IA32_VMX_TRUE_EXIT_CTLS, 0x007F_FFFF_0003_6DFB),
-        (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
-    ];
+    pub(crate) const SKYLAKE_X: &[(u32, u64)] = crate::caps::recorded::BOCHS_2_7_SKYLAKE_X;
 
     /// Recorded from an upstream Bochs build with FRED (cpu model wildcat_lake).
     pub(crate) const WILDCAT_LAKE: &[(u32, u64)] = &[

@@ -9,30 +9,13 @@ use hvkit_nmi_reinject::{
     EntryDecision, ExitError, GuestEventQueue, HostEvent, InjectionContext, IrqDelivery, Redeliver,
     RedeliveryError,
 };
-use hvkit_vmx_core::caps::{RecordedMsrs, VmxCapabilities, msr};
+use hvkit_vmx_core::caps::recorded::BOCHS_2_7_SKYLAKE_X;
+use hvkit_vmx_core::caps::{RecordedMsrs, VmxCapabilities};
 use hvkit_vmx_core::controls::{
     ControlRequest, EntryControls, ExitControls, PinBasedControls, adjust,
 };
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::vmcs::{SoftVmcs, VmcsAccess};
-
-const SKYLAKE_X: &[(u32, u64)] = &[
-    (msr::IA32_FEATURE_CONTROL, 0x5),
-    (msr::IA32_VMX_BASIC, 0x00D8_1000_0000_002B),
-    (msr::IA32_VMX_PINBASED_CTLS, 0x0000_007F_0000_0016),
-    (msr::IA32_VMX_PROCBASED_CTLS, 0xF7F9_FFFE_0401_E172),
-    (msr::IA32_VMX_EXIT_CTLS, 0x007F_FFFF_0003_6DFF),
-    (msr::IA32_VMX_ENTRY_CTLS, 0x0000_FFFF_0000_11FF),
-    (msr::IA32_VMX_MISC, 0x0000_0000_6004_01E0),
-    (msr::IA32_VMX_CR0_FIXED0, 0x8000_0021),
-    (msr::IA32_VMX_CR0_FIXED1, 0xFFFF_FFFF),
-    (msr::IA32_VMX_CR4_FIXED0, 0x2000),
-    (msr::IA32_VMX_CR4_FIXED1, 0x0037_27FF),
-    (msr::IA32_VMX_TRUE_PINBASED_CTLS, 0x0000_007F_0000_0016),
-    (msr::IA32_VMX_TRUE_PROCBASED_CTLS, 0xF7F9_FFFE_0400_6172),
-    (msr::IA32_VMX_TRUE_EXIT_CTLS, 0x007F_FFFF_0003_6DFB),
-    (msr::IA32_VMX_TRUE_ENTRY_CTLS, 0x0000_FFFF_0000_11FB),
-];
 
 /// Records what it was asked to re-deliver.
 #[derive(Default)]
@@ -56,7 +39,7 @@ impl Redeliver for Recording {
 /// A VMCS written as the user's setup writes it, and the context derived from the same
 /// capabilities and controls.
 fn setup() -> (SoftVmcs, InjectionContext) {
-    let caps = VmxCapabilities::read(&RecordedMsrs(SKYLAKE_X)).expect("capabilities");
+    let caps = VmxCapabilities::read(&RecordedMsrs(BOCHS_2_7_SKYLAKE_X)).expect("capabilities");
     let request = ControlRequest {
         pin: PinBasedControls::EXTERNAL_INTERRUPT_EXITING
             | PinBasedControls::NMI_EXITING
@@ -71,6 +54,7 @@ fn setup() -> (SoftVmcs, InjectionContext) {
     // A 64-bit guest with interrupts enabled and nothing blocking.
     vmcs.write(field::GUEST_CR0, 0x8000_0031).unwrap();
     vmcs.write(field::GUEST_RFLAGS, 0x202).unwrap();
+    assert!(controls.acknowledges_interrupt_on_exit(), "requested, so the exits below use it");
     (vmcs, InjectionContext::from_capabilities(&caps, &controls, false))
 }
 
