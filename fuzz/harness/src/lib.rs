@@ -68,8 +68,8 @@ pub fn exit_decode(data: &[u8]) {
     assert_eq!(GuestInterruptibility::from_bits_retain(error).bits(), error);
 }
 
-/// The VM-entry validator agrees with a second, table-driven model of shared/FACTS.md
-/// section 7 (`oracle.rs`), and never panics.
+/// The VM-entry validator agrees with a second, table-driven model of the event-injection
+/// checks of SDM Vol. 3C 26.2.1.3 (`oracle.rs`), and never panics.
 pub fn entry_check(data: &[u8]) {
     let mut input = Unstructured::new(data);
     let Ok(case) = oracle::EntryCase::arbitrary(&mut input) else { return };
@@ -529,6 +529,19 @@ pub fn event_model(data: &[u8]) {
     );
 }
 
+/// `length` bytes from a xorshift64 generator (tests' reproducible inputs).
+#[cfg(test)]
+pub(crate) fn pseudo_random_bytes(state: &mut u64, length: usize) -> Vec<u8> {
+    (0..length)
+        .map(|_| {
+            *state ^= *state << 13;
+            *state ^= *state >> 7;
+            *state ^= *state << 17;
+            *state as u8
+        })
+        .collect()
+}
+
 #[cfg(test)]
 mod exit_case_tests {
     use super::*;
@@ -541,14 +554,7 @@ mod exit_case_tests {
         let mut state = 0x2545_F491_4F6C_DD1Du64;
         for length in 0..120 {
             for _ in 0..40 {
-                let data: Vec<u8> = (0..length)
-                    .map(|_| {
-                        state ^= state << 13;
-                        state ^= state >> 7;
-                        state ^= state << 17;
-                        state as u8
-                    })
-                    .collect();
+                let data = crate::pseudo_random_bytes(&mut state, length);
                 let (mut derived, mut decoded) =
                     (Unstructured::new(&data), Unstructured::new(&data));
                 for _ in 0..4 {

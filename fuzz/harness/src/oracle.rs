@@ -1,5 +1,5 @@
 //! A deliberately simple, table-driven model of the VM-entry injection rules
-//! (shared/FACTS.md section 7), written apart from hvkit-vmx-core's validator so a fuzzer can
+//! (SDM Vol. 3C 26.2.1.3 "VM-Entry Control Fields", event injection), written apart from hvkit-vmx-core's validator so a fuzzer can
 //! compare the two.
 
 use arbitrary::Arbitrary;

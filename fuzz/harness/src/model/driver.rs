@@ -961,14 +961,7 @@ mod drain_tests {
         let mut shortened = 0;
         for _ in 0..3000 {
             let length = 2 + (state % 120) as usize;
-            let data: Vec<u8> = (0..length)
-                .map(|_| {
-                    state ^= state << 13;
-                    state ^= state >> 7;
-                    state ^= state << 17;
-                    state as u8
-                })
-                .collect();
+            let data = crate::pseudo_random_bytes(&mut state, length);
             let (fast, full) = (outcome(&data, true), outcome(&data, false));
             match (&fast, &full) {
                 (Ok(fast_rounds), Ok(full_rounds)) => {
