@@ -16,10 +16,25 @@ static HOST_FRED_CONFIG: AtomicU64 = AtomicU64::new(0);
 
 /// The FRED dispatcher: the same counting as the IDT handlers, for FRED hosts (events arrive on
 /// a FRED frame at the entry page; returns are ERETS from the stub).
+///
+/// Its first instruction is a CLI. FRED event delivery leaves RFLAGS = 2 (IF = 0: no maskable
+/// interrupt until ERETS restores the interrupted RFLAGS; Intel FRED specification, "FRED
+/// Event Delivery", new context), so on hardware the CLI changes nothing. It works around the
+/// upstream Bochs with FRED (cpu/fred.cc, `BX_CPU_C::FRED_EventDelivery`, the line
+/// `BX_CPU_THIS_PTR eflags = 0x2;`), which clears IF by writing EFLAGS directly instead of
+/// through `clear_IF()`, so `handleInterruptMaskChange()` never masks the pending-interrupt
+/// events: Bochs then delivers the next external interrupt inside the handler with IF = 0 as
+/// soon as the local APIC offers it (after the handler's EOI). In the SMP storm each such
+/// nested handler's count makes the sender's guest send the next IPI, so the nesting never
+/// ended and the stack ran over. Bochs's CLI (and ERETS, which restores RFLAGS through
+/// `setEFlags`) does update the mask, so with the CLI at most one interrupt nests, in the entry
+/// stub before the CLI.
 extern "C" fn fred_dispatch(
     frame: &mut hvkit_fred::Frame,
     _registers: &mut hvkit_fred::SavedRegisters,
 ) {
+    // SAFETY: CLI at CPL 0 in an event handler that already runs with IF = 0 (see above).
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
     if ERETU_ARMED.load(Ordering::SeqCst) {
         eretu_step_event(frame);
     }
@@ -31,7 +46,17 @@ extern "C" fn fred_dispatch(
             // hardware or from FredDirectCall's re-delivery of an NMI exit's qualification.
             HOST_NMI_SOURCES_SEEN.fetch_or(frame.event_data & 0xFFFF, Ordering::SeqCst);
             HOST_NMI_HANDLED.fetch_add(1, Ordering::SeqCst);
-            crate::percpu::current().nmi_handled.fetch_add(1, Ordering::SeqCst);
+            let cpu = crate::percpu::current();
+            cpu.nmi_handled.fetch_add(1, Ordering::SeqCst);
+            // Held (the pending-nmi scenario), as in the IDT NMI entry: say so and wait until
+            // released; NMIs stay blocked until this handler's ERETS.
+            if cpu.nmi_hold.load(Ordering::SeqCst) != 0 {
+                cpu.nmi_held.store(1, Ordering::SeqCst);
+                while cpu.nmi_hold.load(Ordering::SeqCst) != 0 {
+                    core::hint::spin_loop();
+                }
+                cpu.nmi_held.store(0, Ordering::SeqCst);
+            }
         }
         (hvkit_fred::EventType::ExternalInterrupt, crate::host::TEST_IPI_VECTOR) => {
             crate::host::host_ipi();

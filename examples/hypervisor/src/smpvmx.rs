@@ -91,6 +91,8 @@ pub struct GuestControl {
     heartbeat: AtomicU64,
     /// Non-zero: the guest sends storm IPIs to its targets in turn.
     storm: AtomicU64,
+    /// Storm IPIs the guest may still send (it counts down; at 0 it only loops).
+    remaining: AtomicU64,
     /// The xAPIC page's address (EPT maps it through to the local APIC).
     apic_base: AtomicU64,
     /// How many entries of `targets` are in use.
@@ -123,6 +125,7 @@ mod control {
     pub const STOP: usize = offset_of!(GuestControl, stop);
     pub const HEARTBEAT: usize = offset_of!(GuestControl, heartbeat);
     pub const STORM: usize = offset_of!(GuestControl, storm);
+    pub const REMAINING: usize = offset_of!(GuestControl, remaining);
     pub const APIC_BASE: usize = offset_of!(GuestControl, apic_base);
     pub const TARGET_COUNT: usize = offset_of!(GuestControl, target_count);
     pub const TIMEOUTS: usize = offset_of!(GuestControl, timeouts);
@@ -172,6 +175,7 @@ static CONTROLS: [GuestControl; MAX_CPUS] = [const {
         stop: AtomicU64::new(0),
         heartbeat: AtomicU64::new(0),
         storm: AtomicU64::new(0),
+        remaining: AtomicU64::new(0),
         apic_base: AtomicU64::new(0),
         target_count: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
@@ -210,7 +214,8 @@ core::arch::global_asm!(
 smp_guest_main:
     /* RDI = this guest's control block: say it runs, then loop (counting the loops) until
        told to stop; in storm mode each loop sends one fixed IPI to the next target through
-       the xAPIC ICR and waits (bounded) for the target's handler count to move. */
+       the xAPIC ICR and waits (bounded) for the target's handler count to move, until its
+       quota (remaining) is used up. */
     mov qword ptr [rdi], 1
     xor ecx, ecx
 2:
@@ -219,6 +224,8 @@ smp_guest_main:
     cmp qword ptr [rdi + {stop}], 0
     jne 9f
     cmp qword ptr [rdi + {storm}], 0
+    je 2b
+    cmp qword ptr [rdi + {remaining}], 0
     je 2b
     mov rax, [rdi + {target_count}]
     test rax, rax
@@ -247,6 +254,7 @@ smp_guest_main:
     jnz 4b
 5:
     inc qword ptr [rsi + {sent}]
+    dec qword ptr [rdi + {remaining}]
     mov rdx, [rdi + {confirm_polls}]
 6:
     cmp [r8], r9
@@ -268,6 +276,7 @@ smp_guest_main:
     heartbeat = const control::HEARTBEAT,
     stop = const control::STOP,
     storm = const control::STORM,
+    remaining = const control::REMAINING,
     target_count = const control::TARGET_COUNT,
     target_size = const control::TARGET_SIZE,
     targets = const control::TARGETS,
@@ -844,6 +853,15 @@ fn handled_total(index: usize) -> u64 {
 /// CPU 0 sends NMIs and test IPIs to every AP in turn, each confirmed before the next, and
 /// takes the guests' IPIs in interrupt windows. Until every CPU has sent [`STORM_EVENTS`].
 ///
+/// Each guest stops sending at its quota of [`STORM_EVENTS`]. Without the quota, a guest whose
+/// next IPI reaches CPU 0 before CPU 0's handler has returned (the guest sends as soon as the
+/// handler's count moves, before its EOI) keeps CPU 0 in one interrupt window for good: every
+/// return (IRET, or ERETS on a FRED host) finds the next IPI pending and takes it before the
+/// window's CLI (neither return opens an interrupt shadow, SDM Vol. 3A 7.8.3 "Masking
+/// Exceptions and Interrupts When Switching Stacks" names only MOV SS/POP SS and STI), so CPU 0
+/// never got back to stop the guests. The FRED host's longer handler path made that happen
+/// every time under the upstream Bochs with FRED.
+///
 /// Exact account (nothing may merge here): fixed IPIs merge only in one IRR bit, and each
 /// sender has its own vector with at most one IPI in flight; NMIs merge only when two are
 /// held while NMIs are blocked, and each AP gets NMIs from CPU 0 alone, one in flight. So every
@@ -854,6 +872,7 @@ fn storm(targets: &[bool; MAX_CPUS], strategy: Strategy) {
     for sender in (1..MAX_CPUS).filter(|&index| online(index)) {
         let control = &CONTROLS[sender];
         control.storm.store(0, Ordering::SeqCst);
+        control.remaining.store(STORM_EVENTS, Ordering::SeqCst);
         control.timeouts.store(0, Ordering::SeqCst);
         control.apic_base.store(apic_base, Ordering::SeqCst);
         control.confirm_polls.store(STORM_CONFIRM_POLLS, Ordering::SeqCst);
