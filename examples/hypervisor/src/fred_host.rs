@@ -95,24 +95,29 @@ pub fn fred_dispatcher() -> hvkit_fred::Dispatcher {
 /// Red zone configured in IA32_FRED_CONFIG (one 64-byte unit, as Linux does).
 pub const FRED_RED_ZONE_UNITS: u8 = 1;
 
-/// Whether this host switched to FRED event delivery (only the bootstrap processor does).
+/// Whether the bootstrap processor's host switched to FRED event delivery (for good; the
+/// application processors switch only for their FRED guest scenarios, see
+/// `smpvmx::set_fred_host`).
 pub fn host_in_fred_mode() -> bool {
     HOST_FRED_CONFIG.load(Ordering::SeqCst) != 0
 }
 
-/// Switches the host to FRED event delivery. Returns the new CR4.
+/// Switches this CPU's host to FRED event delivery, on this CPU's own FRED stack (every stack
+/// level uses it: all events arrive at CPL 0 on stack level 0). Returns the new CR4.
 pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     use hvkit_fred::config::{CR4_FRED, msr};
     let config = hvkit_fred::FredConfig::try_new(HostFredEntry::address(), FRED_RED_ZONE_UNITS, 0)?;
-    let stack = hvkit_fred::config::check_rsp(
-        core::ptr::addr_of!(FRED_STACK) as u64 + FRED_STACK_SIZE as u64,
-    )?;
+    let index = crate::percpu::current().index.load(Ordering::SeqCst) as usize;
+    let (base, size) = fred_stack(index);
+    let stack = hvkit_fred::config::check_rsp(base + size)?;
     for level in 0..4u8 {
         crate::cpu::wrmsr(msr::rsp(level), stack);
     }
     crate::cpu::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
     crate::cpu::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
-    HOST_FRED_CONFIG.store(config.raw(), Ordering::SeqCst);
+    if index == 0 {
+        HOST_FRED_CONFIG.store(config.raw(), Ordering::SeqCst);
+    }
     let cr4: u64;
     // SAFETY: reading and writing CR4 at CPL 0; FRED is supported (the caller checked CPUID and
     // the VMX CR4 fixed bits), and the entry page and MSRs are set up.
@@ -123,12 +128,36 @@ pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     Ok(cr4 | CR4_FRED)
 }
 
+/// Switches this CPU's host back to IDT event delivery (CR4.FRED = 0; the FRED MSRs keep
+/// their values and steer nothing). Returns the new CR4.
+pub fn disable_fred() -> u64 {
+    let cr4: u64;
+    // SAFETY: reading and writing CR4 at CPL 0 with interrupts disabled; this CPU's IDT is
+    // loaded, so events go through it again.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov cr4, {}", in(reg) cr4 & !hvkit_fred::config::CR4_FRED,
+            options(nostack, preserves_flags));
+    }
+    cr4 & !hvkit_fred::config::CR4_FRED
+}
+
 const FRED_STACK_SIZE: usize = 16384;
 
 #[repr(C, align(64))]
 struct FredStack([u8; FRED_STACK_SIZE]);
 
-static mut FRED_STACK: FredStack = FredStack([0; FRED_STACK_SIZE]);
+/// One FRED stack per CPU (index from `percpu`).
+static mut FRED_STACKS: [FredStack; crate::percpu::MAX_CPUS] =
+    [const { FredStack([0; FRED_STACK_SIZE]) }; crate::percpu::MAX_CPUS];
+
+/// CPU `index`'s FRED stack: base and size.
+fn fred_stack(index: usize) -> (u64, u64) {
+    let index = index.min(crate::percpu::MAX_CPUS - 1);
+    // SAFETY: only the address is taken.
+    let base = unsafe { core::ptr::addr_of!(FRED_STACKS[index]) } as u64;
+    (base, FRED_STACK_SIZE as u64)
+}
 
 /// The value the guest's FRED MSR probe writes to IA32_FRED_CONFIG (entry page 0xBADF000, no
 /// red zone, stack level 0: no reserved bit set, canonical).
@@ -500,8 +529,8 @@ pub fn report_eretu_step() {
         rsp: v[4],
         frame: v[5],
     };
-    let fred_stack = core::ptr::addr_of!(FRED_STACK) as u64;
-    let on_fred_stack = (fred_stack..fred_stack + FRED_STACK_SIZE as u64).contains(&seen.frame);
+    let (fred_stack, size) = fred_stack(0);
+    let on_fred_stack = (fred_stack..fred_stack + size).contains(&seen.frame);
     println!(
         "HVKIT fred eretu user_area={area:#x} user_cs={USER_CS:#x} user_ss={USER_SS:#x} event_type={} vector={} frame_cs={:#x} frame_rip={:#x} frame_rsp={:#x} frame_on_rsp0_stack={on_fred_stack}",
         seen.event_type, seen.vector, seen.cs, seen.rip, seen.rsp

@@ -22,8 +22,9 @@ use crate::{apic, host, println, smp, vmx};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
 use hvkit_nmi_reinject::{
-    GuestEventQueue, GuestFixups, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
-    InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
+    FredDirectCall, FredEretsToSelf, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
+    IdtDirectCall, IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiUnblocker, PollingApic,
+    Redeliver, RedeliveryError, SelfNmi,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
@@ -38,6 +39,10 @@ pub enum Strategy {
     DirectCall,
     /// hvkit-nmi-reinject `SelfNmi` with `IretToSelf`.
     SelfNmi,
+    /// hvkit-nmi-reinject `FredDirectCall` (the AP's host in FRED mode).
+    FredDirectCall,
+    /// hvkit-nmi-reinject `SelfNmi` with `FredEretsToSelf` (the AP's host in FRED mode).
+    FredSelfNmi,
 }
 
 impl Strategy {
@@ -45,6 +50,8 @@ impl Strategy {
         match self {
             Self::DirectCall => "direct-call",
             Self::SelfNmi => "self-nmi",
+            Self::FredDirectCall => "fred-direct-call",
+            Self::FredSelfNmi => "fred-self-nmi",
         }
     }
 
@@ -52,6 +59,28 @@ impl Strategy {
         match self {
             Self::DirectCall => smp::command::GUEST_DIRECT_CALL,
             Self::SelfNmi => smp::command::GUEST_SELF_NMI,
+            Self::FredDirectCall => smp::command::GUEST_FRED_DIRECT_CALL,
+            Self::FredSelfNmi => smp::command::GUEST_FRED_SELF_NMI,
+        }
+    }
+
+    /// Whether a re-sent NMI can be one with an NMI already held (the self-NMI strategies).
+    fn can_merge(self) -> bool {
+        matches!(self, Self::SelfNmi | Self::FredSelfNmi)
+    }
+}
+
+/// The return that unblocks NMIs after a self-NMI: IRET on an IDT host, ERETS on a FRED host.
+enum ApUnblocker {
+    Iret(IretToSelf),
+    Erets(FredEretsToSelf),
+}
+
+impl NmiUnblocker for ApUnblocker {
+    fn unblock_nmis(&mut self) {
+        match self {
+            Self::Iret(iret) => iret.unblock_nmis(),
+            Self::Erets(erets) => erets.unblock_nmis(),
         }
     }
 }
@@ -409,21 +438,24 @@ type HandlerTable = fn(u8) -> Option<IdtEntry>;
 struct ApStrategy {
     current: Strategy,
     direct: IdtDirectCall<HandlerTable>,
-    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, IretToSelf, fn()>,
+    fred_direct: FredDirectCall,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, ApUnblocker, fn()>,
 }
 
 impl Redeliver for ApStrategy {
     fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         match self.current {
             Strategy::DirectCall => self.direct.redeliver_nmi(),
-            Strategy::SelfNmi => self.self_nmi.redeliver_nmi(),
+            Strategy::FredDirectCall => self.fred_direct.redeliver_nmi(),
+            Strategy::SelfNmi | Strategy::FredSelfNmi => self.self_nmi.redeliver_nmi(),
         }
     }
 
     fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         match self.current {
             Strategy::DirectCall => self.direct.redeliver_irq(vector),
-            Strategy::SelfNmi => self.self_nmi.redeliver_irq(vector),
+            Strategy::FredDirectCall => self.fred_direct.redeliver_irq(vector),
+            Strategy::SelfNmi | Strategy::FredSelfNmi => self.self_nmi.redeliver_irq(vector),
         }
     }
 }
@@ -466,7 +498,8 @@ impl ExitHandler for ApHandler {
                 };
                 let before = counter.load(Ordering::SeqCst);
                 let taken = (0..100_000).any(|_| {
-                    // SAFETY: the host IDT is loaded; one-instruction interrupt window.
+                    // SAFETY: the host IDT (or FRED entry) is set up; one-instruction
+                    // interrupt window.
                     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
                     counter.load(Ordering::SeqCst) != before
                 });
@@ -555,12 +588,26 @@ pub fn run_guest(strategy: Strategy) {
     // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
     let sender = PollingApic { apic: apic::ThisApicAnyMode, max_polls: apic::MAX_POLLS };
-    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
-    let unblocker = unsafe { IretToSelf::new() };
+    let red_zone = u64::from(crate::fred_host::FRED_RED_ZONE_UNITS) * 64;
+    // SAFETY: used only with the FRED strategies, which run only after `set_fred_host(true)`
+    // on this CPU (CR4.FRED = 1, CPL 0, this red zone in IA32_FRED_CONFIG); the dispatcher
+    // leaves RIP/RSP/CS/SS alone.
+    let fred_direct =
+        unsafe { FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone) };
+    let unblocker = match strategy {
+        Strategy::FredDirectCall | Strategy::FredSelfNmi => {
+            // SAFETY: FRED host (as above), interrupts disabled, host NMI handler installed.
+            ApUnblocker::Erets(unsafe { FredEretsToSelf::new(red_zone) })
+        }
+        Strategy::DirectCall | Strategy::SelfNmi => {
+            // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
+            ApUnblocker::Iret(unsafe { IretToSelf::new() })
+        }
+    };
     let spin: fn() = core::hint::spin_loop;
     let self_nmi = SelfNmi::new(sender, unblocker, spin, &cpu.nmi_handled, 10_000_000);
     let mut handler = ApHandler {
-        strategy: ApStrategy { current: strategy, direct, self_nmi },
+        strategy: ApStrategy { current: strategy, direct, fred_direct, self_nmi },
         cpu,
         counts,
         index,
@@ -715,11 +762,8 @@ fn multiple_nmi(target: usize, strategy: Strategy) {
     let handled = cpu.nmi_handled.load(Ordering::SeqCst) - handled0;
     let counts = &COUNTS[target];
     let exits = counts.nmi_exits.load(Ordering::SeqCst);
-    let merged = match strategy {
-        Strategy::DirectCall => 0,
-        // One self-NMI per exit can merge with one held NMI.
-        Strategy::SelfNmi => sent.saturating_sub(handled).min(exits),
-    };
+    // One self-NMI per exit can merge with one held NMI.
+    let merged = if strategy.can_merge() { sent.saturating_sub(handled).min(exits) } else { 0 };
     report(GuestLine {
         name: "multiple-nmi",
         strategy,
@@ -1066,8 +1110,91 @@ pub fn run() {
     for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
         storm(&targets, strategy);
     }
+    run_fred(&targets);
     // SAFETY: only the bootstrap processor writes it, before the APs' guests run again.
     unsafe { *TARGETS.0.get() = targets };
+}
+
+/// Why the APs' hosts cannot switch to FRED, if they cannot.
+fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
+    if !hvkit_fred::config::fred_supported(hvkit_fred::config::cpuid_7_1_eax()) {
+        Some("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
+    } else if vmx.caps.cr4.fixed1 & hvkit_fred::config::CR4_FRED == 0 {
+        Some("IA32_VMX_CR4_FIXED1 does not allow CR4.FRED in VMX operation")
+    } else {
+        None
+    }
+}
+
+/// The guest scenarios and the storm again with every AP's host in FRED mode (its own FRED
+/// stack, CR4.FRED in its VMCS host state), re-delivering with the FRED strategies; the APs
+/// switch back to the IDT afterwards. CPU 0's host stays as it is (IDT at this point).
+fn run_fred(targets: &[bool; MAX_CPUS]) {
+    let Some(vmx) = context() else { return };
+    if let Some(reason) = fred_unavailable(vmx) {
+        crate::report::skip("smp-guest-fred", reason);
+        return;
+    }
+    let mut fred_targets = [false; MAX_CPUS];
+    for (index, slot) in fred_targets.iter_mut().enumerate() {
+        if targets.get(index).copied().unwrap_or(false) {
+            let ok = smp::run_on(index, smp::command::FRED_ON)
+                && percpu::cpu(index).is_some_and(|cpu| cpu.last_result.load(Ordering::SeqCst) == 1);
+            println!("HVKIT cpu-fred index={index} fred_host={}", u32::from(ok));
+            *slot = ok;
+        }
+    }
+    if fred_targets.iter().any(|&target| target) {
+        for (target, _) in fred_targets.iter().enumerate().filter(|(_, ok)| **ok) {
+            for strategy in [Strategy::FredDirectCall, Strategy::FredSelfNmi] {
+                cross_nmi(target, strategy);
+                multiple_nmi(target, strategy);
+                pending_nmi(target, strategy);
+                cross_ipi(target, strategy);
+            }
+        }
+        for strategy in [Strategy::FredDirectCall, Strategy::FredSelfNmi] {
+            storm(&fred_targets, strategy);
+        }
+    } else {
+        crate::report::skip("smp-guest-fred", "no application processor switched to FRED");
+    }
+    for (index, _) in fred_targets.iter().enumerate().filter(|(_, ok)| **ok) {
+        if !smp::run_on(index, smp::command::FRED_OFF) {
+            println!("HVKIT error: cpu {index}: back to the IDT");
+        }
+    }
+}
+
+/// On an AP: switches its host to FRED event delivery (`on`) or back to the IDT, and writes the
+/// new CR4 into its VMCS's host CR4 (a VM exit loads CR4 from it, SDM Vol. 3C 28.5.1 "Loading
+/// Host Control Registers, Debug Registers, MSRs"), with the host FRED fields when the VMCS
+/// FRED controls are in use. Returns whether it worked.
+pub fn set_fred_host(on: bool) -> bool {
+    let index = index();
+    let Some(vmx) = context() else { return false };
+    // SAFETY: slot `index` is this CPU's.
+    let Some(state) = (unsafe { &mut *AP_VMX[index].0.get() }) else { return false };
+    let cr4 = if on {
+        match crate::fred_host::enable_fred() {
+            Ok(cr4) => cr4,
+            Err(error) => {
+                println!("HVKIT error: cpu {index}: FRED configuration: {error}");
+                return false;
+            }
+        }
+    } else {
+        crate::fred_host::disable_fred()
+    };
+    let written = state.root.activate(&mut state.vcpu.vmcs).and_then(|mut active| {
+        active.write(field::HOST_CR4, cr4)?;
+        if on { vmx::refresh_host_fred(&mut active, vmx) } else { Ok(()) }
+    });
+    if let Err(fail) = written {
+        println!("HVKIT error: cpu {index}: host CR4: {fail}");
+        return false;
+    }
+    true
 }
 
 /// The APs in VMX operation (set by [`run`]), for [`run_x2apic`].
