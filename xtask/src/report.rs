@@ -191,9 +191,14 @@ pub fn smp_problems(report: &Report, cpus: u32) -> Vec<String> {
 /// re-delivery strategy (runs with VMX only).
 const GUEST_SIDE: [&str; 4] = ["guest-cross-nmi", "multiple-nmi", "pending-nmi", "guest-cross-ipi"];
 
+/// The FRED re-delivery strategies the SMP guest scenarios run with when the CPU has FRED
+/// (the APs' hosts in FRED mode, xAPIC only).
+const FRED_STRATEGIES: [&str; 2] = ["fred-direct-call", "fred-self-nmi"];
+
 /// The VMX part of an SMP run with `cpus` CPUs: every guest-side scenario has a line per AP,
 /// strategy and APIC mode (x2APIC unless its run was skipped), and the storm a line per CPU and strategy (whether they passed is
-/// [`problems`]' business). A one-CPU run must say why it
+/// [`problems`]' business); the same in xAPIC mode with the FRED strategies unless an
+/// `smp-guest-fred` SKIP line says why not. A one-CPU run must say why it
 /// skipped them.
 pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
     let mut problems = Vec::new();
@@ -230,11 +235,31 @@ pub fn smp_vmx_problems(report: &Report, cpus: u32) -> Vec<String> {
             }
         }
     }
+    let fred_skipped = report.scenarios.iter().any(|scenario| {
+        scenario.get("name") == "smp-guest-fred" && scenario.get("result") == "SKIP"
+    });
+    let fred: &[&str] = if fred_skipped { &[] } else { &FRED_STRATEGIES };
+    for target in 1..cpus {
+        for name in GUEST_SIDE {
+            for strategy in fred {
+                let found = report.scenarios.iter().any(|scenario| {
+                    scenario.get("name") == name
+                        && scenario.get("strategy") == *strategy
+                        && scenario.get("apic") == "xapic"
+                        && scenario.get("target") == target.to_string()
+                });
+                if !found {
+                    problems
+                        .push(format!("no {name}/{strategy} line for cpu {target} in xapic mode"));
+                }
+            }
+        }
+    }
     for cpu in 0..cpus {
-        for strategy in ["direct-call", "self-nmi"] {
+        for strategy in ["direct-call", "self-nmi"].iter().chain(fred) {
             let found = report.scenarios.iter().any(|scenario| {
                 scenario.get("name") == "storm-smp"
-                    && scenario.get("strategy") == strategy
+                    && scenario.get("strategy") == *strategy
                     && scenario.get("cpu") == cpu.to_string()
             });
             if !found {
@@ -346,7 +371,8 @@ HVKIT EXIT status=3\n";
     #[test]
     fn smp_vmx_problems_need_every_guest_line_per_ap_and_strategy() {
         let mut text = String::from(
-            "HVKIT SCENARIO name=host-side-x2apic strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"no x2APIC\"\n",
+            "HVKIT SCENARIO name=host-side-x2apic strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"no x2APIC\"\n\
+HVKIT SCENARIO name=smp-guest-fred strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"no FRED\"\n",
         );
         for name in GUEST_SIDE {
             for strategy in ["direct-call", "self-nmi"] {
@@ -384,6 +410,31 @@ HVKIT EXIT status=3\n";
                 .iter()
                 .any(|p| p.contains("no guest-cross-nmi/direct-call line for cpu 1 in x2apic mode"))
         );
+        // Without the FRED SKIP line, the FRED strategies' lines are needed (xAPIC mode).
+        let mut fred = text.replace("name=smp-guest-fred", "name=other");
+        assert!(
+            smp_vmx_problems(&parse(&fred), 2)
+                .iter()
+                .any(|p| p.contains("no multiple-nmi/fred-self-nmi line for cpu 1 in xapic mode"))
+        );
+        assert!(
+            smp_vmx_problems(&parse(&fred), 2)
+                .iter()
+                .any(|p| p.contains("no storm-smp/fred-direct-call line for cpu 0"))
+        );
+        for strategy in FRED_STRATEGIES {
+            for name in GUEST_SIDE {
+                fred.push_str(&format!(
+                    "HVKIT SCENARIO name={name} strategy={strategy} apic=xapic cpu=0 target=1 sent=2 exits=1 handled=1 eois=0 merged=1 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+            for cpu in 0..2 {
+                fred.push_str(&format!(
+                    "HVKIT SCENARIO name=storm-smp strategy={strategy} apic=xapic cpu={cpu} target={cpu} sent=10000 exits=0 handled=10000 eois=0 merged=0 lost=0 duplicated=0 insns_per_event=0 result=PASS\n"
+                ));
+            }
+        }
+        assert_eq!(smp_vmx_problems(&parse(&fred), 2), Vec::<String>::new());
         assert!(!smp_vmx_problems(&parse(""), 1).is_empty(), "one CPU must say why it skipped");
         let skipped = "HVKIT SCENARIO name=smp-guest strategy=n/a sent=0 exits=0 handled=0 eois=0 lost=0 duplicated=0 insns_per_event=0 result=SKIP reason=\"one CPU\"\n";
         assert_eq!(smp_vmx_problems(&parse(skipped), 1), Vec::<String>::new());

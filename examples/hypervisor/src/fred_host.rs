@@ -16,10 +16,25 @@ static HOST_FRED_CONFIG: AtomicU64 = AtomicU64::new(0);
 
 /// The FRED dispatcher: the same counting as the IDT handlers, for FRED hosts (events arrive on
 /// a FRED frame at the entry page; returns are ERETS from the stub).
+///
+/// Its first instruction is a CLI. FRED event delivery leaves RFLAGS = 2 (IF = 0: no maskable
+/// interrupt until ERETS restores the interrupted RFLAGS; Intel FRED specification, "FRED
+/// Event Delivery", new context), so on hardware the CLI changes nothing. It works around the
+/// upstream Bochs with FRED (cpu/fred.cc, `BX_CPU_C::FRED_EventDelivery`, the line
+/// `BX_CPU_THIS_PTR eflags = 0x2;`), which clears IF by writing EFLAGS directly instead of
+/// through `clear_IF()`, so `handleInterruptMaskChange()` never masks the pending-interrupt
+/// events: Bochs then delivers the next external interrupt inside the handler with IF = 0 as
+/// soon as the local APIC offers it (after the handler's EOI). In the SMP storm each such
+/// nested handler's count makes the sender's guest send the next IPI, so the nesting never
+/// ended and the stack ran over. Bochs's CLI (and ERETS, which restores RFLAGS through
+/// `setEFlags`) does update the mask, so with the CLI at most one interrupt nests, in the entry
+/// stub before the CLI.
 extern "C" fn fred_dispatch(
     frame: &mut hvkit_fred::Frame,
     _registers: &mut hvkit_fred::SavedRegisters,
 ) {
+    // SAFETY: CLI at CPL 0 in an event handler that already runs with IF = 0 (see above).
+    unsafe { core::arch::asm!("cli", options(nomem, nostack)) };
     if ERETU_ARMED.load(Ordering::SeqCst) {
         eretu_step_event(frame);
     }
@@ -31,7 +46,17 @@ extern "C" fn fred_dispatch(
             // hardware or from FredDirectCall's re-delivery of an NMI exit's qualification.
             HOST_NMI_SOURCES_SEEN.fetch_or(frame.event_data & 0xFFFF, Ordering::SeqCst);
             HOST_NMI_HANDLED.fetch_add(1, Ordering::SeqCst);
-            crate::percpu::current().nmi_handled.fetch_add(1, Ordering::SeqCst);
+            let cpu = crate::percpu::current();
+            cpu.nmi_handled.fetch_add(1, Ordering::SeqCst);
+            // Held (the pending-nmi scenario), as in the IDT NMI entry: say so and wait until
+            // released; NMIs stay blocked until this handler's ERETS.
+            if cpu.nmi_hold.load(Ordering::SeqCst) != 0 {
+                cpu.nmi_held.store(1, Ordering::SeqCst);
+                while cpu.nmi_hold.load(Ordering::SeqCst) != 0 {
+                    core::hint::spin_loop();
+                }
+                cpu.nmi_held.store(0, Ordering::SeqCst);
+            }
         }
         (hvkit_fred::EventType::ExternalInterrupt, crate::host::TEST_IPI_VECTOR) => {
             crate::host::host_ipi();
@@ -70,24 +95,29 @@ pub fn fred_dispatcher() -> hvkit_fred::Dispatcher {
 /// Red zone configured in IA32_FRED_CONFIG (one 64-byte unit, as Linux does).
 pub const FRED_RED_ZONE_UNITS: u8 = 1;
 
-/// Whether this host switched to FRED event delivery (only the bootstrap processor does).
+/// Whether the bootstrap processor's host switched to FRED event delivery (for good; the
+/// application processors switch only for their FRED guest scenarios, see
+/// `smpvmx::set_fred_host`).
 pub fn host_in_fred_mode() -> bool {
     HOST_FRED_CONFIG.load(Ordering::SeqCst) != 0
 }
 
-/// Switches the host to FRED event delivery. Returns the new CR4.
+/// Switches this CPU's host to FRED event delivery, on this CPU's own FRED stack (every stack
+/// level uses it: all events arrive at CPL 0 on stack level 0). Returns the new CR4.
 pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     use hvkit_fred::config::{CR4_FRED, msr};
     let config = hvkit_fred::FredConfig::try_new(HostFredEntry::address(), FRED_RED_ZONE_UNITS, 0)?;
-    let stack = hvkit_fred::config::check_rsp(
-        core::ptr::addr_of!(FRED_STACK) as u64 + FRED_STACK_SIZE as u64,
-    )?;
+    let index = crate::percpu::current().index.load(Ordering::SeqCst) as usize;
+    let (base, size) = fred_stack(index);
+    let stack = hvkit_fred::config::check_rsp(base + size)?;
     for level in 0..4u8 {
         crate::cpu::wrmsr(msr::rsp(level), stack);
     }
     crate::cpu::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
     crate::cpu::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
-    HOST_FRED_CONFIG.store(config.raw(), Ordering::SeqCst);
+    if index == 0 {
+        HOST_FRED_CONFIG.store(config.raw(), Ordering::SeqCst);
+    }
     let cr4: u64;
     // SAFETY: reading and writing CR4 at CPL 0; FRED is supported (the caller checked CPUID and
     // the VMX CR4 fixed bits), and the entry page and MSRs are set up.
@@ -98,12 +128,36 @@ pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     Ok(cr4 | CR4_FRED)
 }
 
+/// Switches this CPU's host back to IDT event delivery (CR4.FRED = 0; the FRED MSRs keep
+/// their values and steer nothing). Returns the new CR4.
+pub fn disable_fred() -> u64 {
+    let cr4: u64;
+    // SAFETY: reading and writing CR4 at CPL 0 with interrupts disabled; this CPU's IDT is
+    // loaded, so events go through it again.
+    unsafe {
+        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
+        core::arch::asm!("mov cr4, {}", in(reg) cr4 & !hvkit_fred::config::CR4_FRED,
+            options(nostack, preserves_flags));
+    }
+    cr4 & !hvkit_fred::config::CR4_FRED
+}
+
 const FRED_STACK_SIZE: usize = 16384;
 
 #[repr(C, align(64))]
 struct FredStack([u8; FRED_STACK_SIZE]);
 
-static mut FRED_STACK: FredStack = FredStack([0; FRED_STACK_SIZE]);
+/// One FRED stack per CPU (index from `percpu`).
+static mut FRED_STACKS: [FredStack; crate::percpu::MAX_CPUS] =
+    [const { FredStack([0; FRED_STACK_SIZE]) }; crate::percpu::MAX_CPUS];
+
+/// CPU `index`'s FRED stack: base and size.
+fn fred_stack(index: usize) -> (u64, u64) {
+    let index = index.min(crate::percpu::MAX_CPUS - 1);
+    // SAFETY: only the address is taken.
+    let base = unsafe { core::ptr::addr_of!(FRED_STACKS[index]) } as u64;
+    (base, FRED_STACK_SIZE as u64)
+}
 
 /// The value the guest's FRED MSR probe writes to IA32_FRED_CONFIG (entry page 0xBADF000, no
 /// red zone, stack level 0: no reserved bit set, canonical).
@@ -475,8 +529,8 @@ pub fn report_eretu_step() {
         rsp: v[4],
         frame: v[5],
     };
-    let fred_stack = core::ptr::addr_of!(FRED_STACK) as u64;
-    let on_fred_stack = (fred_stack..fred_stack + FRED_STACK_SIZE as u64).contains(&seen.frame);
+    let (fred_stack, size) = fred_stack(0);
+    let on_fred_stack = (fred_stack..fred_stack + size).contains(&seen.frame);
     println!(
         "HVKIT fred eretu user_area={area:#x} user_cs={USER_CS:#x} user_ss={USER_SS:#x} event_type={} vector={} frame_cs={:#x} frame_rip={:#x} frame_rsp={:#x} frame_on_rsp0_stack={on_fred_stack}",
         seen.event_type, seen.vector, seen.cs, seen.rip, seen.rsp

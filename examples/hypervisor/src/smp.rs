@@ -153,6 +153,15 @@ pub mod command {
     pub const GUEST_DIRECT_CALL: u32 = 5;
     /// The same with the self-NMI strategy.
     pub const GUEST_SELF_NMI: u32 = 6;
+    /// Switch this CPU's host to FRED event delivery, its VMCS's host CR4 too (`last_result`
+    /// = 1 on success).
+    pub const FRED_ON: u32 = 7;
+    /// Switch this CPU's host back to IDT event delivery (`last_result` = 1 on success).
+    pub const FRED_OFF: u32 = 8;
+    /// Run this CPU's guest (FRED host), re-delivering host events by FRED direct call.
+    pub const GUEST_FRED_DIRECT_CALL: u32 = 9;
+    /// The same with the self-NMI strategy unblocked by ERETS.
+    pub const GUEST_FRED_SELF_NMI: u32 = 10;
 }
 
 /// Waits at least `microseconds` with PIT channel 2 in mode 0 (interrupt on terminal count,
@@ -315,6 +324,16 @@ fn execute(command: u32) {
         }
         command::GUEST_DIRECT_CALL => crate::smpvmx::run_guest(crate::smpvmx::Strategy::DirectCall),
         command::GUEST_SELF_NMI => crate::smpvmx::run_guest(crate::smpvmx::Strategy::SelfNmi),
+        command::GUEST_FRED_DIRECT_CALL => {
+            crate::smpvmx::run_guest(crate::smpvmx::Strategy::FredDirectCall)
+        }
+        command::GUEST_FRED_SELF_NMI => {
+            crate::smpvmx::run_guest(crate::smpvmx::Strategy::FredSelfNmi)
+        }
+        command::FRED_ON | command::FRED_OFF => {
+            let ok = crate::smpvmx::set_fred_host(command == command::FRED_ON);
+            percpu::current().last_result.store(u32::from(ok), Ordering::SeqCst);
+        }
         command::CHECK_CLEAN => {
             let vector = host::TEST_IPI_VECTOR;
             let clean = !apic::is_in_service(vector) && !apic::is_requested(vector);

@@ -22,8 +22,9 @@ use crate::{apic, host, println, smp, vmx};
 use core::sync::atomic::{AtomicPtr, AtomicU64, Ordering};
 use hvkit_apic::{Destination, FixedTarget, Ipi, Target};
 use hvkit_nmi_reinject::{
-    GuestEventQueue, GuestFixups, HostEvent, HostEventError, IdtDirectCall, IdtEntry,
-    InjectionContext, IretToSelf, IrqDelivery, PollingApic, Redeliver, RedeliveryError, SelfNmi,
+    FredDirectCall, FredEretsToSelf, GuestEventQueue, GuestFixups, HostEvent, HostEventError,
+    IdtDirectCall, IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiUnblocker, PollingApic,
+    Redeliver, RedeliveryError, SelfNmi,
 };
 use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
@@ -38,6 +39,10 @@ pub enum Strategy {
     DirectCall,
     /// hvkit-nmi-reinject `SelfNmi` with `IretToSelf`.
     SelfNmi,
+    /// hvkit-nmi-reinject `FredDirectCall` (the AP's host in FRED mode).
+    FredDirectCall,
+    /// hvkit-nmi-reinject `SelfNmi` with `FredEretsToSelf` (the AP's host in FRED mode).
+    FredSelfNmi,
 }
 
 impl Strategy {
@@ -45,6 +50,8 @@ impl Strategy {
         match self {
             Self::DirectCall => "direct-call",
             Self::SelfNmi => "self-nmi",
+            Self::FredDirectCall => "fred-direct-call",
+            Self::FredSelfNmi => "fred-self-nmi",
         }
     }
 
@@ -52,6 +59,28 @@ impl Strategy {
         match self {
             Self::DirectCall => smp::command::GUEST_DIRECT_CALL,
             Self::SelfNmi => smp::command::GUEST_SELF_NMI,
+            Self::FredDirectCall => smp::command::GUEST_FRED_DIRECT_CALL,
+            Self::FredSelfNmi => smp::command::GUEST_FRED_SELF_NMI,
+        }
+    }
+
+    /// Whether a re-sent NMI can be one with an NMI already held (the self-NMI strategies).
+    fn can_merge(self) -> bool {
+        matches!(self, Self::SelfNmi | Self::FredSelfNmi)
+    }
+}
+
+/// The return that unblocks NMIs after a self-NMI: IRET on an IDT host, ERETS on a FRED host.
+enum ApUnblocker {
+    Iret(IretToSelf),
+    Erets(FredEretsToSelf),
+}
+
+impl NmiUnblocker for ApUnblocker {
+    fn unblock_nmis(&mut self) {
+        match self {
+            Self::Iret(iret) => iret.unblock_nmis(),
+            Self::Erets(erets) => erets.unblock_nmis(),
         }
     }
 }
@@ -91,6 +120,8 @@ pub struct GuestControl {
     heartbeat: AtomicU64,
     /// Non-zero: the guest sends storm IPIs to its targets in turn.
     storm: AtomicU64,
+    /// Storm IPIs the guest may still send (it counts down; at 0 it only loops).
+    remaining: AtomicU64,
     /// The xAPIC page's address (EPT maps it through to the local APIC).
     apic_base: AtomicU64,
     /// How many entries of `targets` are in use.
@@ -123,6 +154,7 @@ mod control {
     pub const STOP: usize = offset_of!(GuestControl, stop);
     pub const HEARTBEAT: usize = offset_of!(GuestControl, heartbeat);
     pub const STORM: usize = offset_of!(GuestControl, storm);
+    pub const REMAINING: usize = offset_of!(GuestControl, remaining);
     pub const APIC_BASE: usize = offset_of!(GuestControl, apic_base);
     pub const TARGET_COUNT: usize = offset_of!(GuestControl, target_count);
     pub const TIMEOUTS: usize = offset_of!(GuestControl, timeouts);
@@ -172,6 +204,7 @@ static CONTROLS: [GuestControl; MAX_CPUS] = [const {
         stop: AtomicU64::new(0),
         heartbeat: AtomicU64::new(0),
         storm: AtomicU64::new(0),
+        remaining: AtomicU64::new(0),
         apic_base: AtomicU64::new(0),
         target_count: AtomicU64::new(0),
         timeouts: AtomicU64::new(0),
@@ -210,7 +243,8 @@ core::arch::global_asm!(
 smp_guest_main:
     /* RDI = this guest's control block: say it runs, then loop (counting the loops) until
        told to stop; in storm mode each loop sends one fixed IPI to the next target through
-       the xAPIC ICR and waits (bounded) for the target's handler count to move. */
+       the xAPIC ICR and waits (bounded) for the target's handler count to move, until its
+       quota (remaining) is used up. */
     mov qword ptr [rdi], 1
     xor ecx, ecx
 2:
@@ -219,6 +253,8 @@ smp_guest_main:
     cmp qword ptr [rdi + {stop}], 0
     jne 9f
     cmp qword ptr [rdi + {storm}], 0
+    je 2b
+    cmp qword ptr [rdi + {remaining}], 0
     je 2b
     mov rax, [rdi + {target_count}]
     test rax, rax
@@ -247,6 +283,7 @@ smp_guest_main:
     jnz 4b
 5:
     inc qword ptr [rsi + {sent}]
+    dec qword ptr [rdi + {remaining}]
     mov rdx, [rdi + {confirm_polls}]
 6:
     cmp [r8], r9
@@ -268,6 +305,7 @@ smp_guest_main:
     heartbeat = const control::HEARTBEAT,
     stop = const control::STOP,
     storm = const control::STORM,
+    remaining = const control::REMAINING,
     target_count = const control::TARGET_COUNT,
     target_size = const control::TARGET_SIZE,
     targets = const control::TARGETS,
@@ -401,21 +439,24 @@ type HandlerTable = fn(u8) -> Option<IdtEntry>;
 struct ApStrategy {
     current: Strategy,
     direct: IdtDirectCall<HandlerTable>,
-    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, IretToSelf, fn()>,
+    fred_direct: FredDirectCall,
+    self_nmi: SelfNmi<'static, PollingApic<apic::ThisApicAnyMode>, ApUnblocker, fn()>,
 }
 
 impl Redeliver for ApStrategy {
     fn redeliver_nmi(&mut self) -> Result<(), RedeliveryError> {
         match self.current {
             Strategy::DirectCall => self.direct.redeliver_nmi(),
-            Strategy::SelfNmi => self.self_nmi.redeliver_nmi(),
+            Strategy::FredDirectCall => self.fred_direct.redeliver_nmi(),
+            Strategy::SelfNmi | Strategy::FredSelfNmi => self.self_nmi.redeliver_nmi(),
         }
     }
 
     fn redeliver_irq(&mut self, vector: u8) -> Result<IrqDelivery, RedeliveryError> {
         match self.current {
             Strategy::DirectCall => self.direct.redeliver_irq(vector),
-            Strategy::SelfNmi => self.self_nmi.redeliver_irq(vector),
+            Strategy::FredDirectCall => self.fred_direct.redeliver_irq(vector),
+            Strategy::SelfNmi | Strategy::FredSelfNmi => self.self_nmi.redeliver_irq(vector),
         }
     }
 }
@@ -458,7 +499,8 @@ impl ExitHandler for ApHandler {
                 };
                 let before = counter.load(Ordering::SeqCst);
                 let taken = (0..100_000).any(|_| {
-                    // SAFETY: the host IDT is loaded; one-instruction interrupt window.
+                    // SAFETY: the host IDT (or FRED entry) is set up; one-instruction
+                    // interrupt window.
                     unsafe { core::arch::asm!("sti", "nop", "cli", options(nomem, nostack)) };
                     counter.load(Ordering::SeqCst) != before
                 });
@@ -547,12 +589,26 @@ pub fn run_guest(strategy: Strategy) {
     // SAFETY: re-delivery runs with interrupts disabled at CPL 0.
     let direct = unsafe { IdtDirectCall::new(nmi_entry, timer_or_ipi_handler as HandlerTable) };
     let sender = PollingApic { apic: apic::ThisApicAnyMode, max_polls: apic::MAX_POLLS };
-    // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
-    let unblocker = unsafe { IretToSelf::new() };
+    let red_zone = u64::from(crate::fred_host::FRED_RED_ZONE_UNITS) * 64;
+    // SAFETY: used only with the FRED strategies, which run only after `set_fred_host(true)`
+    // on this CPU (CR4.FRED = 1, CPL 0, this red zone in IA32_FRED_CONFIG); the dispatcher
+    // leaves RIP/RSP/CS/SS alone.
+    let fred_direct =
+        unsafe { FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone) };
+    let unblocker = match strategy {
+        Strategy::FredDirectCall | Strategy::FredSelfNmi => {
+            // SAFETY: FRED host (as above), interrupts disabled, host NMI handler installed.
+            ApUnblocker::Erets(unsafe { FredEretsToSelf::new(red_zone) })
+        }
+        Strategy::DirectCall | Strategy::SelfNmi => {
+            // SAFETY: IDT host, interrupts disabled, host NMI handler installed.
+            ApUnblocker::Iret(unsafe { IretToSelf::new() })
+        }
+    };
     let spin: fn() = core::hint::spin_loop;
     let self_nmi = SelfNmi::new(sender, unblocker, spin, &cpu.nmi_handled, 10_000_000);
     let mut handler = ApHandler {
-        strategy: ApStrategy { current: strategy, direct, self_nmi },
+        strategy: ApStrategy { current: strategy, direct, fred_direct, self_nmi },
         cpu,
         counts,
         index,
@@ -707,11 +763,8 @@ fn multiple_nmi(target: usize, strategy: Strategy) {
     let handled = cpu.nmi_handled.load(Ordering::SeqCst) - handled0;
     let counts = &COUNTS[target];
     let exits = counts.nmi_exits.load(Ordering::SeqCst);
-    let merged = match strategy {
-        Strategy::DirectCall => 0,
-        // One self-NMI per exit can merge with one held NMI.
-        Strategy::SelfNmi => sent.saturating_sub(handled).min(exits),
-    };
+    // One self-NMI per exit can merge with one held NMI.
+    let merged = if strategy.can_merge() { sent.saturating_sub(handled).min(exits) } else { 0 };
     report(GuestLine {
         name: "multiple-nmi",
         strategy,
@@ -845,6 +898,15 @@ fn handled_total(index: usize) -> u64 {
 /// CPU 0 sends NMIs and test IPIs to every AP in turn, each confirmed before the next, and
 /// takes the guests' IPIs in interrupt windows. Until every CPU has sent [`STORM_EVENTS`].
 ///
+/// Each guest stops sending at its quota of [`STORM_EVENTS`]. Without the quota, a guest whose
+/// next IPI reaches CPU 0 before CPU 0's handler has returned (the guest sends as soon as the
+/// handler's count moves, before its EOI) keeps CPU 0 in one interrupt window for good: every
+/// return (IRET, or ERETS on a FRED host) finds the next IPI pending and takes it before the
+/// window's CLI (neither return opens an interrupt shadow, SDM Vol. 3A 7.8.3 "Masking
+/// Exceptions and Interrupts When Switching Stacks" names only MOV SS/POP SS and STI), so CPU 0
+/// never got back to stop the guests. The FRED host's longer handler path made that happen
+/// every time under the upstream Bochs with FRED.
+///
 /// Exact account (nothing may merge here): fixed IPIs merge only in one IRR bit, and each
 /// sender has its own vector with at most one IPI in flight; NMIs merge only when two are
 /// held while NMIs are blocked, and each AP gets NMIs from CPU 0 alone, one in flight. So every
@@ -855,6 +917,7 @@ fn storm(targets: &[bool; MAX_CPUS], strategy: Strategy) {
     for sender in (1..MAX_CPUS).filter(|&index| online(index)) {
         let control = &CONTROLS[sender];
         control.storm.store(0, Ordering::SeqCst);
+        control.remaining.store(STORM_EVENTS, Ordering::SeqCst);
         control.timeouts.store(0, Ordering::SeqCst);
         control.apic_base.store(apic_base, Ordering::SeqCst);
         control.confirm_polls.store(STORM_CONFIRM_POLLS, Ordering::SeqCst);
@@ -1016,6 +1079,11 @@ fn storm(targets: &[bool; MAX_CPUS], strategy: Strategy) {
 
 /// Puts every AP in VMX operation and runs the guest scenarios against each (CPU 0 sends from
 /// its host; the target is in its guest). Call on the bootstrap processor in xAPIC mode.
+///
+/// Never inlined: it runs once, and inlined into `kernel_main` (which also inlines the
+/// bootstrap processor's exit loop) it changed that loop's register allocation (`cargo xtask
+/// bench`, corei7_skylake_x: CPUID/VMCALL exit -> entry 191 instead of 190).
+#[inline(never)]
 pub fn run() {
     if context().is_none() {
         return;
@@ -1037,19 +1105,98 @@ pub fn run() {
         );
         return;
     }
+    guest_scenarios(&targets, [Strategy::DirectCall, Strategy::SelfNmi]);
+    run_fred(&targets);
+    // SAFETY: only the bootstrap processor writes it, before the APs' guests run again.
+    unsafe { *TARGETS.0.get() = targets };
+}
+
+/// The guest scenarios against every AP in `targets` with both `strategies`, then the storm
+/// with each.
+fn guest_scenarios(targets: &[bool; MAX_CPUS], strategies: [Strategy; 2]) {
     for (target, _) in targets.iter().enumerate().filter(|(_, ok)| **ok) {
-        for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
+        for strategy in strategies {
             cross_nmi(target, strategy);
             multiple_nmi(target, strategy);
             pending_nmi(target, strategy);
             cross_ipi(target, strategy);
         }
     }
-    for strategy in [Strategy::DirectCall, Strategy::SelfNmi] {
-        storm(&targets, strategy);
+    for strategy in strategies {
+        storm(targets, strategy);
     }
-    // SAFETY: only the bootstrap processor writes it, before the APs' guests run again.
-    unsafe { *TARGETS.0.get() = targets };
+}
+
+/// Why the APs' hosts cannot switch to FRED, if they cannot.
+fn fred_unavailable(vmx: &vmx::Vmx) -> Option<&'static str> {
+    if !hvkit_fred::config::fred_supported(hvkit_fred::config::cpuid_7_1_eax()) {
+        Some("CPU has no FRED (CPUID.(7,1):EAX[17]=0)")
+    } else if vmx.caps.cr4.fixed1 & hvkit_fred::config::CR4_FRED == 0 {
+        Some("IA32_VMX_CR4_FIXED1 does not allow CR4.FRED in VMX operation")
+    } else {
+        None
+    }
+}
+
+/// The guest scenarios and the storm again with every AP's host in FRED mode (its own FRED
+/// stack, CR4.FRED in its VMCS host state), re-delivering with the FRED strategies; the APs
+/// switch back to the IDT afterwards. CPU 0's host stays as it is (IDT at this point).
+fn run_fred(targets: &[bool; MAX_CPUS]) {
+    let Some(vmx) = context() else { return };
+    if let Some(reason) = fred_unavailable(vmx) {
+        crate::report::skip("smp-guest-fred", reason);
+        return;
+    }
+    let mut fred_targets = [false; MAX_CPUS];
+    for (index, slot) in fred_targets.iter_mut().enumerate() {
+        if targets.get(index).copied().unwrap_or(false) {
+            let ok = smp::run_on(index, smp::command::FRED_ON)
+                && percpu::cpu(index).is_some_and(|cpu| cpu.last_result.load(Ordering::SeqCst) == 1);
+            println!("HVKIT cpu-fred index={index} fred_host={}", u32::from(ok));
+            *slot = ok;
+        }
+    }
+    if fred_targets.iter().any(|&target| target) {
+        guest_scenarios(&fred_targets, [Strategy::FredDirectCall, Strategy::FredSelfNmi]);
+    } else {
+        crate::report::skip("smp-guest-fred", "no application processor switched to FRED");
+    }
+    for (index, _) in fred_targets.iter().enumerate().filter(|(_, ok)| **ok) {
+        if !smp::run_on(index, smp::command::FRED_OFF) {
+            println!("HVKIT error: cpu {index}: back to the IDT");
+        }
+    }
+}
+
+/// On an AP: switches its host to FRED event delivery (`on`) or back to the IDT, and writes the
+/// new CR4 into its VMCS's host CR4 (a VM exit loads CR4 from it, SDM Vol. 3C 28.5.1 "Loading
+/// Host Control Registers, Debug Registers, MSRs"), with the host FRED fields when the VMCS
+/// FRED controls are in use. Returns whether it worked.
+pub fn set_fred_host(on: bool) -> bool {
+    let index = index();
+    let Some(vmx) = context() else { return false };
+    // SAFETY: slot `index` is this CPU's.
+    let Some(state) = (unsafe { &mut *AP_VMX[index].0.get() }) else { return false };
+    let cr4 = if on {
+        match crate::fred_host::enable_fred() {
+            Ok(cr4) => cr4,
+            Err(error) => {
+                println!("HVKIT error: cpu {index}: FRED configuration: {error}");
+                return false;
+            }
+        }
+    } else {
+        crate::fred_host::disable_fred()
+    };
+    let written = state.root.activate(&mut state.vcpu.vmcs).and_then(|mut active| {
+        active.write(field::HOST_CR4, cr4)?;
+        if on { vmx::refresh_host_fred(&mut active, vmx) } else { Ok(()) }
+    });
+    if let Err(fail) = written {
+        println!("HVKIT error: cpu {index}: host CR4: {fail}");
+        return false;
+    }
+    true
 }
 
 /// The APs in VMX operation (set by [`run`]), for [`run_x2apic`].
