@@ -75,11 +75,6 @@ extern "C" fn kernel_main() -> ! {
     // SAFETY: `vmx` lives until the end of the run: this function never returns.
     unsafe { smpvmx::set_context(&vmx, eptp) };
     entry_diff::run(&mut root, &vmx, guest::stack_top(), guest::idt(), eptp);
-    // Every AP in VMX operation with its own guest (CPU 0 sends to them from its host), while
-    // the bootstrap processor still takes its interrupts through the IDT: on the upstream
-    // Bochs with FRED, the storm stopped making progress once CPU 0 took the guests' IPIs by
-    // FRED delivery (CPU 0 no longer left its interrupt-window loop; not diagnosed further).
-    smpvmx::run();
     let registers = GuestRegisters {
         rdi: apic::base_address(),
         rsi: u64::from(apic_id),
@@ -105,10 +100,13 @@ extern "C" fn kernel_main() -> ! {
 /// The scenarios that need VMX (named in the report when they cannot run).
 const VMX_SCENARIOS: &str = "entry-checks,round-trips,timer-irq,fred-timer-irq,host-nmi,virtual-nmi-window,idt-vectoring,nmi-unblocking-iret,stress,exception-reflection,fred,fred-host-nmi,fred-eretu,fred-msr-isolation,nmi-source,guest-cross-nmi,multiple-nmi,pending-nmi,guest-cross-ipi,storm-smp";
 
-/// The bootstrap processor's VMX scenarios are done: the host-side and the AP guest scenarios
-/// again in x2APIC mode (the bootstrap processor's guest sends itself NMIs through the xAPIC
-/// page, so x2APIC comes last).
+/// The bootstrap processor's VMX scenarios are done (its host is in FRED mode if the CPU has
+/// FRED): every AP in VMX operation with its own guest, CPU 0 sending to them from its host
+/// and taking the storm's IPIs (through FRED delivery on a FRED host), still in xAPIC mode;
+/// then the host-side and the AP guest scenarios again in x2APIC mode (the bootstrap
+/// processor's guest sends itself NMIs through the xAPIC page, so x2APIC comes last).
 fn after_vmx_scenarios() {
+    smpvmx::run();
     hostside::run_x2apic();
     smpvmx::run_x2apic();
 }

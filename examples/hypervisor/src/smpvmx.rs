@@ -593,8 +593,7 @@ pub fn run_guest(strategy: Strategy) {
     // SAFETY: used only with the FRED strategies, which run only after `set_fred_host(true)`
     // on this CPU (CR4.FRED = 1, CPL 0, this red zone in IA32_FRED_CONFIG); the dispatcher
     // leaves RIP/RSP/CS/SS alone.
-    let fred_direct =
-        unsafe { FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone) };
+    let fred_direct = unsafe { FredDirectCall::new(crate::fred_host::fred_dispatcher(), red_zone) };
     let unblocker = match strategy {
         Strategy::FredDirectCall | Strategy::FredSelfNmi => {
             // SAFETY: FRED host (as above), interrupts disabled, host NMI handler installed.
@@ -1151,7 +1150,8 @@ fn run_fred(targets: &[bool; MAX_CPUS]) {
     for (index, slot) in fred_targets.iter_mut().enumerate() {
         if targets.get(index).copied().unwrap_or(false) {
             let ok = smp::run_on(index, smp::command::FRED_ON)
-                && percpu::cpu(index).is_some_and(|cpu| cpu.last_result.load(Ordering::SeqCst) == 1);
+                && percpu::cpu(index)
+                    .is_some_and(|cpu| cpu.last_result.load(Ordering::SeqCst) == 1);
             println!("HVKIT cpu-fred index={index} fred_host={}", u32::from(ok));
             *slot = ok;
         }

@@ -109,7 +109,9 @@ impl core::fmt::Display for Fatal {
 }
 
 impl Vcpu {
-    /// Runs the guest until the handler or a VMX instruction stops it.
+    /// Runs the guest until the handler or a VMX instruction stops it. Never inlined: the exit
+    /// path's code then does not depend on the caller's.
+    #[inline(never)]
     pub fn run(&mut self, root: &mut VmxRoot, handler: &mut impl ExitHandler) -> Fatal {
         let Self { vmcs, registers, queue, context, nmi_sources, exit_options } = self;
         let mut vmcs = match root.activate(vmcs) {
