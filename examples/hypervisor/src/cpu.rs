@@ -1,5 +1,5 @@
-//! RDTSC (not privileged here: CR4.TSD is clear) and the FRED MSR writes; every other
-//! privileged instruction is an unsafe call into the `x86` crate at its use.
+//! RDTSC (not privileged here: CR4.TSD is clear) and a CR4 read-modify-write; every privileged
+//! instruction is an unsafe call into the `x86` crate.
 
 /// RDTSC.
 pub fn rdtsc() -> u64 {
@@ -11,12 +11,18 @@ pub fn rdtsc() -> u64 {
     (u64::from(high) << 32) | u64::from(low)
 }
 
-/// WRMSR of an MSR this kernel knows exists (IA32_FEATURE_CONTROL while unlocked, FRED MSRs when
-/// CPUID reports FRED).
-pub fn wrmsr(msr: u32, value: u64) {
-    // SAFETY: CPL 0; callers write only MSRs that exist, with architectural values.
+/// Reads CR4, writes `change(CR4)` and returns the value written (through the `x86` crate).
+///
+/// # Safety
+///
+/// CPL 0, and the new value must be valid for this processor (no reserved bit set, features
+/// it enables supported and set up).
+pub unsafe fn write_cr4(change: impl FnOnce(u64) -> u64) -> u64 {
+    use x86::controlregs::{Cr4, cr4, cr4_write};
+    // SAFETY: the caller's contract.
     unsafe {
-        core::arch::asm!("wrmsr", in("ecx") msr, in("eax") value as u32, in("edx") (value >> 32) as u32,
-            options(nostack, preserves_flags))
-    };
+        let value = change(cr4().bits() as u64);
+        cr4_write(Cr4::from_bits_unchecked(value as usize));
+        value
+    }
 }

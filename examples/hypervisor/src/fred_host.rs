@@ -110,36 +110,31 @@ pub fn enable_fred() -> Result<u64, hvkit_fred::ConfigError> {
     let index = crate::percpu::current().index.load(Ordering::SeqCst) as usize;
     let (base, size) = fred_stack(index);
     let stack = hvkit_fred::config::check_rsp(base + size)?;
-    for level in 0..4u8 {
-        crate::cpu::wrmsr(msr::rsp(level), stack);
+    // SAFETY: CPL 0; the FRED MSRs exist (the caller checked CPUID.(7,1):EAX[17]); CR4.FRED is
+    // still 0, so the values steer nothing until the switch below; each is checked (the stack
+    // by `check_rsp`, the configuration by `FredConfig::try_new`).
+    unsafe {
+        for level in 0..4u8 {
+            x86::msr::wrmsr(msr::rsp(level), stack);
+        }
+        x86::msr::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
+        x86::msr::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
     }
-    crate::cpu::wrmsr(msr::IA32_FRED_STKLVLS, hvkit_fred::StackLevels::new().raw());
-    crate::cpu::wrmsr(msr::IA32_FRED_CONFIG, config.raw());
     if index == 0 {
         HOST_FRED_CONFIG.store(config.raw(), Ordering::SeqCst);
     }
-    let cr4: u64;
     // SAFETY: reading and writing CR4 at CPL 0; FRED is supported (the caller checked CPUID and
     // the VMX CR4 fixed bits), and the entry page and MSRs are set up.
-    unsafe {
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov cr4, {}", in(reg) cr4 | CR4_FRED, options(nostack, preserves_flags));
-    }
-    Ok(cr4 | CR4_FRED)
+    let cr4 = unsafe { crate::cpu::write_cr4(|cr4| cr4 | CR4_FRED) };
+    Ok(cr4)
 }
 
 /// Switches this CPU's host back to IDT event delivery (CR4.FRED = 0; the FRED MSRs keep
 /// their values and steer nothing). Returns the new CR4.
 pub fn disable_fred() -> u64 {
-    let cr4: u64;
     // SAFETY: reading and writing CR4 at CPL 0 with interrupts disabled; this CPU's IDT is
     // loaded, so events go through it again.
-    unsafe {
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags));
-        core::arch::asm!("mov cr4, {}", in(reg) cr4 & !hvkit_fred::config::CR4_FRED,
-            options(nostack, preserves_flags));
-    }
-    cr4 & !hvkit_fred::config::CR4_FRED
+    unsafe { crate::cpu::write_cr4(|cr4| cr4 & !hvkit_fred::config::CR4_FRED) }
 }
 
 const FRED_STACK_SIZE: usize = 16384;
@@ -469,11 +464,8 @@ fn make_user_accessible(address: u64) -> bool {
     const USER: u64 = 1 << 2;
     const LARGE: u64 = 1 << 7;
     const ADDRESS: u64 = 0x000F_FFFF_FFFF_F000;
-    let cr3: u64;
     // SAFETY: reading CR3 at CPL 0 has no side effects.
-    unsafe {
-        core::arch::asm!("mov {}, cr3", out(reg) cr3, options(nomem, nostack, preserves_flags))
-    };
+    let cr3 = unsafe { x86::controlregs::cr3() };
     let mut table = cr3 & ADDRESS;
     for (level, shift) in [39u32, 30, 21].into_iter().enumerate() {
         let entry = (table + ((address >> shift) & 511) * 8) as *mut u64;

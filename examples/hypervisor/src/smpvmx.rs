@@ -26,7 +26,6 @@ use hvkit_nmi_reinject::{
     IdtDirectCall, IdtEntry, InjectionContext, IretToSelf, IrqDelivery, NmiUnblocker, PollingApic,
     Redeliver, RedeliveryError, SelfNmi,
 };
-use hvkit_vmx_core::caps::{FeatureControl, VmxonReadiness, msr};
 use hvkit_vmx_core::exit::{BasicExitReason, ExitInfo, VmExit};
 use hvkit_vmx_core::field;
 use hvkit_vmx_core::region::{VmcsRegion, VmxonRegion};
@@ -334,29 +333,13 @@ fn index() -> usize {
 pub fn enable_on_this_cpu() -> bool {
     let index = index();
     let Some(vmx) = context() else { return false };
-    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (the bootstrap
-    // processor checked CPUID; the APs are the same model).
-    let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
-    match feature.vmxon_readiness() {
-        VmxonReadiness::Ready => {}
-        VmxonReadiness::NeedsEnabling => {
-            // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
-            // it only enables VMX outside SMX and locks the MSR.
-            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
-        }
-        VmxonReadiness::DisabledByFirmware => {
-            println!("HVKIT error: cpu {index}: VMX disabled in IA32_FEATURE_CONTROL");
-            return false;
-        }
+    if let Err(reason) = vmx::enable_feature_control() {
+        println!("HVKIT error: cpu {index}: {reason}");
+        return false;
     }
-    let cr4: u64;
-    // SAFETY: reading CR4 at CPL 0.
-    unsafe {
-        core::arch::asm!("mov {}, cr4", out(reg) cr4, options(nomem, nostack, preserves_flags))
-    };
-    let cr4 = vmx.caps.cr4.adjust(cr4 | (1 << 13));
-    // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE), as on the bootstrap processor.
-    unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
+    // SAFETY: CPL 0; CR4 adjusted to the VMX fixed bits (sets VMXE), as on the bootstrap
+    // processor; every other bit as it was.
+    unsafe { crate::cpu::write_cr4(|cr4| vmx.caps.cr4.adjust(cr4 | (1 << 13))) };
     let revision = vmx.caps.basic.revision_id();
     // SAFETY: region `index` belongs to this CPU alone (each CPU has its own index).
     let (vmxon, vmcs) = unsafe {

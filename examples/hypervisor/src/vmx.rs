@@ -95,24 +95,31 @@ fn fred_vmcs_controls(
     }
 }
 
-/// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
-/// capabilities and this CPU's VMX root token.
-pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
-    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (`detect` checked).
+/// Makes IA32_FEATURE_CONTROL allow VMXON outside SMX on this CPU (enabling and locking it when
+/// firmware left it unlocked), or says why it cannot (SDM Vol. 3C 24.7 "Enabling and Entering
+/// VMX Operation").
+pub fn enable_feature_control() -> Result<(), &'static str> {
+    // SAFETY: CPL 0; IA32_FEATURE_CONTROL exists on every CPU with VMX (the caller checked
+    // CPUID.1:ECX.VMX on this CPU model).
     let feature = FeatureControl(unsafe { x86::msr::rdmsr(msr::IA32_FEATURE_CONTROL) });
     match feature.vmxon_readiness() {
-        VmxonReadiness::Ready => {}
+        VmxonReadiness::Ready => Ok(()),
         VmxonReadiness::NeedsEnabling => {
             // SAFETY: CPL 0; the MSR is unlocked (NeedsEnabling), so the write is allowed, and
             // it only enables VMX outside SMX and locks the MSR.
-            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) }
+            unsafe { x86::msr::wrmsr(msr::IA32_FEATURE_CONTROL, feature.enabling_value()) };
+            Ok(())
         }
         VmxonReadiness::DisabledByFirmware => {
-            return Err(
-                "IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)",
-            );
+            Err("IA32_FEATURE_CONTROL is locked with VMX outside SMX disabled (firmware setting)")
         }
     }
+}
+
+/// Enables VMX: feature control, fixed bits, VMXON, controls. Prints each step. Returns the
+/// capabilities and this CPU's VMX root token.
+pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
+    enable_feature_control()?;
     // SAFETY: VMX exists (detect), CPL 0.
     let msrs = unsafe { HardwareMsrs::new() };
     let caps =
@@ -131,8 +138,8 @@ pub fn enable() -> Result<(Vmx, VmxRoot), &'static str> {
     let (cr0, _, cr4) = control_registers();
     let cr4 = caps.cr4.adjust(cr4 | (1 << 13));
     caps.cr0.check(cr0).map_err(|_| "CR0 does not satisfy IA32_VMX_CR0_FIXED0/1")?;
-    // SAFETY: CR4 adjusted to the VMX fixed bits (sets VMXE).
-    unsafe { core::arch::asm!("mov cr4, {}", in(reg) cr4, options(nostack, preserves_flags)) };
+    // SAFETY: CPL 0; CR4 adjusted to the VMX fixed bits (sets VMXE), every other bit as it was.
+    unsafe { crate::cpu::write_cr4(|_| cr4) };
 
     let revision = caps.basic.revision_id();
     // SAFETY: the bootstrap processor's region, written once before its VMXON (the APs have
