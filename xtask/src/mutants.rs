@@ -24,6 +24,7 @@ pub const MODULES: &[&str] = &[
     "nmi-reinject/src/guest.rs",
     "nmi-reinject/src/exit_time.rs",
     "nmi-reinject/src/strategy.rs",
+    "nmi-reinject/src/error.rs",
     "apic/src/icr.rs",
     "fred/src/frame.rs",
     "fred/src/config.rs",
@@ -44,7 +45,7 @@ cargo xtask mutants [--file PATTERN]... [--jobs N] [-- CARGO-MUTANTS-ARGS...]
   -- ARGS          passed to cargo-mutants unchanged (e.g. `-- --in-diff changes.diff`)
 
 Modules: vmx-core entry_check, event, exit, exit/qualification, controls; nmi-reinject guest,
-exit_time, strategy; apic icr; fred frame, config. Every missed mutant must be documented in
+exit_time, strategy, error; apic icr; fred frame, config. Every missed mutant must be documented in
 mutants-survivors.md; an undocumented one fails the command.
 ";
 
