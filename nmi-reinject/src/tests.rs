@@ -392,20 +392,21 @@ struct FakeSender<'a> {
     latency: Option<u32>,
     log: std::vec::Vec<&'static str>,
     level: bool,
-    fail_send: bool,
+    /// The error `send_self_nmi` returns instead of sending (`None`: it sends).
+    send_error: Option<hvkit_apic::IpiError>,
 }
 
 impl<'a> FakeSender<'a> {
     /// An edge-triggering sender whose NMIs never reach the handler on their own.
     fn new(handled: &'a AtomicU64) -> Self {
-        Self { handled, latency: None, log: std::vec::Vec::new(), level: false, fail_send: false }
+        Self { handled, latency: None, log: std::vec::Vec::new(), level: false, send_error: None }
     }
 }
 
 impl LocalApicPort for FakeSender<'_> {
     fn send_self_nmi(&mut self) -> Result<(), hvkit_apic::IpiError> {
-        if self.fail_send {
-            return Err(hvkit_apic::IpiError::Timeout { polls: 1, sent: false });
+        if let Some(error) = self.send_error {
+            return Err(error);
         }
         self.log.push("nmi");
         if self.latency == Some(0) {
@@ -520,11 +521,41 @@ fn after_irq_hook_runs_once_per_redelivered_interrupt_only() {
 fn self_nmi_send_failure_is_not_delivered_and_does_not_unblock() {
     let handled = AtomicU64::new(0);
     let unblocks = std::cell::Cell::new(0);
-    let sender = FakeSender { fail_send: true, ..FakeSender::new(&handled) };
+    let refused = hvkit_apic::IpiError::Timeout { polls: 1, sent: false };
+    let sender = FakeSender { send_error: Some(refused), ..FakeSender::new(&handled) };
     let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
     let error = strategy.redeliver_nmi().unwrap_err();
+    assert_eq!(error, RedeliveryError::Apic { error: refused, state: EventState::NotDelivered });
     assert_eq!(error.state(), EventState::NotDelivered);
     assert_eq!(unblocks.get(), 0);
+}
+
+/// xAPIC ICR (SDM Vol. 3A "Interrupt Command Register (ICR)"): once the ICR low half is
+/// written, the IPI is sent; a delivery-status bit still 1 (send pending) after the bound means
+/// the APIC has not accepted it yet, not that it is lost. Such a self-NMI is in flight: sending
+/// it again would deliver two NMIs for one. Only an IPI never written to the ICR (a previous
+/// one still pending, or a refused vector or destination) is still owed.
+#[test]
+fn self_nmi_written_to_the_icr_but_not_accepted_is_in_flight() {
+    let cases = [
+        (hvkit_apic::IpiError::Timeout { polls: 3, sent: true }, EventState::InFlight),
+        (hvkit_apic::IpiError::Timeout { polls: 3, sent: false }, EventState::NotDelivered),
+        (hvkit_apic::IpiError::ReservedVector { vector: 2 }, EventState::NotDelivered),
+        (
+            hvkit_apic::IpiError::DestinationOutOfRange { destination: 0x100 },
+            EventState::NotDelivered,
+        ),
+    ];
+    for (apic_error, state) in cases {
+        let handled = AtomicU64::new(0);
+        let unblocks = std::cell::Cell::new(0);
+        let sender = FakeSender { send_error: Some(apic_error), ..FakeSender::new(&handled) };
+        let mut strategy = SelfNmi::new(sender, Unblock(&unblocks), || {}, &handled, 10);
+        let error = strategy.redeliver_nmi().unwrap_err();
+        assert_eq!(error, RedeliveryError::Apic { error: apic_error, state }, "{apic_error:?}");
+        assert_eq!(error.state(), state, "{apic_error:?}");
+        assert_eq!(ExitError::from(error).host_event_state(), Some(state), "{apic_error:?}");
+    }
 }
 
 #[test]

@@ -21,9 +21,11 @@ pub const MODULES: &[&str] = &[
     "vmx-core/src/exit.rs",
     "vmx-core/src/exit/qualification.rs",
     "vmx-core/src/controls.rs",
+    "vmx-core/src/vmcs.rs",
     "nmi-reinject/src/guest.rs",
     "nmi-reinject/src/exit_time.rs",
     "nmi-reinject/src/strategy.rs",
+    "nmi-reinject/src/error.rs",
     "apic/src/icr.rs",
     "fred/src/frame.rs",
     "fred/src/config.rs",
@@ -43,9 +45,9 @@ cargo xtask mutants [--file PATTERN]... [--jobs N] [-- CARGO-MUTANTS-ARGS...]
   --jobs N, -j N   mutants built and tested in parallel (default: one per spare core)
   -- ARGS          passed to cargo-mutants unchanged (e.g. `-- --in-diff changes.diff`)
 
-Modules: vmx-core entry_check, event, exit, exit/qualification, controls; nmi-reinject guest,
-exit_time, strategy; apic icr; fred frame, config. Every missed mutant must be documented in
-mutants-survivors.md; an undocumented one fails the command.
+Modules: vmx-core entry_check, event, exit, exit/qualification, controls, vmcs; nmi-reinject
+guest, exit_time, strategy, error; apic icr; fred frame, config. Every missed mutant must be
+documented in mutants-survivors.md; an undocumented one fails the command.
 ";
 
 struct Options {
