@@ -63,13 +63,24 @@ pub fn init() -> Result<u32, hvkit_apic::ModeError> {
     let mut apic = XApic::new(registers, base)?;
     apic.set_svr(Svr::enabled(crate::host::SPURIOUS_VECTOR));
     apic.set_tpr(0);
-    let id = apic.id();
+    Ok(install(ApicHandle::XApic(apic)))
+}
+
+/// Makes `handle` this CPU's one APIC handle and records its ID and mode in the per-CPU state;
+/// returns the ID. Called with interrupts disabled (before any handler can use the handle).
+fn install(handle: ApicHandle) -> u32 {
+    let (id, x2apic) = match &handle {
+        ApicHandle::XApic(apic) => (apic.id(), false),
+        ApicHandle::X2Apic(apic) => (apic.id(), true),
+        ApicHandle::None => (0, false),
+    };
     let cpu = percpu::current();
-    // SAFETY: this CPU's handle, before any interrupt can use it.
-    unsafe { *cpu.apic.get() = ApicHandle::XApic(apic) };
+    // SAFETY: this CPU's handle, replaced with interrupts disabled (the callers' contract), so
+    // no borrow of the old one is alive.
+    unsafe { *cpu.apic.get() = handle };
     cpu.apic_id.store(id, Ordering::SeqCst);
-    cpu.x2apic.store(false, Ordering::SeqCst);
-    Ok(id)
+    cpu.x2apic.store(x2apic, Ordering::SeqCst);
+    id
 }
 
 /// Whether CPUID.1:ECX\[21\] offers x2APIC mode.
@@ -83,13 +94,7 @@ pub fn switch_to_x2apic() -> Result<u32, hvkit_apic::ModeError> {
     // SAFETY: CPL 0; `X2Apic::enable` checks CPUID before touching x2APIC MSRs.
     let msrs = unsafe { HardwareMsrs::new() };
     let apic = X2Apic::enable(msrs, CpuidFeatures::read())?;
-    let id = apic.id();
-    let cpu = percpu::current();
-    // SAFETY: this CPU's handle; the caller runs with interrupts disabled.
-    unsafe { *cpu.apic.get() = ApicHandle::X2Apic(apic) };
-    cpu.apic_id.store(id, Ordering::SeqCst);
-    cpu.x2apic.store(true, Ordering::SeqCst);
-    Ok(id)
+    Ok(install(ApicHandle::X2Apic(apic)))
 }
 
 /// The mode's name for the report.
