@@ -136,6 +136,13 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
     phases.begin("host unit tests");
     run(cargo().args(["test", "--workspace"]))?;
 
+    // The nightly fuzz build runs in the background from here on, at a lower priority: the
+    // phases below are mostly single-threaded (the emulators run one at a time) and leave a
+    // core idle. Its time shows in the phases it overlaps; the smoke phase waits for whatever
+    // is left of it.
+    let mut fuzz_build =
+        if options.fuzz && options.emulators { Some(crate::fuzz::start_build()?) } else { None };
+
     phases.begin("no_std build of every library for x86_64-unknown-none");
     let mut bare = cargo();
     bare.args(["build", "--target", BARE_TARGET]);
@@ -174,28 +181,20 @@ fn run_phases(options: &Options, phases: &mut Phases) -> Result {
         .env("CARGO_TARGET_DIR", util::root().join("target/example"))
         .args(["clippy", "--release", "--target", BARE_TARGET, "--", "-D", "warnings"]))?;
 
-    // The nightly fuzz build runs in the background from here on: the emulator suite runs one
-    // single-threaded emulator at a time and leaves the other cores idle. Its time shows in
-    // the phases it overlaps; the smoke phase waits for whatever is left of it.
-    let mut fuzz_build = None;
     if options.emulators {
-        phases.begin("emulator suite (Bochs models, QEMU TCG), fuzz build in the background");
-        if options.fuzz {
-            fuzz_build = Some(crate::fuzz::start_build()?);
-        }
+        phases.begin("emulator suite (Bochs models, QEMU TCG)");
         crate::emu::test_suite()?;
     }
     if options.fuzz {
         phases.begin("fuzz: seed replay on stable");
-        let build = match fuzz_build {
+        let build = match fuzz_build.take() {
             Some(build) => build,
             None => crate::fuzz::start_build()?,
         };
         crate::fuzz::replay_step()?;
         phases.begin("fuzz: smoke (rest of the nightly cargo-fuzz build, then the runs)");
         let build_time = crate::fuzz::smoke_step(crate::fuzz::smoke_seconds_override(), build)?;
-        phases
-            .background("fuzz: nightly cargo-fuzz build (from the emulator suite on)", build_time);
+        phases.background("fuzz: nightly cargo-fuzz build (from the no_std phase on)", build_time);
     }
     Ok(())
 }
